@@ -1,0 +1,308 @@
+//! The TOML configuration: its schema, and loading it with errors that name
+//! the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole gateway configuration, as read from one TOML file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to accept client connections on.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Named groups of upstream servers.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Named WebAssembly plugins, by file.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+    /// Routes, matched most specific first.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The file this was read from; relative plugin paths resolve against its folder.
+    #[serde(skip)]
+    pub source: Source,
+}
+
+/// One listening socket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port` to bind; port 0 picks a free one.
+    pub address: SocketAddr,
+}
+
+/// A group of interchangeable upstream servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of each server, used in round robin.
+    pub targets: Spanned<Vec<String>>,
+    /// How long to wait for a TCP connection.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long to wait for the response head once the request is sent.
+    #[serde(default = "defaults::response_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// A WebAssembly component and the limits it runs under.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path to the `.wasm` component, relative to the configuration file.
+    pub path: Spanned<PathBuf>,
+    /// Most linear memory one instance may have, in MiB.
+    #[serde(default = "defaults::memory_limit_mib")]
+    pub memory_limit_mib: u32,
+    /// Most wall time one call into the plugin may take before it is stopped.
+    #[serde(default = "defaults::call_timeout", with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Requests one instance serves before it is replaced by a fresh one.
+    #[serde(default = "defaults::max_requests_per_instance")]
+    pub max_requests_per_instance: u32,
+    /// What a failing call (trap, timeout, limit) means for the request.
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+}
+
+/// What happens to a request when one of its filters fails.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Answer 500 with a clear error code (the default).
+    #[default]
+    Closed,
+    /// Skip the filter and carry on.
+    Open,
+}
+
+/// A route: which requests it takes, where they go, and the filters on the way.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A name for logs and for filters; defaults to `route-N`.
+    pub name: Option<String>,
+    /// Which requests this route takes; empty matches everything.
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    /// The upstream requests go to unless a routing filter picks another.
+    pub upstream: Spanned<String>,
+    /// The filter chain, each entry a plugin with its configuration.
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
+}
+
+/// The conditions a request must meet to take a route; all must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// The request's host, without port (`*.example.com` matches subdomains).
+    pub host: Option<String>,
+    /// The path, exactly.
+    pub path: Option<String>,
+    /// A path prefix, on segment boundaries (`/api` matches `/api/x`, not `/apix`).
+    pub path_prefix: Option<String>,
+    /// Accepted methods; empty accepts all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One entry of a route's filter chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The name of a plugin from `[plugins]`.
+    pub plugin: Spanned<String>,
+    /// This route's configuration for the plugin, handed to its `init` as JSON.
+    #[serde(default = "defaults::empty_table")]
+    pub config: toml::Value,
+    /// Buffer bodies so this filter can read and replace them.
+    #[serde(default)]
+    pub body: bool,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn response_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn memory_limit_mib() -> u32 {
+        64
+    }
+    pub fn call_timeout() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn max_requests_per_instance() -> u32 {
+        100_000
+    }
+    pub fn empty_table() -> toml::Value {
+        toml::Value::Table(Default::default())
+    }
+}
+
+/// Where a configuration came from, to point errors at the right line.
+#[derive(Debug, Default, Clone)]
+pub struct Source {
+    /// The file's path as given.
+    pub path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    /// The folder relative paths in the file are resolved against.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// An error at byte offset `at` of the file, about `key`.
+    pub fn error(
+        &self,
+        at: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let line = self.text[..at.min(self.text.len())].matches('\n').count() + 1;
+        ConfigError {
+            file: self.path.clone(),
+            line,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A configuration error, pointing at the file, line and key at fault.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// 1-based line number.
+    pub line: usize,
+    /// The key at fault, as a dotted path (may be empty for syntax errors).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl Config {
+    /// Read and parse `path`, checking the schema (not yet the plugins).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, text)
+    }
+
+    /// Parse `text` as if read from `path`.
+    pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
+        let source = Source {
+            path: path.to_owned(),
+            text,
+        };
+        let mut config: Config = toml::from_str(&source.text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            // toml's message is one line; its Display adds a source excerpt we replace with file:line.
+            source.error(at, "", e.message().trim().to_owned())
+        })?;
+        config.source = source;
+        config.check_references()?;
+        Ok(config)
+    }
+
+    /// The route's display name: its `name`, or `route-N` by position.
+    pub fn route_name(&self, index: usize) -> String {
+        self.routes[index]
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route-{index}"))
+    }
+
+    /// Checks what serde cannot: names that refer to other sections, and values' shapes.
+    fn check_references(&self) -> Result<(), ConfigError> {
+        let src = &self.source;
+        for (name, upstream) in &self.upstreams {
+            let key = format!("upstreams.{name}.targets");
+            if upstream.targets.get_ref().is_empty() {
+                return Err(src.error(
+                    upstream.targets.span().start,
+                    key,
+                    "needs at least one target",
+                ));
+            }
+            for target in upstream.targets.get_ref() {
+                if target.parse::<http::uri::Authority>().is_err() || !target.contains(':') {
+                    return Err(src.error(
+                        upstream.targets.span().start,
+                        key,
+                        format!("`{target}` is not a `host:port`"),
+                    ));
+                }
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let upstream = &route.upstream;
+            if !self.upstreams.contains_key(upstream.get_ref()) {
+                return Err(src.error(
+                    upstream.span().start,
+                    format!("routes[{i}].upstream"),
+                    format!("unknown upstream `{}`", upstream.get_ref()),
+                ));
+            }
+            if route.matcher.path.is_some() && route.matcher.path_prefix.is_some() {
+                return Err(src.error(
+                    upstream.span().start,
+                    format!("routes[{i}].match"),
+                    "set `path` or `path_prefix`, not both",
+                ));
+            }
+            for method in &route.matcher.methods {
+                if http::Method::from_bytes(method.as_bytes()).is_err() {
+                    return Err(src.error(
+                        upstream.span().start,
+                        format!("routes[{i}].match.methods"),
+                        format!("`{method}` is not a method"),
+                    ));
+                }
+            }
+            for (j, filter) in route.filters.iter().enumerate() {
+                let plugin = &filter.plugin;
+                if !self.plugins.contains_key(plugin.get_ref()) {
+                    return Err(src.error(
+                        plugin.span().start,
+                        format!("routes[{i}].filters[{j}].plugin"),
+                        format!("unknown plugin `{}`", plugin.get_ref()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! What one request carries through the phases: the request head, what the
+//! filters learned, and later the response head. Filters reach it through
+//! handles while they run; the proxy owns it the rest of the time.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::ratelimit::Admission;
+
+/// Who a request is from, as set by an auth filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The principal.
+    pub subject: String,
+    /// Further facts about it, as name/value pairs.
+    pub claims: Vec<(String, String)>,
+}
+
+/// The state of one request as it passes through a route's chain.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The request head as it will be sent upstream (filters may edit it).
+    pub request: http::request::Parts,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// The matched route's name.
+    pub route: Arc<str>,
+    /// Set by an auth filter.
+    pub identity: Option<Identity>,
+    /// The buffered request body, when a filter in the chain asked for bodies.
+    pub request_body: Option<Bytes>,
+    /// The response head, during the response phases.
+    pub response: Option<http::response::Parts>,
+    /// The buffered response body, when a filter in the chain asked for bodies.
+    pub response_body: Option<Bytes>,
+    /// Whether the filter running now may read and replace bodies.
+    pub body_access: bool,
+    /// The last rate-limit decision, reported in `RateLimit-*` response headers.
+    pub rate_limit: Option<Admission>,
+}
+
+impl Exchange {
+    /// A fresh exchange for a request that took `route`.
+    pub fn new(request: http::request::Parts, client_ip: IpAddr, route: Arc<str>) -> Exchange {
+        Exchange {
+            request,
+            client_ip,
+            route,
+            identity: None,
+            request_body: None,
+            response: None,
+            response_body: None,
+            body_access: false,
+            rate_limit: None,
+        }
+    }
+
+    /// The host the client asked for: the URI's authority (HTTP/2) or the `Host` header.
+    pub fn authority(&self) -> Option<&str> {
+        self.request
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                self.request
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
+    }
+}

@@ -1,0 +1,27 @@
+//! The one place the WIT contract is turned into Rust for the host.
+
+use wasmtime::component::bindgen;
+
+/// Host side of a `headers` handle: rep 0 is the request's, rep 1 the response's.
+pub struct HeadersHandle;
+/// Host side of the `request` handle passed to a call (the current exchange's request).
+pub struct RequestHandle;
+/// Host side of the `response` handle passed to a call (the current exchange's response).
+pub struct ResponseHandle;
+
+bindgen!({
+    path: "../wit",
+    world: "host",
+    imports: { default: trappable },
+    exports: { default: async },
+    with: {
+        "sluice:filter/types.headers": HeadersHandle,
+        "sluice:filter/types.request": RequestHandle,
+        "sluice:filter/types.response": ResponseHandle,
+    },
+});
+
+pub use exports::sluice::filter::{
+    auth, cache_policy, http_filter, rate_limit, routing, transform,
+};
+pub use sluice::filter::{clock, log, types};

@@ -1,0 +1,247 @@
+//! A route's filter chain: its filters ordered by phase (auth → rate-limit →
+//! transform → http-filter → routing) and, within a phase, by configuration
+//! order. A filter that answers ends the request phases; the response then
+//! runs back through the filters that saw the request, in reverse.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use super::bindings::{auth, http_filter, transform, types};
+use super::engine::Kind;
+use super::error::FilterFailure;
+use super::instance::InstancePool;
+use crate::exchange::{Exchange, Identity};
+use crate::ratelimit::TokenBuckets;
+
+/// A short-circuit answer from a filter.
+#[derive(Debug)]
+pub struct Reply {
+    /// The response head.
+    pub head: http::response::Parts,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// How the request phases ended.
+#[derive(Debug)]
+pub enum RequestOutcome {
+    /// Send the request upstream; a routing filter may have named the upstream.
+    Forward {
+        /// The upstream a routing filter chose, if any.
+        upstream: Option<String>,
+    },
+    /// A filter answered; the response goes back through the earlier filters.
+    Reply(Reply),
+    /// A fail-closed filter failed.
+    Failed(FilterFailure),
+}
+
+/// The ordered filters of one route.
+pub struct FilterChain {
+    filters: Vec<InstancePool>,
+}
+
+impl FilterChain {
+    /// A chain from filters in configuration order; they are put in phase order here.
+    pub fn new(mut filters: Vec<InstancePool>) -> FilterChain {
+        // Stable: within a phase, configuration order holds.
+        filters.sort_by_key(|f| f.plugin.kind);
+        FilterChain { filters }
+    }
+
+    /// Whether any filter reads or replaces bodies, so the proxy must buffer them.
+    pub fn needs_bodies(&self) -> bool {
+        self.filters.iter().any(|f| f.body_access)
+    }
+
+    /// Whether any of the first `ran` filters has a response phase.
+    pub fn has_response_phase(&self, ran: usize) -> bool {
+        self.filters[..ran]
+            .iter()
+            .any(|f| matches!(f.plugin.kind, Kind::Transform | Kind::HttpFilter))
+    }
+
+    /// Run the request phases. Returns the exchange, how many filters saw the
+    /// request (their response phases run later), and the outcome.
+    pub async fn on_request(
+        &self,
+        mut ex: Box<Exchange>,
+        buckets: &TokenBuckets,
+    ) -> (Box<Exchange>, usize, RequestOutcome) {
+        let mut upstream = None;
+        for (index, filter) in self.filters.iter().enumerate() {
+            let step = match filter.plugin.kind {
+                Kind::Auth => {
+                    let (back, result) = filter.authenticate(ex).await;
+                    ex = back;
+                    result.map(|decision| match decision {
+                        auth::AuthDecision::Allow(types::Identity { subject, claims }) => {
+                            ex.identity = Some(Identity { subject, claims });
+                            Step::Next
+                        }
+                        auth::AuthDecision::Pass => Step::Next,
+                        auth::AuthDecision::Deny(reply) => Step::Answer(reply),
+                    })
+                }
+                Kind::RateLimit => {
+                    let (back, result) = filter.rate_limit(ex).await;
+                    ex = back;
+                    result.map(|limit| match limit {
+                        None => Step::Next,
+                        Some(limit) => {
+                            let key = format!("{}\0{}", filter.plugin.name, limit.key);
+                            let window = Duration::from_millis(limit.window_millis);
+                            let admission = buckets.take(&key, limit.cost, limit.capacity, window);
+                            ex.rate_limit = Some(admission);
+                            if admission.allowed {
+                                Step::Next
+                            } else {
+                                Step::Answer(types::Reply {
+                                    status: 429,
+                                    headers: vec![(
+                                        "retry-after".into(),
+                                        admission.retry_after_secs.to_string(),
+                                    )],
+                                    body: b"rate limit exceeded\n".to_vec(),
+                                })
+                            }
+                        }
+                    })
+                }
+                Kind::Transform => {
+                    let (back, result) = filter.transform_request(ex).await;
+                    ex = back;
+                    match result {
+                        Ok(transform::RequestAction::Forward) => Ok(Step::Next),
+                        Ok(transform::RequestAction::Rewrite(target)) => {
+                            rewrite(&mut ex, &target, filter)
+                        }
+                        Ok(transform::RequestAction::Respond(reply)) => Ok(Step::Answer(reply)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Kind::HttpFilter => {
+                    let (back, result) = filter.http_request(ex).await;
+                    ex = back;
+                    result.map(|verdict| match verdict {
+                        http_filter::Verdict::Forward => Step::Next,
+                        http_filter::Verdict::Respond(reply) => Step::Answer(reply),
+                    })
+                }
+                Kind::Routing => {
+                    let (back, result) = filter.select_route(ex).await;
+                    ex = back;
+                    match result {
+                        Ok(None) => Ok(Step::Next),
+                        Ok(Some(decision)) => {
+                            upstream = Some(decision.upstream);
+                            match decision.rewrite {
+                                Some(target) => rewrite(&mut ex, &target, filter),
+                                None => Ok(Step::Next),
+                            }
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Kind::CachePolicy => unreachable!("cache-policy plugins are refused at load"),
+            };
+            match step {
+                Ok(Step::Next) => {}
+                Ok(Step::Answer(reply)) => {
+                    return match into_reply(reply, filter) {
+                        Ok(reply) => (ex, index, RequestOutcome::Reply(reply)),
+                        Err(failure) => (ex, index, RequestOutcome::Failed(failure)),
+                    };
+                }
+                Err(failure) if filter.plugin.fail_open => {
+                    tracing::warn!(
+                        plugin = &*filter.plugin.name,
+                        "failing open: {}",
+                        failure.reason
+                    );
+                }
+                Err(failure) => return (ex, index, RequestOutcome::Failed(failure)),
+            }
+        }
+        (ex, self.filters.len(), RequestOutcome::Forward { upstream })
+    }
+
+    /// Run the response phases of the first `ran` filters, last first. The
+    /// response head (and body, if buffered) are in the exchange.
+    pub async fn on_response(
+        &self,
+        mut ex: Box<Exchange>,
+        ran: usize,
+    ) -> (Box<Exchange>, Result<(), FilterFailure>) {
+        for filter in self.filters[..ran].iter().rev() {
+            let (back, result) = match filter.plugin.kind {
+                Kind::Transform => filter.transform_response(ex).await,
+                Kind::HttpFilter => filter.http_response(ex).await,
+                _ => continue,
+            };
+            ex = back;
+            match result {
+                Ok(()) => {}
+                Err(failure) if filter.plugin.fail_open => {
+                    tracing::warn!(
+                        plugin = &*filter.plugin.name,
+                        "failing open: {}",
+                        failure.reason
+                    );
+                }
+                Err(failure) => return (ex, Err(failure)),
+            }
+        }
+        (ex, Ok(()))
+    }
+}
+
+enum Step {
+    Next,
+    Answer(types::Reply),
+}
+
+/// Apply a filter's new path (and query, after `?`) to the request.
+fn rewrite(ex: &mut Exchange, target: &str, filter: &InstancePool) -> Result<Step, FilterFailure> {
+    let invalid = || FilterFailure {
+        plugin: filter.plugin.name.clone(),
+        reason: format!("rewrote the path to an invalid one: `{target}`"),
+    };
+    if !target.starts_with('/') {
+        return Err(invalid());
+    }
+    let path = http::uri::PathAndQuery::try_from(target).map_err(|_| invalid())?;
+    let mut parts = std::mem::take(&mut ex.request.uri).into_parts();
+    parts.path_and_query = Some(path);
+    ex.request.uri = http::Uri::from_parts(parts).map_err(|_| invalid())?;
+    Ok(Step::Next)
+}
+
+/// Turn a filter's reply record into a response, rejecting invalid parts.
+fn into_reply(reply: types::Reply, filter: &InstancePool) -> Result<Reply, FilterFailure> {
+    let fail = |reason: String| FilterFailure {
+        plugin: filter.plugin.name.clone(),
+        reason,
+    };
+    let status = StatusCode::from_u16(reply.status)
+        .map_err(|_| fail(format!("replied with invalid status {}", reply.status)))?;
+    let (mut head, ()) = http::Response::new(()).into_parts();
+    head.status = status;
+    for (name, value) in reply.headers {
+        let name = HeaderName::try_from(name.as_str())
+            .map_err(|_| fail(format!("replied with invalid header `{name}`")))?;
+        let value = HeaderValue::try_from(value)
+            .map_err(|_| fail(format!("replied with an invalid value for `{name}`")))?;
+        head.headers.append(name, value);
+    }
+    head.headers.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(reply.body.len()),
+    );
+    Ok(Reply {
+        head,
+        body: Bytes::from(reply.body),
+    })
+}

@@ -1,0 +1,30 @@
+//! Sluice: a programmable HTTP gateway whose policy runs as sandboxed
+//! WebAssembly components.
+//!
+//! The data path, one module per stage:
+//! [`server`] (listeners) → [`router`] → [`filter`] (the chain of plugins) →
+//! [`upstream`] → back through [`filter`] → client; [`proxy`] ties them
+//! together per request, and [`config`] describes it all.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let server = sluice::Server::from_file("sluice.toml".as_ref()).await?;
+//! println!("listening on {:?}", server.local_addrs());
+//! server.serve().await;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod exchange;
+pub mod filter;
+pub mod proxy;
+pub mod ratelimit;
+pub mod router;
+pub mod server;
+pub mod upstream;
+
+pub use config::{Config, ConfigError};
+pub use server::Server;

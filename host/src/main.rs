@@ -1,0 +1,116 @@
+//! The `sluice` command: run, check, or demo a gateway configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::{Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A programmable HTTP gateway with WebAssembly filters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a configuration.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and load every plugin, without serving.
+    Check {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Serve the quickstart with an embedded demo upstream behind every upstream.
+    Demo {
+        /// The configuration to demo.
+        #[arg(long, short, default_value = "examples/quickstart/sluice.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config } => {
+            let server = Server::from_file(&config).await?;
+            for addr in server.local_addrs() {
+                tracing::info!("listening on http://{addr}");
+            }
+            serve_until_signal(server).await
+        }
+        Command::Check { config } => {
+            let loaded = Config::load(&config)?;
+            let engine = sluice::filter::FilterEngine::new()?;
+            sluice::proxy::Gateway::build(&loaded, &engine).await?;
+            println!(
+                "{}: OK ({} routes, {} plugins, {} upstreams)",
+                config.display(),
+                loaded.routes.len(),
+                loaded.plugins.len(),
+                loaded.upstreams.len()
+            );
+            Ok(())
+        }
+        Command::Demo { config } => {
+            let mut loaded = Config::load(&config)?;
+            let demo = sluice::demo::start(([127, 0, 0, 1], 0).into()).await?;
+            for upstream in loaded.upstreams.values_mut() {
+                *upstream.targets.get_mut() = vec![demo.to_string()];
+            }
+            let server = Server::bind(&loaded).await?;
+            let addr = server.local_addrs()[0];
+            println!("Sluice demo: every upstream is the embedded demo upstream at {demo}.\nTry:");
+            println!("  curl -i http://{addr}/public/hello");
+            println!(
+                "  curl -i http://{addr}/api/orders                              # 401: no key"
+            );
+            println!(
+                "  curl -i -H 'x-api-key: demo-key-alice' http://{addr}/api/orders  # 200, x-user: alice"
+            );
+            println!(
+                "  curl -i --http2-prior-knowledge -H 'x-api-key: demo-key-bob' http://{addr}/api/orders"
+            );
+            println!("Ctrl-C stops it.");
+            serve_until_signal(server).await
+        }
+    }
+}
+
+async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
+    tokio::select! {
+        () = server.serve() => Ok(()),
+        signal = tokio::signal::ctrl_c() => {
+            signal?;
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The data path of one request: route → request phases → upstream →
+//! response phases → client.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{self, ProxyBody};
+use crate::config::Config;
+use crate::exchange::Exchange;
+use crate::filter::{FilterChain, FilterEngine, InstancePool, PluginError, Reply, RequestOutcome};
+use crate::ratelimit::TokenBuckets;
+use crate::router::{Matcher, RouteTable};
+use crate::upstream::{self, Upstream, UpstreamError};
+
+/// Largest body buffered for filters that asked for bodies.
+pub const MAX_BUFFERED_BODY: usize = 16 << 20;
+
+/// A route, ready to serve.
+pub struct Route {
+    /// Its name, for logs and filters.
+    pub name: Arc<str>,
+    upstream: Arc<Upstream>,
+    chain: FilterChain,
+}
+
+/// Everything needed to serve requests, built from one configuration.
+pub struct Gateway {
+    routes: RouteTable<Route>,
+    upstreams: HashMap<String, Arc<Upstream>>,
+    buckets: TokenBuckets,
+}
+
+impl Gateway {
+    /// Load every plugin and initialise every route's filters. Errors name the
+    /// configuration file and line, the route and the plugin.
+    pub async fn build(config: &Config, engine: &FilterEngine) -> anyhow::Result<Gateway> {
+        let src = &config.source;
+        let mut plugins = HashMap::new();
+        for (name, plugin) in &config.plugins {
+            let loaded = engine.load(name, src.dir(), plugin).map_err(|e| {
+                src.error(
+                    plugin.path.span().start,
+                    format!("plugins.{name}.path"),
+                    e.to_string(),
+                )
+            })?;
+            plugins.insert(name.clone(), Arc::new(loaded));
+        }
+        let upstreams: HashMap<String, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u))))
+            .collect();
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, route) in config.routes.iter().enumerate() {
+            let name: Arc<str> = config.route_name(i).into();
+            let matcher = Matcher::new(&route.matcher).map_err(|e| {
+                src.error(
+                    route.upstream.span().start,
+                    format!("routes[{i}].match"),
+                    e.to_string(),
+                )
+            })?;
+            let mut filters = Vec::with_capacity(route.filters.len());
+            for (j, filter) in route.filters.iter().enumerate() {
+                let plugin = plugins[filter.plugin.get_ref()].clone();
+                let json = serde_json::to_string(&filter.config)
+                    .expect("TOML values are JSON-representable");
+                let pool = InstancePool::new(plugin, json, filter.body).await.map_err(|e| {
+                    let key = format!("routes[{i}].filters[{j}]");
+                    let message = match e {
+                        PluginError::Rejected { plugin, message } => {
+                            format!("route `{name}`: plugin `{plugin}` rejected its configuration: {message}")
+                        }
+                        other => format!("route `{name}`: {other}"),
+                    };
+                    src.error(filter.plugin.span().start, key, message)
+                })?;
+                filters.push(pool);
+            }
+            let route = Route {
+                name,
+                upstream: upstreams[route.upstream.get_ref()].clone(),
+                chain: FilterChain::new(filters),
+            };
+            routes.push((matcher, route));
+        }
+        Ok(Gateway {
+            routes: RouteTable::new(routes),
+            upstreams,
+            buckets: TokenBuckets::default(),
+        })
+    }
+
+    /// Serve one request from a client at `client_ip`.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client_ip: IpAddr,
+    ) -> Response<ProxyBody> {
+        let (head, incoming) = request.into_parts();
+        let host = host_of(&head);
+        let Some(route) = self.routes.find(
+            host.as_deref(),
+            head.uri.path(),
+            &head.method,
+            &head.headers,
+        ) else {
+            return error_response(StatusCode::NOT_FOUND, "no_route");
+        };
+        let mut ex = Box::new(Exchange::new(head, client_ip, route.name.clone()));
+        let mut body = Some(body::stream(incoming));
+        if route.chain.needs_bodies() {
+            match body::collect(body.take().expect("body"), MAX_BUFFERED_BODY).await {
+                Ok(bytes) => ex.request_body = Some(bytes),
+                Err(_) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            }
+        }
+
+        let (ex, ran, outcome) = route.chain.on_request(ex, &self.buckets).await;
+        let response = match outcome {
+            RequestOutcome::Failed(failure) => {
+                tracing::error!(
+                    route = &*route.name,
+                    plugin = &*failure.plugin,
+                    "request failed: {}",
+                    failure.reason
+                );
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR, "filter_failed");
+            }
+            RequestOutcome::Reply(Reply { head, body }) => {
+                self.respond(route, ex, ran, head, Some(body), None).await
+            }
+            RequestOutcome::Forward { upstream } => {
+                self.forward(route, ex, ran, upstream, body).await
+            }
+        };
+        response
+    }
+
+    /// Send the request upstream and run the response back through the chain.
+    async fn forward(
+        &self,
+        route: &Route,
+        mut ex: Box<Exchange>,
+        ran: usize,
+        chosen: Option<String>,
+        body: Option<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let upstream = match chosen {
+            None => &route.upstream,
+            Some(name) => match self.upstreams.get(&name) {
+                Some(upstream) => upstream,
+                None => {
+                    tracing::error!(
+                        route = &*route.name,
+                        "a routing filter chose unknown upstream `{name}`"
+                    );
+                    return error_response(StatusCode::INTERNAL_SERVER_ERROR, "unknown_upstream");
+                }
+            },
+        };
+        let body = match ex.request_body.take() {
+            Some(bytes) => body::full(bytes),
+            None => body.unwrap_or_else(|| body::full(Bytes::new())),
+        };
+        // Response filters still need the request head; otherwise move it out, not copy it.
+        let mut request = if route.chain.has_response_phase(ran) {
+            let mut request = Request::new(body);
+            *request.method_mut() = ex.request.method.clone();
+            *request.uri_mut() = ex.request.uri.clone();
+            *request.headers_mut() = ex.request.headers.clone();
+            request
+        } else {
+            let (blank, ()) = Request::new(()).into_parts();
+            Request::from_parts(std::mem::replace(&mut ex.request, blank), body)
+        };
+        let authority = ex.authority().map(str::to_owned).or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+        upstream::prepare_request(&mut request, ex.client_ip, authority.as_deref());
+
+        let response = match upstream.send(request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(route = &*route.name, "{error}");
+                let (status, code) = match error {
+                    UpstreamError::Unreachable { .. } => {
+                        (StatusCode::BAD_GATEWAY, "upstream_unreachable")
+                    }
+                    UpstreamError::Timeout { .. } => {
+                        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+                    }
+                };
+                return error_response(status, code);
+            }
+        };
+        let (mut head, incoming) = response.into_parts();
+        upstream::strip_hop_by_hop(&mut head.headers);
+        let streamed = body::stream(incoming);
+        if route.chain.has_response_phase(ran) && route.chain.needs_bodies() {
+            match body::collect(streamed, MAX_BUFFERED_BODY).await {
+                Ok(bytes) => self.respond(route, ex, ran, head, Some(bytes), None).await,
+                Err(_) => error_response(StatusCode::BAD_GATEWAY, "upstream_body_too_large"),
+            }
+        } else {
+            self.respond(route, ex, ran, head, None, Some(streamed))
+                .await
+        }
+    }
+
+    /// Run the response phases, then build the client's response from either
+    /// the buffered body or the stream.
+    async fn respond(
+        &self,
+        route: &Route,
+        mut ex: Box<Exchange>,
+        ran: usize,
+        head: http::response::Parts,
+        buffered: Option<Bytes>,
+        stream: Option<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        ex.response = Some(head);
+        ex.response_body = buffered;
+        if route.chain.has_response_phase(ran) {
+            let (back, result) = route.chain.on_response(ex, ran).await;
+            ex = back;
+            if let Err(failure) = result {
+                tracing::error!(
+                    route = &*route.name,
+                    plugin = &*failure.plugin,
+                    "response failed: {}",
+                    failure.reason
+                );
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR, "filter_failed");
+            }
+        }
+        let mut head = ex.response.take().expect("response head set above");
+        if let Some(admission) = ex.rate_limit {
+            let headers = &mut head.headers;
+            headers.insert("ratelimit-limit", HeaderValue::from(admission.limit));
+            headers.insert(
+                "ratelimit-remaining",
+                HeaderValue::from(admission.remaining),
+            );
+            headers.insert("ratelimit-reset", HeaderValue::from(admission.reset_secs));
+        }
+        let body = match (ex.response_body.take(), stream) {
+            (Some(bytes), _) => body::full(bytes),
+            (None, Some(stream)) => stream,
+            (None, None) => body::full(Bytes::new()),
+        };
+        Response::from_parts(head, body)
+    }
+}
+
+/// The request's host in lowercase, without a port.
+fn host_of(head: &http::request::Parts) -> Option<String> {
+    let raw = match head.uri.host() {
+        Some(host) => host,
+        None => head.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    let host = if raw.starts_with('[') {
+        raw.split_inclusive(']').next().unwrap_or(raw)
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(host, _port)| host)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// A response the gateway makes itself, with a short machine-readable code.
+pub fn error_response(status: StatusCode, code: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(format!("{code}\n")));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    headers.insert("x-sluice-error", HeaderValue::from_static(code));
+    response
+}

@@ -1,0 +1,96 @@
+//! Listeners: accept connections and serve HTTP/1.1 and cleartext HTTP/2
+//! (prior knowledge) on the same socket.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::filter::FilterEngine;
+use crate::proxy::Gateway;
+
+/// A gateway with its listeners bound, not yet accepting.
+pub struct Server {
+    gateway: Arc<Gateway>,
+    listeners: Vec<TcpListener>,
+}
+
+impl Server {
+    /// Load `config` (plugins included) and bind its listeners.
+    pub async fn bind(config: &Config) -> anyhow::Result<Server> {
+        let engine = FilterEngine::new()?;
+        let gateway = Arc::new(Gateway::build(config, &engine).await?);
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let socket = TcpListener::bind(listener.address)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
+            listeners.push(socket);
+        }
+        anyhow::ensure!(
+            !listeners.is_empty(),
+            "{}: no [[listeners]] configured",
+            config.source.path.display()
+        );
+        Ok(Server { gateway, listeners })
+    }
+
+    /// Load the configuration file at `path` and bind.
+    pub async fn from_file(path: &Path) -> anyhow::Result<Server> {
+        Self::bind(&Config::load(path)?).await
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Accept and serve until the returned task is aborted or dropped with its set.
+    pub async fn serve(self) {
+        let mut accepting = JoinSet::new();
+        for listener in self.listeners {
+            accepting.spawn(accept_loop(listener, self.gateway.clone()));
+        }
+        while accepting.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!("accept failed: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(request, peer.ip()).await) }
+            });
+            if let Err(error) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, "connection ended: {error}");
+            }
+        });
+    }
+}

@@ -1,0 +1,267 @@
+//! The request, response and headers a filter sees, and the replies it can give.
+//! All of it stays in the gateway: these are handles, and each call fetches
+//! only what it asks for.
+
+use std::cell::OnceCell;
+
+use crate::bindings::imports::sluice::filter::types as raw;
+
+/// Header fields of a request or response. Names are case-insensitive.
+pub struct Headers(raw::Headers);
+
+impl Headers {
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name)
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all(&self, name: &str) -> Vec<String> {
+        self.0.get_all(name)
+    }
+
+    /// Whether `name` is present.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.has(name)
+    }
+
+    /// Replace the values of `name`. Fails on an invalid name or value.
+    pub fn set(&self, name: &str, value: &str) -> Result<(), String> {
+        self.0.set(name, value)
+    }
+
+    /// Add a value to `name`. Fails on an invalid name or value.
+    pub fn append(&self, name: &str, value: &str) -> Result<(), String> {
+        self.0.append(name, value)
+    }
+
+    /// Remove every value of `name`.
+    pub fn remove(&self, name: &str) {
+        self.0.remove(name)
+    }
+
+    /// All fields as `(name, value)` pairs.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        self.0.entries()
+    }
+}
+
+/// Who the request is from, as established by an auth filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The principal: a user, a service, a key's owner.
+    pub subject: String,
+    /// Further facts, such as a plan or a tenant.
+    pub claims: Vec<(String, String)>,
+}
+
+impl Identity {
+    /// An identity with no claims.
+    pub fn new(subject: impl Into<String>) -> Identity {
+        Identity {
+            subject: subject.into(),
+            claims: Vec::new(),
+        }
+    }
+
+    /// Add a claim.
+    pub fn claim(mut self, name: impl Into<String>, value: impl Into<String>) -> Identity {
+        self.claims.push((name.into(), value.into()));
+        self
+    }
+
+    /// The value of claim `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.claims
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The client's request, as it passes through the chain.
+pub struct Request<'a> {
+    raw: &'a raw::Request,
+    headers: OnceCell<Headers>,
+}
+
+impl<'a> Request<'a> {
+    #[doc(hidden)]
+    pub fn from_raw(raw: &'a raw::Request) -> Request<'a> {
+        Request {
+            raw,
+            headers: OnceCell::new(),
+        }
+    }
+
+    /// The method, such as `GET`.
+    pub fn method(&self) -> String {
+        self.raw.method()
+    }
+
+    /// The path, without the query string.
+    pub fn path(&self) -> String {
+        self.raw.path()
+    }
+
+    /// The query string, without `?`.
+    pub fn query(&self) -> Option<String> {
+        self.raw.query()
+    }
+
+    /// The value of query parameter `name` (not percent-decoded beyond `+`).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.query()?;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| v.replace('+', " "))
+        })
+    }
+
+    /// The host the client asked for.
+    pub fn authority(&self) -> Option<String> {
+        self.raw.authority()
+    }
+
+    /// The client's IP address.
+    pub fn client_ip(&self) -> String {
+        self.raw.client_ip()
+    }
+
+    /// The name of the route that matched.
+    pub fn route(&self) -> String {
+        self.raw.route()
+    }
+
+    /// The request's headers.
+    pub fn headers(&self) -> &Headers {
+        self.headers.get_or_init(|| Headers(self.raw.headers()))
+    }
+
+    /// Shorthand for `headers().get(name)`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers().get(name)
+    }
+
+    /// The identity an auth filter established, if any.
+    pub fn identity(&self) -> Option<Identity> {
+        self.raw.identity().map(|i| Identity {
+            subject: i.subject,
+            claims: i.claims,
+        })
+    }
+
+    /// The whole body; only for filters configured with `body = true`.
+    pub fn body(&self) -> Result<Vec<u8>, String> {
+        self.raw.body()
+    }
+
+    /// Replace the body; the gateway keeps `Content-Length` right.
+    pub fn set_body(&self, body: impl Into<Vec<u8>>) -> Result<(), String> {
+        self.raw.set_body(&body.into())
+    }
+}
+
+/// The response on its way back to the client.
+pub struct Response<'a> {
+    raw: &'a raw::Response,
+    headers: OnceCell<Headers>,
+}
+
+impl<'a> Response<'a> {
+    #[doc(hidden)]
+    pub fn from_raw(raw: &'a raw::Response) -> Response<'a> {
+        Response {
+            raw,
+            headers: OnceCell::new(),
+        }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.raw.status()
+    }
+
+    /// Change the status code.
+    pub fn set_status(&self, status: u16) -> Result<(), String> {
+        self.raw.set_status(status)
+    }
+
+    /// The response's headers.
+    pub fn headers(&self) -> &Headers {
+        self.headers.get_or_init(|| Headers(self.raw.headers()))
+    }
+
+    /// Shorthand for `headers().get(name)`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers().get(name)
+    }
+
+    /// The whole body; only for filters configured with `body = true`.
+    pub fn body(&self) -> Result<Vec<u8>, String> {
+        self.raw.body()
+    }
+
+    /// Replace the body; the gateway keeps `Content-Length` right.
+    pub fn set_body(&self, body: impl Into<Vec<u8>>) -> Result<(), String> {
+        self.raw.set_body(&body.into())
+    }
+}
+
+/// A response a filter answers with instead of the upstream's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// Header fields, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// An empty reply with `status`.
+    pub fn new(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A plain-text reply.
+    pub fn text(status: u16, text: impl Into<String>) -> Reply {
+        Reply::new(status)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(text.into())
+    }
+
+    /// A JSON reply.
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Reply {
+        let body = serde_json::to_vec(value).unwrap_or_default();
+        Reply::new(status)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+
+    /// Add a header field.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Set the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Reply {
+        self.body = body.into();
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn into_raw(self) -> raw::Reply {
+        raw::Reply {
+            status: self.status,
+            headers: self.headers,
+            body: self.body,
+        }
+    }
+}
