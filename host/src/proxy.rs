@@ -124,7 +124,7 @@ impl Gateway {
         }
 
         let (ex, ran, outcome) = route.chain.on_request(ex, &self.buckets).await;
-        let response = match outcome {
+        match outcome {
             RequestOutcome::Failed(failure) => {
                 tracing::error!(
                     route = &*route.name,
@@ -132,7 +132,7 @@ impl Gateway {
                     "request failed: {}",
                     failure.reason
                 );
-                return error_response(StatusCode::INTERNAL_SERVER_ERROR, "filter_failed");
+                error_response(StatusCode::INTERNAL_SERVER_ERROR, "filter_failed")
             }
             RequestOutcome::Reply(Reply { head, body }) => {
                 self.respond(route, ex, ran, head, Some(body), None).await
@@ -140,8 +140,7 @@ impl Gateway {
             RequestOutcome::Forward { upstream } => {
                 self.forward(route, ex, ran, upstream, body).await
             }
-        };
-        response
+        }
     }
 
     /// Send the request upstream and run the response back through the chain.
@@ -181,14 +180,7 @@ impl Gateway {
             let (blank, ()) = Request::new(()).into_parts();
             Request::from_parts(std::mem::replace(&mut ex.request, blank), body)
         };
-        let authority = ex.authority().map(str::to_owned).or_else(|| {
-            request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-        upstream::prepare_request(&mut request, ex.client_ip, authority.as_deref());
+        upstream::prepare_request(&mut request, ex.client_ip);
 
         let response = match upstream.send(request).await {
             Ok(response) => response,

@@ -136,7 +136,7 @@ impl<T> RouteTable<T> {
     pub fn new(routes: Vec<(Matcher, T)>) -> RouteTable<T> {
         let mut routes = routes;
         // A stable sort keeps configuration order among equally specific routes.
-        routes.sort_by(|(a, _), (b, _)| b.specificity().cmp(&a.specificity()));
+        routes.sort_by_key(|(matcher, _)| std::cmp::Reverse(matcher.specificity()));
         RouteTable { routes }
     }
 

@@ -141,11 +141,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Make a client's request fit to send upstream: hop-by-hop headers removed,
 /// `X-Forwarded-*` set, the original host kept, HTTP/1.1 on the wire.
-pub fn prepare_request(
-    request: &mut Request<ProxyBody>,
-    client_ip: IpAddr,
-    authority: Option<&str>,
-) {
+pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr) {
+    // HTTP/2 clients send `:authority` (in the URI), HTTP/1.1 clients `Host`.
+    let authority = match request.uri().authority() {
+        Some(authority) => HeaderValue::try_from(authority.as_str()).ok(),
+        None => request.headers().get(header::HOST).cloned(),
+    };
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -156,9 +157,8 @@ pub fn prepare_request(
         headers.insert("x-forwarded-for", value);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(host) = authority.and_then(|a| HeaderValue::try_from(a).ok()) {
+    if let Some(host) = authority {
         headers.insert("x-forwarded-host", host.clone());
-        // HTTP/2 clients send `:authority`, not `Host`; upstreams expect `Host`.
         headers.entry(header::HOST).or_insert(host);
     }
     *request.version_mut() = Version::HTTP_11;

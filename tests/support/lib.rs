@@ -1,1 +1,269 @@
+//! What the end-to-end tests share: a real upstream server, the real gateway
+//! started from a TOML configuration, and a plain HTTP client. Everything
+//! listens on `127.0.0.1:0`.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Path of a plugin component built from `plugins/` by this crate's build script.
+pub fn plugin(name: &str) -> String {
+    format!(
+        "{}/{}.wasm",
+        env!("SLUICE_PLUGIN_DIR"),
+        name.replace('-', "_")
+    )
+}
+
+type TestBody = BoxBody<Bytes, Infallible>;
+
+/// A test upstream. Paths:
+/// - `/slow`: answers after 10 s;
+/// - `/download?bytes=N`: streams N bytes;
+/// - `/upload`: counts the request body's bytes as it streams in;
+/// - anything else: a JSON echo of the request.
+///
+/// Every response carries `x-upstream: <id>`.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Start one, named `id`.
+    pub async fn start(id: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async move { Ok::<_, Infallible>(answer(id, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(id: &'static str, req: Request<Incoming>) -> Response<TestBody> {
+    let (head, body) = req.into_parts();
+    let body: TestBody = match head.uri.path() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Full::new(Bytes::from_static(b"late")).boxed()
+        }
+        "/download" => {
+            let total: usize = head
+                .uri
+                .query()
+                .and_then(|q| q.strip_prefix("bytes="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+            let chunks = stream::iter((0..total.div_ceil(chunk.len())).map(move |i| {
+                let len = chunk.len().min(total - i * chunk.len());
+                Ok::<_, Infallible>(Frame::data(chunk.slice(..len)))
+            }));
+            StreamBody::new(chunks).boxed()
+        }
+        "/upload" => {
+            let mut body = body;
+            let mut received = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    received += data.len();
+                }
+            }
+            Full::new(Bytes::from(received.to_string())).boxed()
+        }
+        _ => {
+            let headers: serde_json::Map<String, serde_json::Value> = head
+                .headers
+                .keys()
+                .map(|k| {
+                    let values: Vec<_> = head
+                        .headers
+                        .get_all(k)
+                        .iter()
+                        .map(|v| serde_json::Value::from(v.to_str().unwrap_or("")))
+                        .collect();
+                    (k.to_string(), values.into())
+                })
+                .collect();
+            let echo = serde_json::json!({
+                "upstream": id,
+                "method": head.method.as_str(),
+                "uri": head.uri.to_string(),
+                "headers": headers,
+            });
+            Full::new(Bytes::from(echo.to_string())).boxed()
+        }
+    };
+    Response::builder()
+        .header("x-upstream", id)
+        .header("server", "test-upstream")
+        .body(body)
+        .expect("valid response")
+}
+
+/// The real gateway, serving a configuration in-process.
+pub struct Gateway {
+    /// Its first listener's address.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Write `toml` to a file (so errors carry a path and line) and start the
+    /// gateway on it. A listener on `127.0.0.1:0` is added first.
+    pub async fn start(toml: &str) -> anyhow::Result<Gateway> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{toml}"),
+        )?;
+        let server = sluice::Server::from_file(&path).await?;
+        let addr = server.local_addrs()[0];
+        let task = tokio::spawn(server.serve());
+        Ok(Gateway {
+            addr,
+            task,
+            _dir: dir,
+        })
+    }
+
+    /// `http://<addr><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A header's value as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// All values the upstream echoed for request header `name`.
+    pub fn echoed(&self, name: &str) -> Vec<String> {
+        self.json()["headers"][name]
+            .as_array()
+            .map(|values| {
+                values
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// An HTTP/1.1 client with keep-alive.
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Send `method url` with `headers` and an empty body.
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Empty::new().boxed()).expect("valid request");
+    let response = client()
+        .request(request)
+        .await
+        .expect("the gateway answers");
+    let (head, body) = response.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Reply {
+        status: head.status,
+        headers: head.headers,
+        body,
+    }
+}
+
+/// `GET url` with `headers`.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send("GET", url, headers).await
+}
+
+/// Count how many of `replies` came from each upstream.
+pub fn by_upstream(replies: &[Reply]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for reply in replies {
+        *counts
+            .entry(reply.header("x-upstream").to_owned())
+            .or_default() += 1;
+    }
+    counts
+}

@@ -1,0 +1,78 @@
+//! A misbehaving plugin (trap, endless loop, memory hog) fails its own
+//! requests with a clear 5xx, is replaced, and nothing else is disturbed.
+
+use sluice_tests::{Gateway, Upstream, get, plugin};
+
+async fn gateway(up: &Upstream, on_failure: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"[plugins.fault]
+path = "{}"
+call_timeout = "100ms"
+memory_limit_mib = 16
+on_failure = "{on_failure}"
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+name = "faulty"
+match = {{ path_prefix = "/f" }}
+upstream = "a"
+filters = [{{ plugin = "fault", config = {{ panic_on = "/f/boom", spin_on = "/f/spin", hog_on = "/f/hog" }} }}]
+
+[[routes]]
+name = "healthy"
+upstream = "a"
+"#,
+        plugin("fault"),
+        up.addr
+    ))
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_filters_answer_500_while_everything_else_keeps_serving() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&up, "closed").await;
+    for fault in ["/f/boom", "/f/spin", "/f/hog"] {
+        // Each failure happens while other requests, on the same plugin and on
+        // another route, are in flight.
+        let (fault_url, other_url) = (gw.url(fault), gw.url("/elsewhere"));
+        let failing = get(&fault_url, &[]);
+        let same_plugin = async {
+            let mut statuses = Vec::new();
+            for _ in 0..20 {
+                statuses.push(get(&gw.url("/f/fine"), &[]).await.status);
+            }
+            statuses
+        };
+        let other_route = get(&other_url, &[]);
+        let (failed, same_plugin, other_route) = tokio::join!(failing, same_plugin, other_route);
+        assert_eq!(failed.status, 500, "{fault}");
+        assert_eq!(failed.header("x-sluice-error"), "filter_failed", "{fault}");
+        assert!(
+            same_plugin.iter().all(|s| *s == 200),
+            "{fault}: {same_plugin:?}"
+        );
+        assert_eq!(other_route.status, 200, "{fault}");
+        // The failed instance was replaced: the plugin keeps working.
+        assert_eq!(get(&gw.url("/f/after"), &[]).await.status, 200, "{fault}");
+    }
+    // Repeated failures do not wear the gateway down.
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url("/f/boom"), &[]).await.status, 500);
+    }
+    assert_eq!(get(&gw.url("/f/fine"), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_open_plugin_is_skipped_when_it_fails() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&up, "open").await;
+    for fault in ["/f/boom", "/f/spin"] {
+        let reply = get(&gw.url(fault), &[]).await;
+        assert_eq!(reply.status, 200, "{fault}");
+        assert_eq!(reply.header("x-upstream"), "a");
+    }
+}
