@@ -25,7 +25,9 @@ fn check_accepts_a_valid_config() {
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n[upstreams.a]\ntargets = [\"127.0.0.1:9\"]\n[[routes]]\nupstream = \"a\"\n",
     );
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("OK (1 routes, 0 plugins, 1 upstreams)"));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("OK (1 routes, 0 plugins, 1 upstreams)")
+    );
 }
 
 #[test]
@@ -45,7 +47,11 @@ fn check_rejects_bad_configs_naming_file_line_and_key() {
             "unknown upstream `b`",
         ),
         // A malformed value, on line 2.
-        ("[[listeners]]\naddress = \"not an address\"\n", "gateway.toml:2:", "invalid socket address"),
+        (
+            "[[listeners]]\naddress = \"not an address\"\n",
+            "gateway.toml:2:",
+            "invalid socket address",
+        ),
         // A plugin that is not there, on line 2.
         (
             "[plugins.auth]\npath = \"missing.wasm\"\n",
