@@ -1,0 +1,175 @@
+//! Rate limiting (host-kept token buckets) and routing decisions, with the
+//! real `rate-limit`, `router` and `api-key-auth` plugins.
+
+use std::time::Duration;
+
+use sluice_tests::{Gateway, Upstream, by_upstream, get, plugin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_count_exactly_under_concurrency_and_refill() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&format!(
+        r#"[plugins.limit]
+path = "{}"
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+match = {{ path_prefix = "/burst" }}
+upstream = "a"
+filters = [{{ plugin = "limit", config = {{ key = "header:x-client", capacity = 5, window_secs = 3600 }} }}]
+
+[[routes]]
+match = {{ path_prefix = "/refill" }}
+upstream = "a"
+filters = [{{ plugin = "limit", config = {{ key = "route", capacity = 1, window_secs = 2 }} }}]
+"#,
+        plugin("rate-limit"),
+        up.addr
+    ))
+    .await
+    .unwrap();
+
+    // 40 concurrent requests from one client: exactly 5 get through.
+    let url = gw.url("/burst");
+    let replies =
+        futures_util::future::join_all((0..40).map(|_| get(&url, &[("x-client", "one")]))).await;
+    let allowed: Vec<_> = replies.iter().filter(|r| r.status == 200).collect();
+    let refused: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!((allowed.len(), refused.len()), (5, 35));
+    assert_eq!(up.hits(), 5);
+    let mut remaining: Vec<_> = allowed
+        .iter()
+        .map(|r| r.header("ratelimit-remaining").to_owned())
+        .collect();
+    remaining.sort();
+    assert_eq!(remaining, ["0", "1", "2", "3", "4"]);
+    for reply in &refused {
+        assert_eq!(reply.header("ratelimit-limit"), "5");
+        assert_eq!(reply.header("ratelimit-remaining"), "0");
+        assert!(reply.header("retry-after").parse::<u64>().unwrap() >= 1);
+    }
+    // Another client has its own bucket.
+    assert_eq!(get(&url, &[("x-client", "two")]).await.status, 200);
+
+    // A bucket refills: after Retry-After, the request goes through again.
+    let refill = gw.url("/refill");
+    assert_eq!(get(&refill, &[]).await.status, 200);
+    let refused = get(&refill, &[]).await;
+    assert_eq!(refused.status, 429);
+    let wait: u64 = refused.header("retry-after").parse().unwrap();
+    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(100)).await;
+    assert_eq!(get(&refill, &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_tiers_follow_the_authenticated_identity() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&format!(
+        r#"[plugins.auth]
+path = "{}"
+[plugins.limit]
+path = "{}"
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+upstream = "a"
+filters = [
+  {{ plugin = "limit", config = {{ key = "identity", capacity = 1, window_secs = 3600, tier_claim = "plan", tiers = {{ gold = 3 }} }} }},
+  {{ plugin = "auth", config = {{ keys = [
+      {{ key = "k-alice", owner = "alice", claims = {{ plan = "gold" }} }},
+      {{ key = "k-bob", owner = "bob", claims = {{ plan = "free" }} }},
+  ] }} }},
+]
+"#,
+        plugin("api-key-auth"),
+        plugin("rate-limit"),
+        up.addr
+    ))
+    .await
+    .unwrap();
+    let count = |key: &'static str| {
+        let url = gw.url("/");
+        async move {
+            let mut allowed = 0;
+            for _ in 0..6 {
+                if get(&url, &[("x-api-key", key)]).await.status == 200 {
+                    allowed += 1;
+                }
+            }
+            allowed
+        }
+    };
+    assert_eq!(count("k-alice").await, 3, "gold tier");
+    assert_eq!(count("k-bob").await, 1, "default capacity");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_picks_named_upstreams_by_header_cookie_and_path() {
+    let (stable, stable_b) = (
+        Upstream::start("stable").await,
+        Upstream::start("stable-b").await,
+    );
+    let (canary, v2) = (Upstream::start("canary").await, Upstream::start("v2").await);
+    let gw = Gateway::start(&format!(
+        r#"[plugins.router]
+path = "{}"
+
+[upstreams.stable]
+targets = ["{}", "{}"]
+[upstreams.canary]
+targets = ["{}"]
+[upstreams.v2]
+targets = ["{}"]
+
+[[routes]]
+upstream = "stable"
+filters = [{{ plugin = "router", config = {{ rules = [
+  {{ upstream = "canary", header = {{ name = "x-canary", value = "1" }} }},
+  {{ upstream = "canary", cookie = {{ name = "beta", value = "yes" }} }},
+  {{ upstream = "v2", path_prefix = "/v2", strip_prefix = true }},
+  {{ upstream = "nowhere", path_prefix = "/broken" }},
+] }} }}]
+"#,
+        plugin("router"),
+        stable.addr,
+        stable_b.addr,
+        canary.addr,
+        v2.addr
+    ))
+    .await
+    .unwrap();
+
+    let plain = get(&gw.url("/items"), &[]).await;
+    assert!(plain.header("x-upstream").starts_with("stable"));
+    let flagged = get(&gw.url("/items"), &[("x-canary", "1")]).await;
+    assert_eq!(flagged.header("x-upstream"), "canary");
+    let other_flag = get(&gw.url("/items"), &[("x-canary", "0")]).await;
+    assert!(other_flag.header("x-upstream").starts_with("stable"));
+    let cookie = get(&gw.url("/items"), &[("cookie", "theme=dark; beta=yes")]).await;
+    assert_eq!(cookie.header("x-upstream"), "canary");
+    let versioned = get(&gw.url("/v2/items?page=2"), &[]).await;
+    assert_eq!(versioned.header("x-upstream"), "v2");
+    assert_eq!(
+        versioned.json()["uri"],
+        "/items?page=2",
+        "prefix stripped, query kept"
+    );
+
+    // A routing decision naming an upstream that does not exist is a clear 500.
+    let broken = get(&gw.url("/broken"), &[]).await;
+    assert_eq!(broken.status, 500);
+    assert_eq!(broken.header("x-sluice-error"), "unknown_upstream");
+
+    // The router picks the upstream; the host still balances inside it.
+    let url = gw.url("/x");
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        replies.push(get(&url, &[]).await);
+    }
+    let counts = by_upstream(&replies);
+    assert_eq!((counts["stable"], counts["stable-b"]), (2, 2));
+}
