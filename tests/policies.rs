@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sluice_tests::{Gateway, Upstream, by_upstream, get, plugin};
+use sluice_tests::{Gateway, Upstream, by_upstream, get, plugin, send_body};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_count_exactly_under_concurrency_and_refill() {
@@ -172,4 +172,65 @@ filters = [{{ plugin = "router", config = {{ rules = [
     }
     let counts = by_upstream(&replies);
     assert_eq!((counts["stable"], counts["stable-b"]), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_rewrites_paths_queries_versions_and_json_bodies() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&format!(
+        r#"[plugins.transform]
+path = "{}"
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+upstream = "a"
+filters = [{{ plugin = "transform", body = true, config = {{
+  rewrite = [{{ pattern = "^/old/(?P<rest>.*)$", replacement = "/new/${{rest}}" }}],
+  version = {{ header = "accept-version", prefixes = {{ "2" = "/v2" }} }},
+  query = {{ set = {{ source = "gw" }}, remove = ["debug"] }},
+  request_json = {{ set = {{ "/meta/via" = "sluice" }}, remove = ["/password"] }},
+  response_json = {{ set = {{ "/served" = true }}, remove = ["/internal"] }},
+  max_body_bytes = 1000,
+}} }}]
+"#,
+        plugin("transform"),
+        up.addr
+    ))
+    .await
+    .unwrap();
+
+    let moved = get(&gw.url("/old/thing?debug=1&a=b"), &[]).await;
+    assert_eq!(moved.json()["uri"], "/new/thing?a=b&source=gw");
+    let versioned = get(&gw.url("/items"), &[("accept-version", "2")]).await;
+    assert_eq!(versioned.json()["uri"], "/v2/items?source=gw");
+
+    let body = r#"{"user":"ann","password":"hunter2","internal":{"cost":3}}"#;
+    let mirrored = send_body(
+        "POST",
+        &gw.url("/mirror"),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(mirrored.status, 200);
+    assert_eq!(
+        mirrored.json(),
+        serde_json::json!({ "user": "ann", "meta": { "via": "sluice" }, "served": true }),
+        "request edits reached the upstream, response edits reached the client"
+    );
+    assert_eq!(
+        mirrored.header("content-length"),
+        mirrored.body.len().to_string()
+    );
+
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(2000));
+    let refused = send_body("POST", &gw.url("/mirror"), &[], big).await;
+    assert_eq!(refused.status, 413);
+    assert_eq!(
+        up.hits(),
+        3,
+        "the oversized body never reached the upstream"
+    );
 }

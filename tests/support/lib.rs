@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -38,6 +38,7 @@ type TestBody = BoxBody<Bytes, Infallible>;
 /// - `/slow`: answers after 10 s;
 /// - `/download?bytes=N`: streams N bytes;
 /// - `/upload`: counts the request body's bytes as it streams in;
+/// - `/mirror`: answers with the request body, as JSON;
 /// - anything else: a JSON echo of the request.
 ///
 /// Every response carries `x-upstream: <id>`.
@@ -106,6 +107,18 @@ async fn answer(id: &'static str, req: Request<Incoming>) -> Response<TestBody> 
                 Ok::<_, Infallible>(Frame::data(chunk.slice(..len)))
             }));
             StreamBody::new(chunks).boxed()
+        }
+        "/mirror" => {
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Response::builder()
+                .header("x-upstream", id)
+                .header("content-type", "application/json")
+                .body(Full::new(bytes).boxed())
+                .expect("valid response");
         }
         "/upload" => {
             let mut body = body;
@@ -234,11 +247,23 @@ pub fn client() -> Client<HttpConnector, TestBody> {
 
 /// Send `method url` with `headers` and an empty body.
 pub async fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    send_body(method, url, headers, Bytes::new()).await
+}
+
+/// Send `method url` with `headers` and `body`.
+pub async fn send_body(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
     let mut request = Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request.body(Empty::new().boxed()).expect("valid request");
+    let request = request
+        .body(Full::new(body.into()).boxed())
+        .expect("valid request");
     let response = client()
         .request(request)
         .await
