@@ -244,3 +244,36 @@ async fn h2c_prior_knowledge_requests_are_proxied() {
         "the :authority becomes Host upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_requests_in_flight_and_refuses_new_connections() {
+    let up = Upstream::start("a").await;
+    let (_dir, server) = Gateway::bind(&format!(
+        "[upstreams.a]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"a\"\n",
+        up.addr
+    ))
+    .await
+    .unwrap();
+    let addr = server.local_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_until(
+        async {
+            let _ = stopped.await;
+        },
+        std::time::Duration::from_secs(30),
+    ));
+    let in_flight =
+        tokio::spawn(async move { get(&format!("http://{addr}/delay?ms=700"), &[]).await });
+    while up.hits() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(&reply.body[..], b"done", "the request in flight finished");
+    serving.await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}

@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sluice::{Config, Server};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
@@ -104,13 +106,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// How long in-flight requests get to finish after SIGTERM or Ctrl-C.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
-    tokio::select! {
-        () = server.serve() => Ok(()),
-        signal = tokio::signal::ctrl_c() => {
-            signal?;
-            tracing::info!("shutting down");
-            Ok(())
+    let mut terminate = signal(SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
         }
-    }
+        tracing::info!("stopping: no new connections; finishing requests in flight");
+    };
+    server.serve_until(stop, DRAIN_TIMEOUT).await;
+    Ok(())
 }

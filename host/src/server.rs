@@ -5,10 +5,12 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -55,17 +57,44 @@ impl Server {
             .collect()
     }
 
-    /// Accept and serve until the returned task is aborted or dropped with its set.
+    /// Accept and serve until the task is dropped.
     pub async fn serve(self) {
+        self.serve_until(std::future::pending(), Duration::MAX)
+            .await
+    }
+
+    /// Accept and serve until `shutdown` completes; then stop accepting, let
+    /// connections finish their requests (idle ones close at once), and
+    /// return when all are done or `drain` has passed.
+    pub async fn serve_until(self, shutdown: impl Future<Output = ()>, drain: Duration) {
+        let graceful = Arc::new(GracefulShutdown::new());
         let mut accepting = JoinSet::new();
         for listener in self.listeners {
-            accepting.spawn(accept_loop(listener, self.gateway.clone()));
+            accepting.spawn(accept_loop(
+                listener,
+                self.gateway.clone(),
+                graceful.clone(),
+            ));
         }
-        while accepting.join_next().await.is_some() {}
+        shutdown.await;
+        accepting.shutdown().await;
+        let graceful = Arc::into_inner(graceful).expect("the accept loops are gone");
+        let open = graceful.count();
+        tracing::info!("draining {open} connections");
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timed out after {drain:?}; closing the rest");
+        }
     }
 }
 
-async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
+async fn accept_loop(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    graceful: Arc<GracefulShutdown>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // With a timer, HTTP/1 enforces a header read timeout (30 s), so a client
     // that trickles its request head cannot hold a connection forever.
@@ -78,22 +107,21 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>) {
             Err(error) => {
                 // Out of file descriptors and the like: back off rather than spin.
                 tracing::warn!("accept failed: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(request, peer.ip()).await) }
             });
-            if let Err(error) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%peer, "connection ended: {error}");
             }
         });

@@ -36,6 +36,7 @@ type TestBody = BoxBody<Bytes, Infallible>;
 
 /// A test upstream. Paths:
 /// - `/slow`: answers after 10 s;
+/// - `/delay?ms=N`: answers after N ms;
 /// - `/download?bytes=N`: streams N bytes;
 /// - `/upload`: counts the request body's bytes as it streams in;
 /// - `/mirror`: answers with the request body, as JSON;
@@ -93,6 +94,15 @@ async fn answer(id: &'static str, req: Request<Incoming>) -> Response<TestBody> 
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(10)).await;
             Full::new(Bytes::from_static(b"late")).boxed()
+        }
+        "/delay" => {
+            let ms = head
+                .uri
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|n| n.parse().ok());
+            tokio::time::sleep(Duration::from_millis(ms.unwrap_or(0))).await;
+            Full::new(Bytes::from_static(b"done")).boxed()
         }
         "/download" => {
             let total: usize = head
@@ -169,16 +179,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Write `toml` to a file (so errors carry a path and line) and start the
-    /// gateway on it. A listener on `127.0.0.1:0` is added first.
+    /// Start the gateway on `toml` (see [`Gateway::bind`]).
     pub async fn start(toml: &str) -> anyhow::Result<Gateway> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("sluice.toml");
-        std::fs::write(
-            &path,
-            format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{toml}"),
-        )?;
-        let server = sluice::Server::from_file(&path).await?;
+        let (dir, server) = Self::bind(toml).await?;
         let addr = server.local_addrs()[0];
         let task = tokio::spawn(server.serve());
         Ok(Gateway {
@@ -186,6 +189,19 @@ impl Gateway {
             task,
             _dir: dir,
         })
+    }
+
+    /// Write `toml`, with a `127.0.0.1:0` listener, to a file in a fresh
+    /// folder (so errors carry a path and line), and bind a server on it.
+    pub async fn bind(toml: &str) -> anyhow::Result<(tempfile::TempDir, sluice::Server)> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{toml}"),
+        )?;
+        let server = sluice::Server::from_file(&path).await?;
+        Ok((dir, server))
     }
 
     /// `http://<addr><path>`
