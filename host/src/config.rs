@@ -26,6 +26,9 @@ pub struct Config {
     /// Routes, matched most specific first.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The response cache that cache-policy filters use.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// The file this was read from; relative plugin paths resolve against its folder.
     #[serde(skip)]
     pub source: Source,
@@ -82,6 +85,27 @@ pub enum FailurePolicy {
     Closed,
     /// Skip the filter and carry on.
     Open,
+}
+
+/// Bounds of the in-memory response cache.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Total size, in MiB; least recently used entries go first.
+    #[serde(default = "defaults::cache_mib")]
+    pub max_mib: usize,
+    /// Largest response kept, in KiB; larger ones stream past the cache.
+    #[serde(default = "defaults::cache_entry_kib")]
+    pub max_entry_kib: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_mib: defaults::cache_mib(),
+            max_entry_kib: defaults::cache_entry_kib(),
+        }
+    }
 }
 
 /// A route: which requests it takes, where they go, and the filters on the way.
@@ -149,6 +173,12 @@ mod defaults {
     }
     pub fn max_requests_per_instance() -> u32 {
         100_000
+    }
+    pub fn cache_mib() -> usize {
+        64
+    }
+    pub fn cache_entry_kib() -> usize {
+        1024
     }
     pub fn empty_table() -> toml::Value {
         toml::Value::Table(Default::default())

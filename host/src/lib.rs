@@ -3,7 +3,7 @@
 //!
 //! The data path, one module per stage:
 //! [`server`] (listeners) → [`router`] → [`filter`] (the chain of plugins) →
-//! [`upstream`] → back through [`filter`] → client; [`proxy`] ties them
+//! [`upstream`] (or the [`cache`]) → back through [`filter`] → client; [`proxy`] ties them
 //! together per request, and [`config`] describes it all.
 //!
 //! ```no_run
@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod exchange;

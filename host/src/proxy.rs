@@ -6,13 +6,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{self, ProxyBody};
+use crate::cache::{self, Lookup, ResponseCache};
 use crate::config::Config;
 use crate::exchange::Exchange;
-use crate::filter::{FilterChain, FilterEngine, InstancePool, PluginError, Reply, RequestOutcome};
+use crate::filter::{
+    FilterChain, FilterEngine, InstancePool, PluginError, Reply, RequestOutcome, StoreDecision,
+};
 use crate::ratelimit::TokenBuckets;
 use crate::router::{Matcher, RouteTable};
 use crate::upstream::{self, Upstream, UpstreamError};
@@ -33,6 +36,7 @@ pub struct Gateway {
     routes: RouteTable<Route>,
     upstreams: HashMap<String, Arc<Upstream>>,
     buckets: TokenBuckets,
+    cache: ResponseCache,
 }
 
 impl Gateway {
@@ -95,6 +99,7 @@ impl Gateway {
             routes: RouteTable::new(routes),
             upstreams,
             buckets: TokenBuckets::default(),
+            cache: ResponseCache::new(&config.cache),
         })
     }
 
@@ -137,19 +142,24 @@ impl Gateway {
             RequestOutcome::Reply(Reply { head, body }) => {
                 self.respond(route, ex, ran, head, Some(body), None).await
             }
-            RequestOutcome::Forward { upstream } => {
-                self.forward(route, ex, ran, upstream, body).await
+            RequestOutcome::Forward {
+                upstream,
+                cache_key,
+            } => {
+                self.forward(route, ex, ran, upstream, cache_key, body)
+                    .await
             }
         }
     }
 
-    /// Send the request upstream and run the response back through the chain.
+    /// Answer from the cache or the upstream, and run the response back through the chain.
     async fn forward(
         &self,
         route: &Route,
-        mut ex: Box<Exchange>,
+        ex: Box<Exchange>,
         ran: usize,
         chosen: Option<String>,
+        cache_key: Option<String>,
         body: Option<ProxyBody>,
     ) -> Response<ProxyBody> {
         let upstream = match chosen {
@@ -165,50 +175,119 @@ impl Gateway {
                 }
             },
         };
-        let body = match ex.request_body.take() {
-            Some(bytes) => body::full(bytes),
-            None => body.unwrap_or_else(|| body::full(Bytes::new())),
-        };
-        // Response filters still need the request head; otherwise move it out, not copy it.
-        let mut request = if route.chain.has_response_phase(ran) {
-            let mut request = Request::new(body);
-            *request.method_mut() = ex.request.method.clone();
-            *request.uri_mut() = ex.request.uri.clone();
-            *request.headers_mut() = ex.request.headers.clone();
-            request
-        } else {
-            let (blank, ()) = Request::new(()).into_parts();
-            Request::from_parts(std::mem::replace(&mut ex.request, blank), body)
-        };
-        upstream::prepare_request(&mut request, ex.client_ip);
-
-        let response = match upstream.send(request).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::warn!(route = &*route.name, "{error}");
-                let (status, code) = match error {
-                    UpstreamError::Unreachable { .. } => {
-                        (StatusCode::BAD_GATEWAY, "upstream_unreachable")
-                    }
-                    UpstreamError::Timeout { .. } => {
-                        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
-                    }
-                };
-                return error_response(status, code);
+        // Only GET is served from the cache: other methods change things or have no body.
+        let cache_key = cache_key.filter(|_| ex.request.method == Method::GET);
+        let mut _filling = None;
+        if let Some(key) = &cache_key {
+            match self.cache.lookup(key, &ex.request.headers).await {
+                Lookup::Hit(hit) => {
+                    let (mut head, ()) = Response::new(()).into_parts();
+                    head.status = hit.status;
+                    head.headers = hit.headers.clone();
+                    head.headers
+                        .insert("x-cache", HeaderValue::from_static("HIT"));
+                    head.headers
+                        .insert(http::header::AGE, HeaderValue::from(hit.age()));
+                    return self
+                        .respond(route, ex, ran, head, Some(hit.body.clone()), None)
+                        .await;
+                }
+                // Held until the response is stored, so concurrent misses wait for this fetch.
+                Lookup::Miss(guard) => _filling = guard,
             }
-        };
-        let (mut head, incoming) = response.into_parts();
-        upstream::strip_hop_by_hop(&mut head.headers);
-        let streamed = body::stream(incoming);
-        if route.chain.has_response_phase(ran) && route.chain.needs_bodies() {
-            match body::collect(streamed, MAX_BUFFERED_BODY).await {
-                Ok(bytes) => self.respond(route, ex, ran, head, Some(bytes), None).await,
-                Err(_) => error_response(StatusCode::BAD_GATEWAY, "upstream_body_too_large"),
-            }
-        } else {
-            self.respond(route, ex, ran, head, None, Some(streamed))
-                .await
         }
+        let keep_head = route.chain.has_response_phase(ran) || cache_key.is_some();
+        let (ex, head, streamed) = match fetch(route, upstream, ex, keep_head, body).await {
+            Ok(fetched) => fetched,
+            Err(response) => return response,
+        };
+        let (ex, head, buffered, streamed) = match cache_key {
+            Some(key) => match self.fill_cache(route, ex, key, head, streamed).await {
+                Ok(filled) => filled,
+                Err(response) => return response,
+            },
+            None => (ex, head, None, Some(streamed)),
+        };
+        match (buffered, streamed) {
+            (None, Some(streamed))
+                if route.chain.has_response_phase(ran) && route.chain.needs_bodies() =>
+            {
+                match body::collect(streamed, MAX_BUFFERED_BODY).await {
+                    Ok(bytes) => self.respond(route, ex, ran, head, Some(bytes), None).await,
+                    Err(_) => error_response(StatusCode::BAD_GATEWAY, "upstream_body_too_large"),
+                }
+            }
+            (buffered, streamed) => self.respond(route, ex, ran, head, buffered, streamed).await,
+        }
+    }
+
+    /// Ask the cache policy about an upstream response and store it if it may
+    /// be kept: only responses whose `Content-Length` fits an entry are
+    /// buffered; others stream past the cache.
+    async fn fill_cache(
+        &self,
+        route: &Route,
+        mut ex: Box<Exchange>,
+        key: String,
+        head: http::response::Parts,
+        streamed: ProxyBody,
+    ) -> Result<
+        (
+            Box<Exchange>,
+            http::response::Parts,
+            Option<Bytes>,
+            Option<ProxyBody>,
+        ),
+        Response<ProxyBody>,
+    > {
+        ex.response = Some(head);
+        let (back, decision) = route.chain.cache_decision(ex).await;
+        ex = back;
+        let mut head = ex
+            .response
+            .take()
+            .expect("the response head stays in the exchange");
+        let ttl = match decision {
+            Ok(StoreDecision::FollowUpstream) => cache::upstream_ttl(head.status, &head.headers),
+            Ok(StoreDecision::Skip) => None,
+            Ok(StoreDecision::Ttl(ttl)) => Some(ttl),
+            Err(failure) => {
+                tracing::error!(
+                    route = &*route.name,
+                    plugin = &*failure.plugin,
+                    "cache policy failed: {}",
+                    failure.reason
+                );
+                return Err(error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "filter_failed",
+                ));
+            }
+        };
+        let length = head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let stored = match (ttl, length) {
+            (Some(ttl), Some(length)) if length <= self.cache.max_entry() => {
+                let bytes = body::collect(streamed, self.cache.max_entry())
+                    .await
+                    .map_err(|_| error_response(StatusCode::BAD_GATEWAY, "upstream_body_failed"))?;
+                self.cache.store(
+                    key,
+                    &ex.request.headers,
+                    head.status,
+                    head.headers.clone(),
+                    bytes.clone(),
+                    ttl,
+                );
+                (Some(bytes), None)
+            }
+            _ => (None, Some(streamed)),
+        };
+        head.headers
+            .insert("x-cache", HeaderValue::from_static("MISS"));
+        Ok((ex, head, stored.0, stored.1))
     }
 
     /// Run the response phases, then build the client's response from either
@@ -253,6 +332,49 @@ impl Gateway {
             (None, None) => body::full(Bytes::new()),
         };
         Response::from_parts(head, body)
+    }
+}
+
+/// Send the request upstream. The request head is copied when it is still
+/// needed afterwards (`keep_head`), and moved out of the exchange otherwise.
+async fn fetch(
+    route: &Route,
+    upstream: &Upstream,
+    mut ex: Box<Exchange>,
+    keep_head: bool,
+    body: Option<ProxyBody>,
+) -> Result<(Box<Exchange>, http::response::Parts, ProxyBody), Response<ProxyBody>> {
+    let body = match ex.request_body.take() {
+        Some(bytes) => body::full(bytes),
+        None => body.unwrap_or_else(|| body::full(Bytes::new())),
+    };
+    let mut request = if keep_head {
+        let mut request = Request::new(body);
+        *request.method_mut() = ex.request.method.clone();
+        *request.uri_mut() = ex.request.uri.clone();
+        *request.headers_mut() = ex.request.headers.clone();
+        request
+    } else {
+        let (blank, ()) = Request::new(()).into_parts();
+        Request::from_parts(std::mem::replace(&mut ex.request, blank), body)
+    };
+    upstream::prepare_request(&mut request, ex.client_ip);
+    match upstream.send(request).await {
+        Ok(response) => {
+            let (mut head, incoming) = response.into_parts();
+            upstream::strip_hop_by_hop(&mut head.headers);
+            Ok((ex, head, body::stream(incoming)))
+        }
+        Err(error) => {
+            tracing::warn!(route = &*route.name, "{error}");
+            let (status, code) = match error {
+                UpstreamError::Unreachable { .. } => {
+                    (StatusCode::BAD_GATEWAY, "upstream_unreachable")
+                }
+                UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            };
+            Err(error_response(status, code))
+        }
     }
 }
 

@@ -40,7 +40,8 @@ type TestBody = BoxBody<Bytes, Infallible>;
 /// - `/download?bytes=N`: streams N bytes;
 /// - `/upload`: counts the request body's bytes as it streams in;
 /// - `/mirror`: answers with the request body, as JSON;
-/// - anything else: a JSON echo of the request.
+/// - anything else: a JSON echo of the request, shaped by query parameters
+///   `cc=` (its `Cache-Control`), `vary=` (its `Vary`) and `delay_ms=`.
 ///
 /// Every response carries `x-upstream: <id>`.
 pub struct Upstream {
@@ -141,6 +142,10 @@ async fn answer(id: &'static str, req: Request<Incoming>) -> Response<TestBody> 
             Full::new(Bytes::from(received.to_string())).boxed()
         }
         _ => {
+            let params = query_params(head.uri.query());
+            if let Some(ms) = params.get("delay_ms").and_then(|ms| ms.parse().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             let headers: serde_json::Map<String, serde_json::Value> = head
                 .headers
                 .keys()
@@ -160,7 +165,18 @@ async fn answer(id: &'static str, req: Request<Incoming>) -> Response<TestBody> 
                 "uri": head.uri.to_string(),
                 "headers": headers,
             });
-            Full::new(Bytes::from(echo.to_string())).boxed()
+            let mut response = Response::builder()
+                .header("x-upstream", id)
+                .header("server", "test-upstream");
+            if let Some(cc) = params.get("cc") {
+                response = response.header("cache-control", cc.as_str());
+            }
+            if let Some(vary) = params.get("vary") {
+                response = response.header("vary", vary.as_str());
+            }
+            return response
+                .body(Full::new(Bytes::from(echo.to_string())).boxed())
+                .expect("valid response");
         }
     };
     Response::builder()
@@ -168,6 +184,23 @@ async fn answer(id: &'static str, req: Request<Incoming>) -> Response<TestBody> 
         .header("server", "test-upstream")
         .body(body)
         .expect("valid response")
+}
+
+/// Query parameters, with the few percent-escapes the tests use decoded.
+fn query_params(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                v.replace("%3D", "=")
+                    .replace("%2C", ",")
+                    .replace("%20", " "),
+            )
+        })
+        .collect()
 }
 
 /// The real gateway, serving a configuration in-process.

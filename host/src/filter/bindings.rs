@@ -21,7 +21,7 @@ bindgen!({
     },
 });
 
-pub use exports::sluice::filter::{
+pub use self::exports::sluice::filter::{
     auth, cache_policy, http_filter, rate_limit, routing, transform,
 };
-pub use sluice::filter::{clock, log, types};
+pub use self::sluice::filter::{clock, log, types};

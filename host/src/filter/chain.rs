@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use super::bindings::{auth, http_filter, transform, types};
+use super::bindings::{auth, cache_policy, http_filter, transform, types};
 use super::engine::Kind;
 use super::error::FilterFailure;
 use super::instance::InstancePool;
@@ -31,11 +31,24 @@ pub enum RequestOutcome {
     Forward {
         /// The upstream a routing filter chose, if any.
         upstream: Option<String>,
+        /// The cache key a cache-policy filter chose, if any.
+        cache_key: Option<String>,
     },
     /// A filter answered; the response goes back through the earlier filters.
     Reply(Reply),
     /// A fail-closed filter failed.
     Failed(FilterFailure),
+}
+
+/// What a cache-policy filter says about storing a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreDecision {
+    /// Follow the upstream's `Cache-Control`.
+    FollowUpstream,
+    /// Don't store it.
+    Skip,
+    /// Store it this long.
+    Ttl(Duration),
 }
 
 /// The ordered filters of one route.
@@ -71,6 +84,7 @@ impl FilterChain {
         buckets: &TokenBuckets,
     ) -> (Box<Exchange>, usize, RequestOutcome) {
         let mut upstream = None;
+        let mut cache_key = None;
         for (index, filter) in self.filters.iter().enumerate() {
             let step = match filter.plugin.kind {
                 Kind::Auth => {
@@ -145,7 +159,17 @@ impl FilterChain {
                         Err(e) => Err(e),
                     }
                 }
-                Kind::CachePolicy => unreachable!("cache-policy plugins are refused at load"),
+                Kind::CachePolicy => {
+                    let (back, result) = filter.cache_lookup(ex).await;
+                    ex = back;
+                    result.map(|lookup| {
+                        cache_key = match lookup {
+                            cache_policy::Lookup::Key(key) => Some(key),
+                            cache_policy::Lookup::Bypass => None,
+                        };
+                        Step::Next
+                    })
+                }
             };
             match step {
                 Ok(Step::Next) => {}
@@ -165,7 +189,44 @@ impl FilterChain {
                 Err(failure) => return (ex, index, RequestOutcome::Failed(failure)),
             }
         }
-        (ex, self.filters.len(), RequestOutcome::Forward { upstream })
+        let outcome = RequestOutcome::Forward {
+            upstream,
+            cache_key,
+        };
+        (ex, self.filters.len(), outcome)
+    }
+
+    /// Ask the route's cache-policy filter (the last, if several) whether and
+    /// how long to store the response now in the exchange.
+    pub async fn cache_decision(
+        &self,
+        ex: Box<Exchange>,
+    ) -> (Box<Exchange>, Result<StoreDecision, FilterFailure>) {
+        let Some(filter) = self
+            .filters
+            .iter()
+            .rev()
+            .find(|f| f.plugin.kind == Kind::CachePolicy)
+        else {
+            return (ex, Ok(StoreDecision::FollowUpstream));
+        };
+        let (ex, result) = filter.cache_store(ex).await;
+        let decision = result.map(|store| match store {
+            cache_policy::Store::FollowUpstream => StoreDecision::FollowUpstream,
+            cache_policy::Store::Skip => StoreDecision::Skip,
+            cache_policy::Store::Ttl(secs) => StoreDecision::Ttl(Duration::from_secs(secs.into())),
+        });
+        match decision {
+            Err(failure) if filter.plugin.fail_open => {
+                tracing::warn!(
+                    plugin = &*filter.plugin.name,
+                    "failing open: {}",
+                    failure.reason
+                );
+                (ex, Ok(StoreDecision::Skip))
+            }
+            other => (ex, other),
+        }
     }
 
     /// Run the response phases of the first `ran` filters, last first. The

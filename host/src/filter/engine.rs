@@ -54,6 +54,7 @@ pub(crate) enum Exports {
     Transform(bindings::transform::GuestIndices),
     HttpFilter(bindings::http_filter::GuestIndices),
     Routing(bindings::routing::GuestIndices),
+    CachePolicy(bindings::cache_policy::GuestIndices),
 }
 
 /// A compiled, linked plugin, ready to be instantiated cheaply.
@@ -139,6 +140,7 @@ impl FilterEngine {
             Exports::Transform(_) => Kind::Transform,
             Exports::HttpFilter(_) => Kind::HttpFilter,
             Exports::Routing(_) => Kind::Routing,
+            Exports::CachePolicy(_) => Kind::CachePolicy,
         };
         let ticks = config
             .call_timeout
@@ -177,8 +179,8 @@ fn find_exports(pre: &InstancePre<FilterState>) -> Result<Exports, String> {
     if let Ok(i) = bindings::routing::GuestIndices::new(pre) {
         found.push(Exports::Routing(i));
     }
-    if bindings::cache_policy::GuestIndices::new(pre).is_ok() {
-        return Err("cache-policy plugins need the response cache, which this version of Sluice does not have yet".into());
+    if let Ok(i) = bindings::cache_policy::GuestIndices::new(pre) {
+        found.push(Exports::CachePolicy(i));
     }
     match found.len() {
         1 => Ok(found.pop().expect("one export")),

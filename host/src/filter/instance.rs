@@ -11,7 +11,7 @@ use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{auth, http_filter, rate_limit, routing, transform};
+use super::bindings::{auth, cache_policy, http_filter, rate_limit, routing, transform};
 use super::engine::{Exports, Plugin};
 use super::error::{FilterFailure, PluginError};
 use crate::exchange::Exchange;
@@ -79,6 +79,7 @@ enum Guest {
     Transform(transform::Guest),
     HttpFilter(http_filter::Guest),
     Routing(routing::Guest),
+    CachePolicy(cache_policy::Guest),
 }
 
 struct Instance {
@@ -245,6 +246,21 @@ impl InstancePool {
         ))
     }
 
+    /// `cache-policy.on-request`
+    pub async fn cache_lookup(&self, ex: Box<Exchange>) -> CallResult<cache_policy::Lookup> {
+        call_guest!(self, ex, CachePolicy, |g, store, req| g
+            .call_on_request(store, req))
+    }
+
+    /// `cache-policy.on-response`
+    pub async fn cache_store(&self, ex: Box<Exchange>) -> CallResult<cache_policy::Store> {
+        call_guest!(self, ex, CachePolicy, |g, store, req| g.call_on_response(
+            store,
+            req,
+            Resource::new_borrow(0)
+        ))
+    }
+
     /// `routing.select`
     pub async fn select_route(
         &self,
@@ -294,6 +310,7 @@ impl Instance {
             Guest::Transform(g) => g.call_init(&mut store, config).await,
             Guest::HttpFilter(g) => g.call_init(&mut store, config).await,
             Guest::Routing(g) => g.call_init(&mut store, config).await,
+            Guest::CachePolicy(g) => g.call_init(&mut store, config).await,
         };
         if let Err(message) = verdict.map_err(|e| fail(e, &stderr))? {
             return Err(PluginError::Rejected {
@@ -320,6 +337,7 @@ fn load_guest(
         Exports::Transform(i) => Guest::Transform(i.load(&mut *store, instance)?),
         Exports::HttpFilter(i) => Guest::HttpFilter(i.load(&mut *store, instance)?),
         Exports::Routing(i) => Guest::Routing(i.load(&mut *store, instance)?),
+        Exports::CachePolicy(i) => Guest::CachePolicy(i.load(&mut *store, instance)?),
     })
 }
 

@@ -8,7 +8,7 @@ mod error;
 mod host;
 mod instance;
 
-pub use chain::{FilterChain, Reply, RequestOutcome};
+pub use chain::{FilterChain, Reply, RequestOutcome, StoreDecision};
 pub use engine::{FilterEngine, Kind, Plugin};
 pub use error::{FilterFailure, PluginError};
 pub use instance::InstancePool;
