@@ -5,7 +5,10 @@ use sluice_tests::{Gateway, Upstream, get, plugin};
 
 async fn gateway(up: &Upstream, on_failure: &str) -> Gateway {
     Gateway::start(&format!(
-        r#"[plugins.fault]
+        r#"[admin]
+address = "127.0.0.1:0"
+
+[plugins.fault]
 path = "{}"
 call_timeout = "100ms"
 memory_limit_mib = 16
@@ -64,6 +67,16 @@ async fn failing_filters_answer_500_while_everything_else_keeps_serving() {
         assert_eq!(get(&gw.url("/f/boom"), &[]).await.status, 500);
     }
     assert_eq!(get(&gw.url("/f/fine"), &[]).await.status, 200);
+    // 3 kinds of failure, then 20 panics: each counted against the plugin.
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"sluice_filter_failures_total{plugin="fault"} 23"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_responses_total{route="faulty",class="5xx"} 23"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

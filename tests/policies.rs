@@ -175,7 +175,66 @@ filters = [{{ plugin = "router", config = {{ rules = [
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transform_rewrites_paths_queries_versions_and_json_bodies() {
+async fn the_router_splits_canary_traffic_by_weight_and_sticks_clients() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let gw = Gateway::start(&format!(
+        r#"[plugins.router]
+path = "{}"
+
+[upstreams.stable]
+targets = ["{}"]
+[upstreams.canary]
+targets = ["{}"]
+
+[[routes]]
+match = {{ path_prefix = "/random" }}
+upstream = "stable"
+filters = [{{ plugin = "router", config = {{ split = [{{ upstream = "stable", weight = 90 }}, {{ upstream = "canary", weight = 10 }}] }} }}]
+
+[[routes]]
+match = {{ path_prefix = "/sticky" }}
+upstream = "stable"
+filters = [{{ plugin = "router", config = {{ sticky = "header:x-user", split = [{{ upstream = "stable", weight = 50 }}, {{ upstream = "canary", weight = 50 }}] }} }}]
+"#,
+        plugin("router"),
+        stable.addr,
+        canary.addr
+    ))
+    .await
+    .unwrap();
+
+    // 2,000 requests split 90/10: the canary's share is 200 expected, with a
+    // standard deviation of ~13; 5 of those either way is the tolerance.
+    let url = gw.url("/random");
+    let mut replies = Vec::new();
+    for _ in 0..40 {
+        replies.extend(futures_util::future::join_all((0..50).map(|_| get(&url, &[]))).await);
+    }
+    let counts = by_upstream(&replies);
+    let to_canary = counts.get("canary").copied().unwrap_or(0);
+    assert_eq!(counts.get("stable").copied().unwrap_or(0) + to_canary, 2000);
+    assert!(
+        (134..=266).contains(&to_canary),
+        "canary got {to_canary} of 2000"
+    );
+
+    // Sticky by header: each user always lands on the same side, and users spread over both.
+    let url = gw.url("/sticky");
+    let mut sides = std::collections::HashSet::new();
+    for user in 0..20 {
+        let user = format!("user-{user}");
+        let headers = [("x-user", user.as_str())];
+        let replies = futures_util::future::join_all((0..5).map(|_| get(&url, &headers))).await;
+        let counts = by_upstream(&replies);
+        assert_eq!(counts.len(), 1, "{user} was split: {counts:?}");
+        sides.extend(counts.into_keys());
+    }
+    assert_eq!(sides.len(), 2, "20 users all landed on one side");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_edits_headers_paths_queries_versions_and_json_bodies() {
     let up = Upstream::start("a").await;
     let gw = Gateway::start(&format!(
         r#"[plugins.transform]
@@ -190,6 +249,8 @@ filters = [{{ plugin = "transform", body = true, config = {{
   rewrite = [{{ pattern = "^/old/(?P<rest>.*)$", replacement = "/new/${{rest}}" }}],
   version = {{ header = "accept-version", prefixes = {{ "2" = "/v2" }} }},
   query = {{ set = {{ source = "gw" }}, remove = ["debug"] }},
+  request_headers = {{ set = {{ x-env = "prod" }}, add = {{ x-via = "sluice" }}, remove = ["x-debug"] }},
+  response_headers = {{ set = {{ x-served-by = "sluice" }}, remove = ["server"] }},
   request_json = {{ set = {{ "/meta/via" = "sluice" }}, remove = ["/password"] }},
   response_json = {{ set = {{ "/served" = true }}, remove = ["/internal"] }},
   max_body_bytes = 1000,
@@ -201,8 +262,18 @@ filters = [{{ plugin = "transform", body = true, config = {{
     .await
     .unwrap();
 
-    let moved = get(&gw.url("/old/thing?debug=1&a=b"), &[]).await;
+    let moved = get(
+        &gw.url("/old/thing?debug=1&a=b"),
+        &[("x-debug", "1"), ("x-via", "client")],
+    )
+    .await;
     assert_eq!(moved.json()["uri"], "/new/thing?a=b&source=gw");
+    // Header edits both ways: the upstream's `server` never reaches the client.
+    assert_eq!(moved.echoed("x-env"), ["prod"]);
+    assert_eq!(moved.echoed("x-via"), ["client", "sluice"]);
+    assert!(moved.echoed("x-debug").is_empty());
+    assert_eq!(moved.header("x-served-by"), "sluice");
+    assert_eq!(moved.header("server"), "");
     let versioned = get(&gw.url("/items"), &[("accept-version", "2")]).await;
     assert_eq!(versioned.json()["uri"], "/v2/items?source=gw");
 

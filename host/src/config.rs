@@ -29,6 +29,8 @@ pub struct Config {
     /// The response cache that cache-policy filters use.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The admin listener (metrics), off unless configured.
+    pub admin: Option<AdminConfig>,
     /// The file this was read from; relative plugin paths resolve against its folder.
     #[serde(skip)]
     pub source: Source,
@@ -39,6 +41,14 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// `ip:port` to bind; port 0 picks a free one.
+    pub address: SocketAddr,
+}
+
+/// The admin listener: `/metrics` (Prometheus text) and `/healthz`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port` to bind; keep it on a private interface.
     pub address: SocketAddr,
 }
 
@@ -74,6 +84,58 @@ pub struct PluginConfig {
     /// What a failing call (trap, timeout, limit) means for the request.
     #[serde(default)]
     pub on_failure: FailurePolicy,
+    /// Host capabilities beyond logging and the clock: `kv`, `metrics`, and
+    /// `http:<upstream>` per upstream it may call. Anything else is denied.
+    #[serde(default)]
+    pub grants: Vec<Spanned<String>>,
+    /// The longest an outbound HTTP call may take.
+    #[serde(default = "defaults::outbound_timeout", with = "humantime_serde")]
+    pub outbound_timeout: Duration,
+}
+
+/// A host capability a plugin may be granted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Grant {
+    /// The key-value store, counters and token buckets (`kv`).
+    Kv,
+    /// Defining metrics (`metrics`).
+    Metrics,
+    /// Outbound HTTP to one named upstream (`http:<name>`).
+    Http(String),
+}
+
+impl std::str::FromStr for Grant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Grant, String> {
+        match s {
+            "kv" => Ok(Grant::Kv),
+            "metrics" => Ok(Grant::Metrics),
+            _ => match s.strip_prefix("http:") {
+                Some(upstream) if !upstream.is_empty() => Ok(Grant::Http(upstream.to_owned())),
+                _ => Err(format!(
+                    "unknown grant `{s}`; grants are `kv`, `metrics` and `http:<upstream>`"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Grant::Kv => f.write_str("kv"),
+            Grant::Metrics => f.write_str("metrics"),
+            Grant::Http(upstream) => write!(f, "http:{upstream}"),
+        }
+    }
+}
+
+impl PluginConfig {
+    /// The parsed grants; they were checked when the configuration was loaded.
+    pub fn grants(&self) -> impl Iterator<Item = Grant> + '_ {
+        self.grants.iter().filter_map(|g| g.get_ref().parse().ok())
+    }
 }
 
 /// What happens to a request when one of its filters fails.
@@ -170,6 +232,9 @@ mod defaults {
     }
     pub fn call_timeout() -> Duration {
         Duration::from_millis(100)
+    }
+    pub fn outbound_timeout() -> Duration {
+        Duration::from_secs(1)
     }
     pub fn max_requests_per_instance() -> u32 {
         100_000
@@ -297,6 +362,22 @@ impl Config {
                 }
             }
         }
+        for (name, plugin) in &self.plugins {
+            for grant in &plugin.grants {
+                let key = format!("plugins.{name}.grants");
+                match grant.get_ref().parse::<Grant>() {
+                    Err(message) => return Err(src.error(grant.span().start, key, message)),
+                    Ok(Grant::Http(upstream)) if !self.upstreams.contains_key(&upstream) => {
+                        return Err(src.error(
+                            grant.span().start,
+                            key,
+                            format!("unknown upstream `{upstream}`"),
+                        ));
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
         for (i, route) in self.routes.iter().enumerate() {
             let upstream = &route.upstream;
             if !self.upstreams.contains_key(upstream.get_ref()) {
@@ -334,5 +415,43 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("gw.toml"), text.to_owned())
+    }
+
+    #[test]
+    fn grants_are_checked_against_names_and_upstreams() {
+        let base =
+            "[upstreams.auth]\ntargets = [\"127.0.0.1:9\"]\n[plugins.p]\npath = \"p.wasm\"\n";
+        let ok = parse(&format!(
+            "{base}grants = [\"kv\", \"metrics\", \"http:auth\"]\n"
+        ))
+        .unwrap();
+        let grants: Vec<Grant> = ok.plugins["p"].grants().collect();
+        assert_eq!(
+            grants,
+            [Grant::Kv, Grant::Metrics, Grant::Http("auth".into())]
+        );
+
+        let unknown = parse(&format!("{base}grants = [\"kv\", \"fs\"]\n")).unwrap_err();
+        assert_eq!(
+            (unknown.line, unknown.key.as_str()),
+            (5, "plugins.p.grants")
+        );
+        assert!(unknown.message.contains("unknown grant `fs`"), "{unknown}");
+
+        let missing = parse(&format!("{base}grants = [\"http:billing\"]\n")).unwrap_err();
+        assert_eq!(missing.line, 5);
+        assert!(
+            missing.message.contains("unknown upstream `billing`"),
+            "{missing}"
+        );
     }
 }

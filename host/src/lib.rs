@@ -15,16 +15,19 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod exchange;
 pub mod filter;
+pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod router;
 pub mod server;
+pub mod state;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

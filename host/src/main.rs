@@ -71,7 +71,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Check { config } => {
             let loaded = Config::load(&config)?;
             let engine = sluice::filter::FilterEngine::new()?;
-            sluice::proxy::Gateway::build(&loaded, &engine).await?;
+            sluice::proxy::Gateway::build(&loaded, &engine, &Default::default()).await?;
             println!(
                 "{}: OK ({} routes, {} plugins, {} upstreams)",
                 config.display(),

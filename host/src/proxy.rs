@@ -8,16 +8,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::body::{self, ProxyBody};
 use crate::cache::{self, Lookup, ResponseCache};
 use crate::config::Config;
 use crate::exchange::Exchange;
 use crate::filter::{
-    FilterChain, FilterEngine, InstancePool, PluginError, Reply, RequestOutcome, StoreDecision,
+    Capabilities, FilterChain, FilterEngine, InstancePool, PluginError, Reply, RequestOutcome,
+    StoreDecision,
 };
-use crate::ratelimit::TokenBuckets;
+use crate::metrics::{Metrics, labels};
 use crate::router::{Matcher, RouteTable};
+use crate::state::{MemoryStore, StateStore};
 use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Largest body buffered for filters that asked for bodies.
@@ -29,24 +32,81 @@ pub struct Route {
     pub name: Arc<str>,
     upstream: Arc<Upstream>,
     chain: FilterChain,
+    /// Responses by status class (1xx..5xx), counted without a lookup per request.
+    responses: StatusCounters,
+}
+
+/// One counter per status class.
+struct StatusCounters([Counter; 5]);
+
+impl StatusCounters {
+    fn new(metrics: &Metrics, route: &str) -> StatusCounters {
+        StatusCounters(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            metrics
+                .responses
+                .get_or_create(&labels([("route", route), ("class", class)]))
+                .clone()
+        }))
+    }
+
+    fn count(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.0[class].inc();
+    }
+}
+
+/// What outlives one configuration (and so a reload): the plugins' state
+/// (key-value, counters, rate-limit buckets) and the metrics.
+#[derive(Clone)]
+pub struct Shared {
+    /// Plugin state.
+    pub store: Arc<dyn StateStore>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            store: Arc::new(MemoryStore::default()),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
 }
 
 /// Everything needed to serve requests, built from one configuration.
 pub struct Gateway {
     routes: RouteTable<Route>,
     upstreams: HashMap<String, Arc<Upstream>>,
-    buckets: TokenBuckets,
+    shared: Shared,
+    unrouted: StatusCounters,
     cache: ResponseCache,
 }
 
 impl Gateway {
     /// Load every plugin and initialise every route's filters. Errors name the
     /// configuration file and line, the route and the plugin.
-    pub async fn build(config: &Config, engine: &FilterEngine) -> anyhow::Result<Gateway> {
+    pub async fn build(
+        config: &Config,
+        engine: &FilterEngine,
+        shared: &Shared,
+    ) -> anyhow::Result<Gateway> {
         let src = &config.source;
+        let upstreams: HashMap<String, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u))))
+            .collect();
         let mut plugins = HashMap::new();
         for (name, plugin) in &config.plugins {
-            let loaded = engine.load(name, src.dir(), plugin).map_err(|e| {
+            let caps = Capabilities::new(
+                name,
+                plugin,
+                &upstreams,
+                shared.store.clone(),
+                shared.metrics.clone(),
+            );
+            let loaded = engine.load(name, src.dir(), plugin, caps).map_err(|e| {
                 src.error(
                     plugin.path.span().start,
                     format!("plugins.{name}.path"),
@@ -55,11 +115,6 @@ impl Gateway {
             })?;
             plugins.insert(name.clone(), Arc::new(loaded));
         }
-        let upstreams: HashMap<String, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u))))
-            .collect();
 
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
@@ -89,6 +144,7 @@ impl Gateway {
                 filters.push(pool);
             }
             let route = Route {
+                responses: StatusCounters::new(&shared.metrics, &name),
                 name,
                 upstream: upstreams[route.upstream.get_ref()].clone(),
                 chain: FilterChain::new(filters),
@@ -98,7 +154,8 @@ impl Gateway {
         Ok(Gateway {
             routes: RouteTable::new(routes),
             upstreams,
-            buckets: TokenBuckets::default(),
+            unrouted: StatusCounters::new(&shared.metrics, ""),
+            shared: shared.clone(),
             cache: ResponseCache::new(&config.cache),
         })
     }
@@ -117,8 +174,22 @@ impl Gateway {
             &head.method,
             &head.headers,
         ) else {
+            self.unrouted.count(StatusCode::NOT_FOUND);
             return error_response(StatusCode::NOT_FOUND, "no_route");
         };
+        let response = self.serve(route, head, incoming, client_ip).await;
+        route.responses.count(response.status());
+        response
+    }
+
+    /// Serve one request on `route`.
+    async fn serve(
+        &self,
+        route: &Route,
+        head: http::request::Parts,
+        incoming: Incoming,
+        client_ip: IpAddr,
+    ) -> Response<ProxyBody> {
         let mut ex = Box::new(Exchange::new(head, client_ip, route.name.clone()));
         let mut body = Some(body::stream(incoming));
         if route.chain.needs_bodies() {
@@ -128,7 +199,7 @@ impl Gateway {
             }
         }
 
-        let (ex, ran, outcome) = route.chain.on_request(ex, &self.buckets).await;
+        let (ex, ran, outcome) = route.chain.on_request(ex, &*self.shared.store).await;
         match outcome {
             RequestOutcome::Failed(failure) => {
                 tracing::error!(

@@ -1,6 +1,7 @@
 //! Token buckets kept by the host for rate-limit filters: the plugin names the
 //! bucket and its size, the host does the counting, exactly, under concurrency.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -18,17 +19,25 @@ pub struct Admission {
     pub reset_secs: u64,
     /// Seconds until this request could succeed, when refused.
     pub retry_after_secs: u64,
+    /// The same in milliseconds.
+    pub retry_after_millis: u64,
 }
 
 struct Bucket {
     tokens: f64,
     updated: Instant,
+    /// When it will be full again; a full bucket is the same as none, so it can go.
+    full_at: Instant,
 }
 
-/// All buckets of one gateway, keyed by plugin-chosen keys.
+/// Full buckets are swept every this many takes, so idle keys don't pile up.
+const SWEEP_EVERY: u64 = 4096;
+
+/// All buckets, keyed by plugin-chosen keys.
 #[derive(Default)]
 pub struct TokenBuckets {
     buckets: DashMap<String, Bucket>,
+    takes: AtomicU64,
 }
 
 impl TokenBuckets {
@@ -36,12 +45,16 @@ impl TokenBuckets {
     /// refills completely over `window`.
     pub fn take(&self, key: &str, cost: u32, capacity: u32, window: Duration) -> Admission {
         let now = Instant::now();
+        if self.takes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.buckets.retain(|_, b| b.full_at > now);
+        }
         let rate = f64::from(capacity) / window.as_secs_f64().max(1e-3); // tokens per second
         let mut bucket = match self.buckets.get_mut(key) {
             Some(bucket) => bucket,
             None => self.buckets.entry(key.to_owned()).or_insert(Bucket {
                 tokens: f64::from(capacity),
                 updated: now,
+                full_at: now,
             }),
         };
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
@@ -52,12 +65,19 @@ impl TokenBuckets {
         if allowed {
             bucket.tokens -= cost;
         }
+        let until_full = (f64::from(capacity) - bucket.tokens).max(0.0) / rate;
+        bucket.full_at = now + Duration::from_secs_f64(until_full);
         let secs = |tokens: f64| (tokens.max(0.0) / rate).ceil() as u64;
         Admission {
             allowed,
             limit: capacity,
             remaining: bucket.tokens.floor() as u32,
             reset_secs: secs(f64::from(capacity) - bucket.tokens),
+            retry_after_millis: if allowed {
+                0
+            } else {
+                ((cost - bucket.tokens).max(0.0) / rate * 1000.0).ceil() as u64
+            },
             retry_after_secs: if allowed {
                 0
             } else {

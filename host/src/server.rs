@@ -16,19 +16,22 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::filter::FilterEngine;
-use crate::proxy::Gateway;
+use crate::proxy::{Gateway, Shared};
 
 /// A gateway with its listeners bound, not yet accepting.
 pub struct Server {
     gateway: Arc<Gateway>,
+    shared: Shared,
     listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
 }
 
 impl Server {
     /// Load `config` (plugins included) and bind its listeners.
     pub async fn bind(config: &Config) -> anyhow::Result<Server> {
         let engine = FilterEngine::new()?;
-        let gateway = Arc::new(Gateway::build(config, &engine).await?);
+        let shared = Shared::default();
+        let gateway = Arc::new(Gateway::build(config, &engine, &shared).await?);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let socket = TcpListener::bind(listener.address)
@@ -41,7 +44,19 @@ impl Server {
             "{}: no [[listeners]] configured",
             config.source.path.display()
         );
-        Ok(Server { gateway, listeners })
+        let admin =
+            match &config.admin {
+                Some(admin) => Some(TcpListener::bind(admin.address).await.map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {} (admin): {e}", admin.address)
+                })?),
+                None => None,
+            };
+        Ok(Server {
+            gateway,
+            shared,
+            listeners,
+            admin,
+        })
     }
 
     /// Load the configuration file at `path` and bind.
@@ -55,6 +70,11 @@ impl Server {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// The admin listener's address, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Accept and serve until the task is dropped.
@@ -76,8 +96,14 @@ impl Server {
                 graceful.clone(),
             ));
         }
+        let admin = self.admin.map(|listener| {
+            tokio::spawn(crate::admin::serve(listener, self.shared.metrics.clone()))
+        });
         shutdown.await;
         accepting.shutdown().await;
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         let graceful = Arc::into_inner(graceful).expect("the accept loops are gone");
         let open = graceful.count();
         tracing::info!("draining {open} connections");

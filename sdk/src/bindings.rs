@@ -20,6 +20,9 @@ macro_rules! world {
                     "sluice:filter/types@0.1.0": crate::bindings::imports::sluice::filter::types,
                     "sluice:filter/log@0.1.0": crate::bindings::imports::sluice::filter::log,
                     "sluice:filter/clock@0.1.0": crate::bindings::imports::sluice::filter::clock,
+                    "sluice:filter/kv@0.1.0": crate::bindings::imports::sluice::filter::kv,
+                    "sluice:filter/outbound@0.1.0": crate::bindings::imports::sluice::filter::outbound,
+                    "sluice:filter/metrics@0.1.0": crate::bindings::imports::sluice::filter::metrics,
                 },
             });
         }

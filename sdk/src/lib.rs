@@ -41,13 +41,22 @@
 //!
 //! One instance of your type serves many requests in turn (never two at
 //! once); the gateway may replace it at any time, so keep durable state in
-//! the gateway, not in the instance.
+//! the gateway ([`kv`]), not in the instance.
+//!
+//! Beyond [`log`] and the clock, host capabilities must be granted in the
+//! plugin's configuration (`grants = [...]`), or their calls return an error:
+//! [`kv`] (key-value store, counters, token buckets: grant `kv`),
+//! [`metrics`] (grant `metrics`) and [`outbound`] HTTP to named upstreams
+//! (grant `http:<upstream>`).
 #![deny(missing_docs)]
 
 #[doc(hidden)]
 pub mod bindings;
 mod http;
+pub mod kv;
 pub mod log;
+pub mod metrics;
+pub mod outbound;
 mod policy;
 
 pub use http::{Headers, Identity, Reply, Request, Response};

@@ -26,3 +26,8 @@ pub fn error(message: &str) {
 pub fn now_millis() -> u64 {
     clock::now_millis()
 }
+
+/// Nanoseconds from an arbitrary fixed point, for measuring durations.
+pub fn monotonic_nanos() -> u64 {
+    clock::monotonic_nanos()
+}

@@ -51,9 +51,28 @@ pub struct Upstream {
     task: JoinHandle<()>,
 }
 
+/// A custom upstream's answer to a request head: status, headers, body.
+pub type Handler =
+    dyn Fn(&http::request::Parts) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync;
+
 impl Upstream {
     /// Start one, named `id`.
     pub async fn start(id: &'static str) -> Upstream {
+        Self::serve(id, None).await
+    }
+
+    /// Start one that answers with `handler` (an auth service, say).
+    pub async fn start_with(
+        id: &'static str,
+        handler: impl Fn(&http::request::Parts) -> (u16, Vec<(&'static str, String)>, String)
+        + Send
+        + Sync
+        + 'static,
+    ) -> Upstream {
+        Self::serve(id, Some(Arc::new(handler))).await
+    }
+
+    async fn serve(id: &'static str, handler: Option<Arc<Handler>>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -63,10 +82,17 @@ impl Upstream {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let counter = counter.clone();
+                let handler = handler.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        async move { Ok::<_, Infallible>(answer(id, req).await) }
+                        let handler = handler.clone();
+                        async move {
+                            Ok::<_, Infallible>(match handler {
+                                Some(handler) => custom(id, &*handler, req),
+                                None => answer(id, req).await,
+                            })
+                        }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -87,6 +113,18 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn custom(id: &'static str, handler: &Handler, req: Request<Incoming>) -> Response<TestBody> {
+    let (head, _body) = req.into_parts();
+    let (status, headers, body) = handler(&head);
+    let mut response = Response::builder().status(status).header("x-upstream", id);
+    for (name, value) in headers {
+        response = response.header(name, value);
+    }
+    response
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("valid response")
 }
 
 async fn answer(id: &'static str, req: Request<Incoming>) -> Response<TestBody> {
@@ -207,6 +245,8 @@ fn query_params(query: Option<&str>) -> HashMap<String, String> {
 pub struct Gateway {
     /// Its first listener's address.
     pub addr: SocketAddr,
+    /// The admin listener's address, if configured.
+    pub admin: Option<SocketAddr>,
     task: JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -216,9 +256,11 @@ impl Gateway {
     pub async fn start(toml: &str) -> anyhow::Result<Gateway> {
         let (dir, server) = Self::bind(toml).await?;
         let addr = server.local_addrs()[0];
+        let admin = server.admin_addr();
         let task = tokio::spawn(server.serve());
         Ok(Gateway {
             addr,
+            admin,
             task,
             _dir: dir,
         })
@@ -240,6 +282,14 @@ impl Gateway {
     /// `http://<addr><path>`
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let admin = self.admin.expect("an [admin] listener is configured");
+        let reply = get(&format!("http://{admin}/metrics"), &[]).await;
+        assert_eq!(reply.status, 200);
+        String::from_utf8(reply.body.to_vec()).expect("metrics are text")
     }
 }
 

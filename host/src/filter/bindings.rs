@@ -12,7 +12,12 @@ pub struct ResponseHandle;
 bindgen!({
     path: "../wit",
     world: "host",
-    imports: { default: trappable },
+    imports: {
+        // These wait on the state store or the network.
+        "sluice:filter/kv": async | trappable,
+        "sluice:filter/outbound": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
     with: {
         "sluice:filter/types.headers": HeadersHandle,
@@ -24,4 +29,4 @@ bindgen!({
 pub use self::exports::sluice::filter::{
     auth, cache_policy, http_filter, rate_limit, routing, transform,
 };
-pub use self::sluice::filter::{clock, log, types};
+pub use self::sluice::filter::{clock, kv, log, metrics, outbound, types};

@@ -8,12 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use super::bindings::{auth, cache_policy, http_filter, transform, types};
+use super::bindings::{auth, cache_policy, http_filter, rate_limit, transform, types};
 use super::engine::Kind;
 use super::error::FilterFailure;
 use super::instance::InstancePool;
 use crate::exchange::{Exchange, Identity};
-use crate::ratelimit::TokenBuckets;
+use crate::state::StateStore;
 
 /// A short-circuit answer from a filter.
 #[derive(Debug)]
@@ -81,7 +81,7 @@ impl FilterChain {
     pub async fn on_request(
         &self,
         mut ex: Box<Exchange>,
-        buckets: &TokenBuckets,
+        store: &dyn StateStore,
     ) -> (Box<Exchange>, usize, RequestOutcome) {
         let mut upstream = None;
         let mut cache_key = None;
@@ -102,27 +102,11 @@ impl FilterChain {
                 Kind::RateLimit => {
                     let (back, result) = filter.rate_limit(ex).await;
                     ex = back;
-                    result.map(|limit| match limit {
-                        None => Step::Next,
-                        Some(limit) => {
-                            let key = format!("{}\0{}", filter.plugin.name, limit.key);
-                            let window = Duration::from_millis(limit.window_millis);
-                            let admission = buckets.take(&key, limit.cost, limit.capacity, window);
-                            ex.rate_limit = Some(admission);
-                            if admission.allowed {
-                                Step::Next
-                            } else {
-                                Step::Answer(types::Reply {
-                                    status: 429,
-                                    headers: vec![(
-                                        "retry-after".into(),
-                                        admission.retry_after_secs.to_string(),
-                                    )],
-                                    body: b"rate limit exceeded\n".to_vec(),
-                                })
-                            }
-                        }
-                    })
+                    match result {
+                        Ok(None) => Ok(Step::Next),
+                        Ok(Some(limit)) => admit(&mut ex, filter, store, limit).await,
+                        Err(e) => Err(e),
+                    }
                 }
                 Kind::Transform => {
                     let (back, result) = filter.transform_request(ex).await;
@@ -262,6 +246,33 @@ impl FilterChain {
 enum Step {
     Next,
     Answer(types::Reply),
+}
+
+/// Take a rate-limit filter's tokens from the store; 429 when there are none.
+async fn admit(
+    ex: &mut Exchange,
+    filter: &InstancePool,
+    store: &dyn StateStore,
+    limit: rate_limit::Limit,
+) -> Result<Step, FilterFailure> {
+    let key = format!("{}\0{}", filter.plugin.name, limit.key);
+    let window = Duration::from_millis(limit.window_millis);
+    let admission = store
+        .take(&key, limit.cost, limit.capacity, window)
+        .await
+        .map_err(|e| FilterFailure {
+            plugin: filter.plugin.name.clone(),
+            reason: e.to_string(),
+        })?;
+    ex.rate_limit = Some(admission);
+    if admission.allowed {
+        return Ok(Step::Next);
+    }
+    Ok(Step::Answer(types::Reply {
+        status: 429,
+        headers: vec![("retry-after".into(), admission.retry_after_secs.to_string())],
+        body: b"rate limit exceeded\n".to_vec(),
+    }))
 }
 
 /// Apply a filter's new path (and query, after `?`) to the request.

@@ -9,6 +9,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::{self, Host_};
+use super::capabilities::Capabilities;
 use super::error::PluginError;
 use super::instance::FilterState;
 use crate::config::PluginConfig;
@@ -69,7 +70,8 @@ pub struct Plugin {
     pub(crate) exports: Exports,
     /// Limits and failure policy from the configuration.
     pub memory_limit: usize,
-    pub(crate) deadline_ticks: u64,
+    pub(crate) call_timeout: Duration,
+    pub(crate) caps: Arc<Capabilities>,
     pub(crate) max_requests: u32,
     pub(crate) fail_open: bool,
 }
@@ -113,12 +115,14 @@ impl FilterEngine {
         })
     }
 
-    /// Compile and link the component at `path` (relative to `base`), and find its kind.
+    /// Compile and link the component at `path` (relative to `base`), and find
+    /// its kind; `caps` are the capabilities its configuration grants.
     pub fn load(
         &self,
         name: &str,
         base: &Path,
         config: &PluginConfig,
+        caps: Capabilities,
     ) -> Result<Plugin, PluginError> {
         let path = base.join(config.path.get_ref());
         let err = |reason: String| PluginError::Load {
@@ -142,11 +146,6 @@ impl FilterEngine {
             Exports::Routing(_) => Kind::Routing,
             Exports::CachePolicy(_) => Kind::CachePolicy,
         };
-        let ticks = config
-            .call_timeout
-            .as_micros()
-            .div_ceil(EPOCH_TICK.as_micros())
-            .max(1);
         Ok(Plugin {
             name: name.into(),
             path,
@@ -154,7 +153,8 @@ impl FilterEngine {
             pre,
             exports,
             memory_limit: (config.memory_limit_mib as usize) << 20,
-            deadline_ticks: ticks as u64 + 1,
+            call_timeout: config.call_timeout,
+            caps: Arc::new(caps),
             max_requests: config.max_requests_per_instance.max(1),
             fail_open: config.on_failure == crate::config::FailurePolicy::Open,
         })
@@ -187,6 +187,11 @@ fn find_exports(pre: &InstancePre<FilterState>) -> Result<Exports, String> {
         0 => Err("exports no `sluice:filter` policy interface (auth, rate-limit, transform, routing, cache-policy, http-filter); is it built with the Sluice SDK?".into()),
         _ => Err("exports more than one policy interface; a plugin implements one kind".into()),
     }
+}
+
+/// Epoch ticks covering `time`, plus one for the tick already under way.
+pub(crate) fn ticks(time: Duration) -> u64 {
+    time.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64 + 1
 }
 
 /// Holds the engine weakly, so the thread ends when the last gateway using it is gone.

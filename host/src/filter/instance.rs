@@ -4,15 +4,16 @@
 //! grew its memory too far is recycled.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{auth, cache_policy, http_filter, rate_limit, routing, transform};
-use super::engine::{Exports, Plugin};
+use super::capabilities::Capabilities;
+use super::engine::{Exports, Plugin, ticks};
 use super::error::{FilterFailure, PluginError};
 use crate::exchange::Exchange;
 
@@ -27,6 +28,13 @@ pub struct FilterState {
     /// The request being filtered, moved in for the length of one call.
     pub(crate) exchange: Option<Box<Exchange>>,
     pub(crate) started: Instant,
+    pub(crate) caps: Arc<Capabilities>,
+    /// When the current call began, and how long of it the host spent waiting
+    /// (outbound HTTP, the store): only the guest's own time counts against
+    /// `call_timeout`.
+    call_started: Instant,
+    pub(crate) waited: Duration,
+    call_timeout: Duration,
     memory: MemoryLimit,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -150,6 +158,7 @@ impl InstancePool {
             }
             Err(error) => {
                 let reason = describe_failure(&error, &instance.store.data().stderr.contents());
+                self.plugin.caps.count_failure();
                 tracing::error!(
                     plugin = &*self.plugin.name,
                     "filter failed, instance replaced: {reason}"
@@ -174,10 +183,13 @@ macro_rules! call_guest {
             Err(failure) => return (ex, Err(failure)),
         };
         ex.body_access = pool.body_access;
-        instance.store.data_mut().exchange = Some(ex);
+        let state = instance.store.data_mut();
+        state.exchange = Some(ex);
+        state.call_started = std::time::Instant::now();
+        state.waited = std::time::Duration::ZERO;
         instance
             .store
-            .set_epoch_deadline(pool.plugin.deadline_ticks);
+            .set_epoch_deadline(ticks(pool.plugin.call_timeout));
         let result = match &instance.guest {
             Guest::$kind($guest) => {
                 let $store = &mut instance.store;
@@ -284,6 +296,10 @@ impl Instance {
             plugin: plugin.name.clone(),
             exchange: None,
             started: Instant::now(),
+            caps: plugin.caps.clone(),
+            call_started: Instant::now(),
+            waited: Duration::ZERO,
+            call_timeout: plugin.call_timeout,
             memory: MemoryLimit {
                 limit: plugin.memory_limit,
                 peak: 0,
@@ -294,8 +310,15 @@ impl Instance {
         };
         let mut store = Store::new(plugin.pre.engine(), state);
         store.limiter(|s| &mut s.memory);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(plugin.deadline_ticks);
+        store.epoch_deadline_callback(|store| {
+            let state = store.data();
+            let used = state.call_started.elapsed().saturating_sub(state.waited);
+            match state.call_timeout.checked_sub(used) {
+                Some(left) if !left.is_zero() => Ok(UpdateDeadline::Continue(ticks(left))),
+                _ => Err(wasmtime::Trap::Interrupt.into()),
+            }
+        });
+        store.set_epoch_deadline(ticks(plugin.call_timeout));
 
         let instance = plugin
             .pre

@@ -2,12 +2,14 @@
 //! in `wit/`, compiled once, instantiated ahead of time and run per request.
 
 mod bindings;
+mod capabilities;
 mod chain;
 mod engine;
 mod error;
 mod host;
 mod instance;
 
+pub use capabilities::Capabilities;
 pub use chain::{FilterChain, Reply, RequestOutcome, StoreDecision};
 pub use engine::{FilterEngine, Kind, Plugin};
 pub use error::{FilterFailure, PluginError};

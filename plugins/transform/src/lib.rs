@@ -1,17 +1,23 @@
-//! Request and response transformation: path rewrites with regex captures,
-//! API versioning by header, query parameter edits, and JSON body edits by
-//! JSON pointer (the filter entry needs `body = true` for those).
+//! Request and response transformation: header edits, path rewrites with
+//! regex captures, API versioning by header, query parameter edits, and JSON
+//! body edits by JSON pointer (the filter entry needs `body = true` for those).
 
 use std::collections::BTreeMap;
 
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_sdk::{Action, Plugin, Reply, Request, Response, Transform};
+use sluice_sdk::{Action, Headers, Plugin, Reply, Request, Response, Transform};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
+    /// Header edits on the request sent upstream.
+    #[serde(default)]
+    request_headers: HeaderEdits,
+    /// Header edits on the response sent to the client.
+    #[serde(default)]
+    response_headers: HeaderEdits,
     /// Path rewrites; the first whose pattern matches applies.
     #[serde(default)]
     rewrite: Vec<RewriteConfig>,
@@ -53,6 +59,55 @@ struct VersionConfig {
     prefixes: BTreeMap<String, String>,
     /// The prefix when the header is absent, if any.
     default: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HeaderEdits {
+    /// Headers removed first.
+    #[serde(default)]
+    remove: Vec<String>,
+    /// Headers set, replacing any values.
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    /// Values added, keeping those already there.
+    #[serde(default)]
+    add: BTreeMap<String, String>,
+}
+
+impl HeaderEdits {
+    fn apply(&self, headers: &Headers) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        // Names and values were checked by `check`, so these cannot fail.
+        for (name, value) in &self.set {
+            let _ = headers.set(name, value);
+        }
+        for (name, value) in &self.add {
+            let _ = headers.append(name, value);
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        for name in self
+            .remove
+            .iter()
+            .chain(self.set.keys())
+            .chain(self.add.keys())
+        {
+            if name.is_empty() || !name.chars().all(token) {
+                return Err(format!("`{name}` is not a header name"));
+            }
+        }
+        for value in self.set.values().chain(self.add.values()) {
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(format!("`{value}` is not a valid header value"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -99,6 +154,8 @@ impl Plugin for Transformer {
                 Ok((regex, r.replacement.clone()))
             })
             .collect::<Result<_, String>>()?;
+        config.request_headers.check()?;
+        config.response_headers.check()?;
         for edits in [&config.request_json, &config.response_json] {
             for pointer in edits.set.keys().chain(&edits.remove) {
                 if !pointer.starts_with('/') {
@@ -236,6 +293,7 @@ fn edit_body(
 
 impl Transform for Transformer {
     fn on_request(&self, req: &Request) -> Action {
+        self.config.request_headers.apply(req.headers());
         if let Err(reply) = edit_body(
             &self.config.request_json,
             self.config.max_body_bytes,
@@ -257,6 +315,7 @@ impl Transform for Transformer {
     }
 
     fn on_response(&self, _req: &Request, resp: &Response) {
+        self.config.response_headers.apply(resp.headers());
         // A response too large to edit passes unedited: it is already on its way.
         let _ = edit_body(
             &self.config.response_json,

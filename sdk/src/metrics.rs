@@ -1,0 +1,22 @@
+//! Metrics this plugin defines, exported on the gateway's admin `/metrics`
+//! as `sluice_plugin_<name>` with a `plugin` label. Needs
+//! `grants = ["metrics"]`. Names are `[a-z_][a-z0-9_]*`.
+
+use crate::bindings::imports::sluice::filter::metrics as raw;
+
+fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Add `value` to counter `name` (exported as `sluice_plugin_<name>_total`).
+pub fn counter(name: &str, labels: &[(&str, &str)], value: u64) -> Result<(), String> {
+    raw::counter_add(name, &owned(labels), value)
+}
+
+/// Record one observation in histogram `name` (seconds, bytes, ...).
+pub fn histogram(name: &str, labels: &[(&str, &str)], value: f64) -> Result<(), String> {
+    raw::histogram_record(name, &owned(labels), value)
+}
