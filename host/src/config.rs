@@ -29,8 +29,14 @@ pub struct Config {
     /// The response cache that cache-policy filters use.
     #[serde(default)]
     pub cache: CacheConfig,
-    /// The admin listener (metrics), off unless configured.
+    /// The admin listener (metrics, reloads, plugin versions), off unless configured.
     pub admin: Option<AdminConfig>,
+    /// What triggers a reload besides `SIGHUP` and the admin API.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    /// How plugins are compiled.
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// The file this was read from; relative plugin paths resolve against its folder.
     #[serde(skip)]
     pub source: Source,
@@ -44,12 +50,53 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
 }
 
-/// The admin listener: `/metrics` (Prometheus text) and `/healthz`.
+/// The admin listener: metrics, health, reloads and plugin versions.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `ip:port` to bind; keep it on a private interface.
-    pub address: SocketAddr,
+    /// `ip:port` to bind; a loopback address unless `public` is set.
+    pub address: Spanned<SocketAddr>,
+    /// Allow a non-loopback address: anyone who reaches it can change the gateway.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// Reload triggers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the configuration file or a plugin file changes.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig { watch: true }
+    }
+}
+
+/// Compilation settings; read at start only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Where compiled components are cached, keyed by sha256. Defaults to
+    /// `$XDG_CACHE_HOME/sluice` (or `~/.cache/sluice`); `""` turns it off.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl EngineConfig {
+    /// The cache folder to use, if any.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        match &self.cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|base| base.join("sluice")),
+        }
+    }
 }
 
 /// A group of interchangeable upstream servers.
@@ -245,6 +292,9 @@ mod defaults {
     pub fn cache_entry_kib() -> usize {
         1024
     }
+    pub fn yes() -> bool {
+        true
+    }
     pub fn empty_table() -> toml::Value {
         toml::Value::Table(Default::default())
     }
@@ -262,6 +312,11 @@ impl Source {
     /// The folder relative paths in the file are resolved against.
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The file's text, as parsed.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// An error at byte offset `at` of the file, about `key`.
@@ -361,6 +416,16 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(admin) = &self.admin
+            && !admin.address.get_ref().ip().is_loopback()
+            && !admin.public
+        {
+            return Err(src.error(
+                admin.address.span().start,
+                "admin.address",
+                "not a loopback address: the admin API can change the gateway; set `public = true` to expose it anyway",
+            ));
         }
         for (name, plugin) in &self.plugins {
             for grant in &plugin.grants {

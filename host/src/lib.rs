@@ -15,10 +15,10 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod exchange;
 pub mod filter;

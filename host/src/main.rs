@@ -63,15 +63,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
             let server = Server::from_file(&config).await?;
-            for addr in server.local_addrs() {
-                tracing::info!("listening on http://{addr}");
-            }
             serve_until_signal(server).await
         }
         Command::Check { config } => {
             let loaded = Config::load(&config)?;
-            let engine = sluice::filter::FilterEngine::new()?;
-            sluice::proxy::Gateway::build(&loaded, &engine, &Default::default()).await?;
+            sluice::control::check(&loaded).await?;
             println!(
                 "{}: OK ({} routes, {} plugins, {} upstreams)",
                 config.display(),
@@ -82,12 +78,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo { config } => {
-            let mut loaded = Config::load(&config)?;
+            let loaded = Config::load(&config)?;
             let demo = sluice::demo::start(([127, 0, 0, 1], 0).into()).await?;
-            for upstream in loaded.upstreams.values_mut() {
-                *upstream.targets.get_mut() = vec![demo.to_string()];
-            }
-            let server = Server::bind(&loaded).await?;
+            // Every upstream is the demo, in this configuration and any reloaded later.
+            let hook = std::sync::Arc::new(move |config: &mut Config| {
+                for upstream in config.upstreams.values_mut() {
+                    *upstream.targets.get_mut() = vec![demo.to_string()];
+                }
+            });
+            let server = Server::bind_with_hook(loaded, Some(hook)).await?;
             let addr = server.local_addrs()[0];
             println!("Sluice demo: every upstream is the embedded demo upstream at {demo}.\nTry:");
             println!("  curl -i http://{addr}/public/hello");
@@ -111,6 +110,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let control = server.control();
+    // SIGHUP reloads; the outcome is logged (and counted) by the reload itself.
+    let reloads = tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let _ = control.reload().await;
+        }
+    });
     let stop = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -119,5 +127,6 @@ async fn serve_until_signal(server: Server) -> anyhow::Result<()> {
         tracing::info!("stopping: no new connections; finishing requests in flight");
     };
     server.serve_until(stop, DRAIN_TIMEOUT).await;
+    reloads.abort();
     Ok(())
 }

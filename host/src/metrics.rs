@@ -67,6 +67,8 @@ pub struct Metrics {
     pub filter_failures: Family<Labels, Counter>,
     /// Capability calls refused for want of a grant, by plugin and grant.
     pub capability_denied: Family<Labels, Counter>,
+    /// Configuration changes (reloads, uploads, rollbacks), by result.
+    pub reloads: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,6 +77,7 @@ impl Default for Metrics {
         let responses = Family::default();
         let filter_failures = Family::default();
         let capability_denied = Family::default();
+        let reloads = Family::default();
         registry.register(
             "responses",
             "Responses by route and status class",
@@ -90,7 +93,13 @@ impl Default for Metrics {
             "Capability calls refused because the plugin lacks the grant",
             capability_denied.clone(),
         );
+        registry.register(
+            "reloads",
+            "Configuration changes applied or refused",
+            reloads.clone(),
+        );
         Metrics {
+            reloads,
             registry: Mutex::new(registry),
             plugin_metrics: DashMap::new(),
             responses,

@@ -12,11 +12,10 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::body::{self, ProxyBody};
 use crate::cache::{self, Lookup, ResponseCache};
-use crate::config::Config;
+use crate::config::{CacheConfig, Config, ConfigError};
 use crate::exchange::Exchange;
 use crate::filter::{
-    Capabilities, FilterChain, FilterEngine, InstancePool, PluginError, Reply, RequestOutcome,
-    StoreDecision,
+    FilterChain, InstancePool, Plugin, PluginError, Reply, RequestOutcome, StoreDecision,
 };
 use crate::metrics::{Metrics, labels};
 use crate::router::{Matcher, RouteTable};
@@ -56,19 +55,23 @@ impl StatusCounters {
 }
 
 /// What outlives one configuration (and so a reload): the plugins' state
-/// (key-value, counters, rate-limit buckets) and the metrics.
+/// (key-value, counters, rate-limit buckets), the response cache and the metrics.
 #[derive(Clone)]
 pub struct Shared {
     /// Plugin state.
     pub store: Arc<dyn StateStore>,
+    /// The response cache; sized by the first configuration.
+    pub cache: Arc<ResponseCache>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
 }
 
-impl Default for Shared {
-    fn default() -> Self {
+impl Shared {
+    /// In-process state, a cache sized by `cache`, and empty metrics.
+    pub fn new(cache: &CacheConfig) -> Shared {
         Shared {
             store: Arc::new(MemoryStore::default()),
+            cache: Arc::new(ResponseCache::new(cache)),
             metrics: Arc::new(Metrics::default()),
         }
     }
@@ -80,42 +83,19 @@ pub struct Gateway {
     upstreams: HashMap<String, Arc<Upstream>>,
     shared: Shared,
     unrouted: StatusCounters,
-    cache: ResponseCache,
 }
 
 impl Gateway {
-    /// Load every plugin and initialise every route's filters. Errors name the
-    /// configuration file and line, the route and the plugin.
+    /// Initialise every route's filters with `plugins` (loaded for this
+    /// configuration). Errors name the configuration file and line, the
+    /// route and the plugin.
     pub async fn build(
         config: &Config,
-        engine: &FilterEngine,
+        plugins: &HashMap<String, Arc<Plugin>>,
+        upstreams: HashMap<String, Arc<Upstream>>,
         shared: &Shared,
-    ) -> anyhow::Result<Gateway> {
+    ) -> Result<Gateway, ConfigError> {
         let src = &config.source;
-        let upstreams: HashMap<String, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u))))
-            .collect();
-        let mut plugins = HashMap::new();
-        for (name, plugin) in &config.plugins {
-            let caps = Capabilities::new(
-                name,
-                plugin,
-                &upstreams,
-                shared.store.clone(),
-                shared.metrics.clone(),
-            );
-            let loaded = engine.load(name, src.dir(), plugin, caps).map_err(|e| {
-                src.error(
-                    plugin.path.span().start,
-                    format!("plugins.{name}.path"),
-                    e.to_string(),
-                )
-            })?;
-            plugins.insert(name.clone(), Arc::new(loaded));
-        }
-
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
             let name: Arc<str> = config.route_name(i).into();
@@ -156,7 +136,6 @@ impl Gateway {
             upstreams,
             unrouted: StatusCounters::new(&shared.metrics, ""),
             shared: shared.clone(),
-            cache: ResponseCache::new(&config.cache),
         })
     }
 
@@ -250,7 +229,7 @@ impl Gateway {
         let cache_key = cache_key.filter(|_| ex.request.method == Method::GET);
         let mut _filling = None;
         if let Some(key) = &cache_key {
-            match self.cache.lookup(key, &ex.request.headers).await {
+            match self.shared.cache.lookup(key, &ex.request.headers).await {
                 Lookup::Hit(hit) => {
                     let (mut head, ()) = Response::new(()).into_parts();
                     head.status = hit.status;
@@ -340,11 +319,11 @@ impl Gateway {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         let stored = match (ttl, length) {
-            (Some(ttl), Some(length)) if length <= self.cache.max_entry() => {
-                let bytes = body::collect(streamed, self.cache.max_entry())
+            (Some(ttl), Some(length)) if length <= self.shared.cache.max_entry() => {
+                let bytes = body::collect(streamed, self.shared.cache.max_entry())
                     .await
                     .map_err(|_| error_response(StatusCode::BAD_GATEWAY, "upstream_body_failed"))?;
-                self.cache.store(
+                self.shared.cache.store(
                     key,
                     &ex.request.headers,
                     head.status,

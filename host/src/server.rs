@@ -1,80 +1,66 @@
 //! Listeners: accept connections and serve HTTP/1.1 and cleartext HTTP/2
-//! (prior knowledge) on the same socket.
+//! (prior knowledge) on the same socket. The set of listeners follows the
+//! configuration across reloads: new addresses are opened, removed ones stop
+//! accepting while their open connections finish.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::filter::FilterEngine;
-use crate::proxy::{Gateway, Shared};
+use crate::control::{ConfigHook, Control};
+use crate::proxy::Gateway;
 
 /// A gateway with its listeners bound, not yet accepting.
 pub struct Server {
-    gateway: Arc<Gateway>,
-    shared: Shared,
-    listeners: Vec<TcpListener>,
-    admin: Option<TcpListener>,
+    control: Arc<Control>,
 }
 
 impl Server {
     /// Load `config` (plugins included) and bind its listeners.
-    pub async fn bind(config: &Config) -> anyhow::Result<Server> {
-        let engine = FilterEngine::new()?;
-        let shared = Shared::default();
-        let gateway = Arc::new(Gateway::build(config, &engine, &shared).await?);
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        for listener in &config.listeners {
-            let socket = TcpListener::bind(listener.address)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", listener.address))?;
-            listeners.push(socket);
-        }
-        anyhow::ensure!(
-            !listeners.is_empty(),
-            "{}: no [[listeners]] configured",
-            config.source.path.display()
-        );
-        let admin =
-            match &config.admin {
-                Some(admin) => Some(TcpListener::bind(admin.address).await.map_err(|e| {
-                    anyhow::anyhow!("cannot listen on {} (admin): {e}", admin.address)
-                })?),
-                None => None,
-            };
-        Ok(Server {
-            gateway,
-            shared,
-            listeners,
-            admin,
-        })
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        Self::bind_with_hook(config, None).await
+    }
+
+    /// Like [`Server::bind`], with `hook` applied to this configuration and
+    /// every one reloaded later (the demo points upstreams at itself this way).
+    pub async fn bind_with_hook(
+        config: Config,
+        hook: Option<ConfigHook>,
+    ) -> anyhow::Result<Server> {
+        let control = Control::start(config, hook).await?;
+        Ok(Server { control })
     }
 
     /// Load the configuration file at `path` and bind.
     pub async fn from_file(path: &Path) -> anyhow::Result<Server> {
-        Self::bind(&Config::load(path)?).await
+        Self::bind(Config::load(path)?).await
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The addresses actually bound (port 0 resolved), in configuration order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.control.listeners().local_addrs()
     }
 
     /// The admin listener's address, if one is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+        self.control.admin_addr()
+    }
+
+    /// Reloads, uploads, rollbacks: what the admin API and `SIGHUP` use.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
     }
 
     /// Accept and serve until the task is dropped.
@@ -87,24 +73,12 @@ impl Server {
     /// connections finish their requests (idle ones close at once), and
     /// return when all are done or `drain` has passed.
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>, drain: Duration) {
-        let graceful = Arc::new(GracefulShutdown::new());
-        let mut accepting = JoinSet::new();
-        for listener in self.listeners {
-            accepting.spawn(accept_loop(
-                listener,
-                self.gateway.clone(),
-                graceful.clone(),
-            ));
-        }
-        let admin = self.admin.map(|listener| {
-            tokio::spawn(crate::admin::serve(listener, self.shared.metrics.clone()))
-        });
+        let background = self.control.clone().start_serving();
         shutdown.await;
-        accepting.shutdown().await;
-        if let Some(admin) = admin {
-            admin.abort();
+        for task in background {
+            task.abort();
         }
-        let graceful = Arc::into_inner(graceful).expect("the accept loops are gone");
+        let graceful = self.control.listeners().stop().await;
         let open = graceful.count();
         tracing::info!("draining {open} connections");
         if tokio::time::timeout(drain, graceful.shutdown())
@@ -116,9 +90,146 @@ impl Server {
     }
 }
 
+/// One configured address: bound, and accepting once serving has started.
+struct Slot {
+    local: SocketAddr,
+    bound: Option<TcpListener>,
+    accepting: Option<JoinHandle<()>>,
+}
+
+/// The client listeners, keyed by configured address.
+pub(crate) struct Listeners {
+    gateway: Arc<ArcSwap<Gateway>>,
+    /// Watches every connection; taken by `stop` to drain them.
+    graceful: Mutex<Option<Arc<GracefulShutdown>>>,
+    slots: Mutex<BTreeMap<SocketAddr, Slot>>,
+    /// The configured addresses in configuration order, for `local_addrs`.
+    order: Mutex<Vec<SocketAddr>>,
+    serving: Mutex<bool>,
+}
+
+impl Listeners {
+    pub(crate) fn new(gateway: Arc<ArcSwap<Gateway>>) -> Listeners {
+        Listeners {
+            gateway,
+            graceful: Mutex::new(Some(Arc::new(GracefulShutdown::new()))),
+            slots: Mutex::new(BTreeMap::new()),
+            order: Mutex::new(Vec::new()),
+            serving: Mutex::new(false),
+        }
+    }
+
+    /// Bind the addresses in `wanted` that are not open yet. Nothing changes
+    /// until [`Listeners::commit`], so a failed reload leaves them as they were.
+    pub(crate) fn open(
+        &self,
+        wanted: &[SocketAddr],
+    ) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
+        let slots = self.slots.lock().expect("listeners lock");
+        let mut opened = Vec::new();
+        for addr in wanted {
+            if slots.contains_key(addr) || opened.iter().any(|(a, _)| a == addr) {
+                continue;
+            }
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(TcpListener::from_std)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            opened.push((*addr, listener));
+        }
+        Ok(opened)
+    }
+
+    /// Make `wanted` the listeners: add those `opened`, stop accepting on
+    /// the others (their connections finish on their own).
+    pub(crate) fn commit(&self, wanted: &[SocketAddr], opened: Vec<(SocketAddr, TcpListener)>) {
+        let serving = *self.serving.lock().expect("listeners lock");
+        let mut slots = self.slots.lock().expect("listeners lock");
+        for (addr, listener) in opened {
+            let local = listener.local_addr().unwrap_or(addr);
+            tracing::info!("listening on http://{local}");
+            let mut slot = Slot {
+                local,
+                bound: Some(listener),
+                accepting: None,
+            };
+            if serving {
+                self.accept(&mut slot);
+            }
+            slots.insert(addr, slot);
+        }
+        slots.retain(|addr, slot| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                tracing::info!("no longer listening on {}", slot.local);
+                if let Some(task) = slot.accepting.take() {
+                    task.abort();
+                }
+            }
+            keep
+        });
+        *self.order.lock().expect("listeners lock") = wanted.to_vec();
+    }
+
+    fn accept(&self, slot: &mut Slot) {
+        let Some(graceful) = self.graceful.lock().expect("listeners lock").clone() else {
+            return; // stopped for good
+        };
+        if let Some(listener) = slot.bound.take() {
+            slot.accepting = Some(tokio::spawn(accept_loop(
+                listener,
+                self.gateway.clone(),
+                graceful,
+            )));
+        }
+    }
+
+    /// Start accepting on every listener, now and on those added later.
+    pub(crate) fn start(&self) {
+        *self.serving.lock().expect("listeners lock") = true;
+        for slot in self.slots.lock().expect("listeners lock").values_mut() {
+            self.accept(slot);
+        }
+    }
+
+    /// Stop accepting everywhere, for good, and hand back what watches the
+    /// open connections.
+    pub(crate) async fn stop(&self) -> GracefulShutdown {
+        *self.serving.lock().expect("listeners lock") = false;
+        let tasks: Vec<JoinHandle<()>> = self
+            .slots
+            .lock()
+            .expect("listeners lock")
+            .values_mut()
+            .filter_map(|slot| slot.accepting.take())
+            .collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        let graceful = self
+            .graceful
+            .lock()
+            .expect("listeners lock")
+            .take()
+            .expect("stopped once");
+        Arc::into_inner(graceful).expect("the accept loops are gone")
+    }
+
+    pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
+        let slots = self.slots.lock().expect("listeners lock");
+        self.order
+            .lock()
+            .expect("listeners lock")
+            .iter()
+            .filter_map(|addr| slots.get(addr).map(|s| s.local))
+            .collect()
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    gateway: Arc<ArcSwap<Gateway>>,
     graceful: Arc<GracefulShutdown>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -143,7 +254,9 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let gateway = gateway.clone();
+                // Each request runs on the gateway current when it arrived,
+                // even if a reload swaps in another while it is in flight.
+                let gateway = gateway.load_full();
                 async move { Ok::<_, Infallible>(gateway.handle(request, peer.ip()).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 use super::bindings::{self, Host_};
 use super::capabilities::Capabilities;
@@ -81,13 +83,26 @@ pub struct Plugin {
 pub struct FilterEngine {
     engine: Engine,
     linker: Arc<Linker<FilterState>>,
+    cache: Option<Cache>,
 }
 
 impl FilterEngine {
     /// An engine with the pooling allocator, async calls and epoch deadlines,
     /// plus a thread that ticks the epoch for as long as the engine lives.
-    pub fn new() -> anyhow::Result<FilterEngine> {
+    /// With `cache_dir`, compiled components are kept there, keyed by the
+    /// sha256 of their bytes (and the compiler's settings), so a restart
+    /// does not compile an unchanged plugin again.
+    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<FilterEngine> {
         let mut config = Config::new();
+        let cache = match cache_dir {
+            Some(dir) => {
+                let mut settings = CacheConfig::new();
+                settings.with_directory(dir);
+                Some(Cache::new(settings).map_err(anyhow::Error::from)?)
+            }
+            None => None,
+        };
+        config.cache(cache.clone());
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let mut pool = PoolingAllocationConfig::default();
@@ -112,30 +127,40 @@ impl FilterEngine {
         Ok(FilterEngine {
             engine,
             linker: Arc::new(linker),
+            cache,
         })
     }
 
-    /// Compile and link the component at `path` (relative to `base`), and find
-    /// its kind; `caps` are the capabilities its configuration grants.
+    /// Compile a component (or fetch it from the disk cache).
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, String> {
+        Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))
+    }
+
+    /// Compilations answered from the disk cache, and those that were not.
+    pub fn cache_stats(&self) -> Option<(usize, usize)> {
+        self.cache
+            .as_ref()
+            .map(|c| (c.cache_hits(), c.cache_misses()))
+    }
+
+    /// Link a compiled plugin (from `path`, for messages) and find its kind;
+    /// `caps` are the capabilities its configuration grants.
     pub fn load(
         &self,
         name: &str,
-        base: &Path,
+        path: &Path,
+        component: &Component,
         config: &PluginConfig,
         caps: Capabilities,
     ) -> Result<Plugin, PluginError> {
-        let path = base.join(config.path.get_ref());
         let err = |reason: String| PluginError::Load {
             plugin: name.to_owned(),
-            path: path.clone(),
+            path: path.to_owned(),
             reason,
         };
-        let bytes = std::fs::read(&path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let component = Component::new(&self.engine, &bytes)
-            .map_err(|e| err(format!("not a valid component: {e:#}")))?;
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| err(format!("imports something Sluice does not offer: {e:#}")))?;
         let exports = find_exports(&pre).map_err(err)?;
         let kind = match &exports {
@@ -148,7 +173,7 @@ impl FilterEngine {
         };
         Ok(Plugin {
             name: name.into(),
-            path,
+            path: path.to_owned(),
             kind,
             pre,
             exports,

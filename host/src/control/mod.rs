@@ -1,0 +1,477 @@
+//! The control plane: building a gateway from a configuration and swapping
+//! it in while traffic flows. Every change — a reload of the file, an
+//! uploaded plugin version, a rollback — is built whole off the request
+//! path (plugins compiled, every route's filters initialised, new listeners
+//! bound) and only then swapped in atomically. Requests in flight finish on
+//! the gateway they started with; a change that fails changes nothing.
+
+pub mod admin;
+pub mod versions;
+mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::filter::{Capabilities, FilterEngine};
+use crate::metrics::labels;
+use crate::proxy::{Gateway, Shared};
+use crate::server::Listeners;
+use crate::upstream::Upstream;
+use versions::{Origin, Versions, sha256};
+
+/// Applied to every configuration after it is read (before it is checked).
+pub type ConfigHook = Arc<dyn Fn(&mut Config) + Send + Sync>;
+
+/// Why a change was refused; the gateway goes on as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The configuration or a plugin is invalid, or a listener cannot open.
+    #[error("{0}")]
+    Invalid(String),
+    /// No plugin by that name is configured.
+    #[error("no plugin named `{0}` is configured")]
+    UnknownPlugin(String),
+    /// A rollback with no earlier version to go back to.
+    #[error("plugin `{0}` has no earlier version to roll back to")]
+    NoPrevious(String),
+}
+
+/// A change to apply.
+enum Change {
+    /// Read the configuration file and the plugin files again.
+    Reload,
+    /// Make these bytes the active version of a plugin.
+    Upload { plugin: String, bytes: Vec<u8> },
+    /// Go back to a plugin's previous version.
+    Rollback { plugin: String },
+}
+
+/// A plugin as loaded now, for `GET /plugins`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    /// Its name in the configuration.
+    pub name: String,
+    /// The active version's number (counting from 1 for this plugin).
+    pub version: u32,
+    /// The sha256 of the active version's bytes.
+    pub sha256: String,
+    /// Where the active version came from.
+    pub origin: Origin,
+    /// When the active version was loaded (RFC 3339).
+    pub loaded_at: String,
+    /// The version a rollback would return to.
+    pub previous: Option<u32>,
+    /// The routes whose chains use it.
+    pub routes: Vec<String>,
+}
+
+/// What a successful change left in place.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    /// Counts every configuration swapped in, from 1.
+    pub generation: u64,
+    /// The plugins now loaded.
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// What the last good configuration was made of.
+struct State {
+    text: String,
+    versions: Versions,
+    generation: u64,
+    plugins: Vec<PluginInfo>,
+    /// The configuration file and the plugin files, to watch.
+    files: Vec<PathBuf>,
+}
+
+/// Owns the current gateway and changes it.
+pub struct Control {
+    path: PathBuf,
+    hook: Option<ConfigHook>,
+    engine: FilterEngine,
+    shared: Shared,
+    gateway: Arc<ArcSwap<Gateway>>,
+    listeners: Listeners,
+    admin: std::sync::Mutex<Option<TcpListener>>,
+    admin_addr: Option<SocketAddr>,
+    watch: bool,
+    /// Held for the length of a change, so changes apply one at a time.
+    state: tokio::sync::Mutex<State>,
+    reloads_ok: Counter,
+    reloads_failed: Counter,
+}
+
+impl Control {
+    /// Build the first gateway from `config` and bind its listeners (and the
+    /// admin listener); nothing is accepted until serving starts.
+    pub(crate) async fn start(
+        mut config: Config,
+        hook: Option<ConfigHook>,
+    ) -> anyhow::Result<Arc<Control>> {
+        if let Some(hook) = &hook {
+            hook(&mut config);
+        }
+        let engine = FilterEngine::new(config.engine.cache_dir().as_deref())?;
+        let shared = Shared::new(&config.cache);
+        let mut versions = Versions::default();
+        sync_files(&config, &engine, &mut versions)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let gateway = build(&config, &engine, &shared, &versions).await?;
+        let gateway = Arc::new(ArcSwap::from_pointee(gateway));
+        let listeners = Listeners::new(gateway.clone());
+        let wanted = addresses(&config);
+        anyhow::ensure!(
+            !wanted.is_empty(),
+            "{}: no [[listeners]] configured",
+            config.source.path.display()
+        );
+        let opened = listeners.open(&wanted).map_err(anyhow::Error::msg)?;
+        listeners.commit(&wanted, opened);
+        let admin = match &config.admin {
+            Some(admin) => {
+                let addr = *admin.address.get_ref();
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (admin): {e}"))?,
+                )
+            }
+            None => None,
+        };
+        let reloads = |result| {
+            shared
+                .metrics
+                .reloads
+                .get_or_create(&labels([("result", result)]))
+                .clone()
+        };
+        let state = State {
+            text: config.source.text().to_owned(),
+            plugins: plugin_infos(&config, &versions),
+            files: watched_files(&config),
+            versions,
+            generation: 1,
+        };
+        Ok(Arc::new(Control {
+            path: config.source.path.clone(),
+            hook,
+            admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
+            admin: std::sync::Mutex::new(admin),
+            watch: config.reload.watch,
+            reloads_ok: reloads("ok"),
+            reloads_failed: reloads("error"),
+            engine,
+            shared,
+            gateway,
+            listeners,
+            state: tokio::sync::Mutex::new(state),
+        }))
+    }
+
+    /// Start accepting, and the admin API and file watcher if configured;
+    /// returns the background tasks to stop at shutdown.
+    pub(crate) fn start_serving(self: Arc<Self>) -> Vec<JoinHandle<()>> {
+        self.listeners.start();
+        let mut tasks = Vec::new();
+        if let Some(admin) = self.admin.lock().expect("admin lock").take() {
+            tasks.push(tokio::spawn(admin::serve(admin, self.clone())));
+        }
+        if self.watch {
+            tasks.push(tokio::spawn(watch::watch(self.clone())));
+        }
+        tasks
+    }
+
+    pub(crate) fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
+    /// The admin listener's address, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The gateway serving new requests now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.load_full()
+    }
+
+    /// The engine's on-disk compilation cache: (hits, misses).
+    pub fn compile_cache_stats(&self) -> Option<(usize, usize)> {
+        self.engine.cache_stats()
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    /// Read the configuration file and plugin files again and swap in the result.
+    pub async fn reload(&self) -> Result<Applied, ChangeError> {
+        self.apply(Change::Reload).await
+    }
+
+    /// Make `bytes` the active version of `plugin` (until its file changes or a rollback).
+    pub async fn upload(&self, plugin: &str, bytes: Vec<u8>) -> Result<Applied, ChangeError> {
+        self.apply(Change::Upload {
+            plugin: plugin.to_owned(),
+            bytes,
+        })
+        .await
+    }
+
+    /// Return `plugin` to its previous version.
+    pub async fn rollback(&self, plugin: &str) -> Result<Applied, ChangeError> {
+        self.apply(Change::Rollback {
+            plugin: plugin.to_owned(),
+        })
+        .await
+    }
+
+    /// The plugins loaded now.
+    pub async fn plugins(&self) -> Applied {
+        let state = self.state.lock().await;
+        Applied {
+            generation: state.generation,
+            plugins: state.plugins.clone(),
+        }
+    }
+
+    /// The files a reload reads: the configuration and the plugins.
+    pub(crate) async fn files(&self) -> Vec<PathBuf> {
+        self.state.lock().await.files.clone()
+    }
+
+    async fn apply(&self, change: Change) -> Result<Applied, ChangeError> {
+        let what = match &change {
+            Change::Reload => "reload".to_owned(),
+            Change::Upload { plugin, .. } => format!("upload of plugin `{plugin}`"),
+            Change::Rollback { plugin } => format!("rollback of plugin `{plugin}`"),
+        };
+        let mut state = self.state.lock().await;
+        match self.prepare(&state, change).await {
+            Ok((config, versions, gateway)) => {
+                let wanted = addresses(&config);
+                let opened = match self.listeners.open(&wanted) {
+                    Ok(opened) => opened,
+                    Err(e) => return Err(self.failed(&what, ChangeError::Invalid(e))),
+                };
+                // The swap: requests arriving from here on see the new gateway.
+                self.gateway.store(Arc::new(gateway));
+                self.listeners.commit(&wanted, opened);
+                state.generation += 1;
+                state.text = config.source.text().to_owned();
+                state.plugins = plugin_infos(&config, &versions);
+                state.files = watched_files(&config);
+                state.versions = versions;
+                self.reloads_ok.inc();
+                tracing::info!(generation = state.generation, "{what}: applied");
+                Ok(Applied {
+                    generation: state.generation,
+                    plugins: state.plugins.clone(),
+                })
+            }
+            Err(error) => Err(self.failed(&what, error)),
+        }
+    }
+
+    fn failed(&self, what: &str, error: ChangeError) -> ChangeError {
+        self.reloads_failed.inc();
+        tracing::error!("{what} refused, still serving the previous configuration: {error}");
+        error
+    }
+
+    /// Build everything a change needs, touching nothing that serves.
+    async fn prepare(
+        &self,
+        state: &State,
+        change: Change,
+    ) -> Result<(Config, Versions, Gateway), ChangeError> {
+        let invalid = |e: &dyn std::fmt::Display| ChangeError::Invalid(e.to_string());
+        let mut config = match change {
+            Change::Reload => Config::load(&self.path),
+            _ => Config::parse(&self.path, state.text.clone()),
+        }
+        .map_err(|e| invalid(&e))?;
+        if let Some(hook) = &self.hook {
+            hook(&mut config);
+        }
+        let mut versions = state.versions.clone();
+        match change {
+            Change::Reload => sync_files(&config, &self.engine, &mut versions)
+                .await
+                .map_err(|e| invalid(&e))?,
+            Change::Upload { plugin, bytes } => {
+                if !config.plugins.contains_key(&plugin) {
+                    return Err(ChangeError::UnknownPlugin(plugin));
+                }
+                let sha = sha256(&bytes);
+                let component = compile(&self.engine, bytes)
+                    .await
+                    .map_err(|e| invalid(&format!("plugin `{plugin}`: {e}")))?;
+                versions.uploaded(&plugin, sha, component);
+            }
+            Change::Rollback { plugin } => {
+                if !config.plugins.contains_key(&plugin) {
+                    return Err(ChangeError::UnknownPlugin(plugin));
+                }
+                if !versions.roll_back(&plugin) {
+                    return Err(ChangeError::NoPrevious(plugin));
+                }
+            }
+        }
+        versions.retain(|name| config.plugins.contains_key(name));
+        let gateway = build(&config, &self.engine, &self.shared, &versions)
+            .await
+            .map_err(|e| invalid(&format!("{e:#}")))?;
+        Ok((config, versions, gateway))
+    }
+}
+
+/// Load every plugin and build every route of `config`, as a start would,
+/// without binding anything: what `sluice check` runs.
+pub async fn check(config: &Config) -> anyhow::Result<()> {
+    let engine = FilterEngine::new(config.engine.cache_dir().as_deref())?;
+    let shared = Shared::new(&config.cache);
+    let mut versions = Versions::default();
+    sync_files(config, &engine, &mut versions)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    build(config, &engine, &shared, &versions).await?;
+    Ok(())
+}
+
+/// Compile on a blocking thread: it takes milliseconds to seconds of CPU.
+async fn compile(
+    engine: &FilterEngine,
+    bytes: Vec<u8>,
+) -> Result<wasmtime::component::Component, String> {
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.compile(&bytes))
+        .await
+        .map_err(|e| format!("compilation stopped: {e}"))?
+}
+
+/// Read every plugin's file; those that changed become active (compiled if new).
+async fn sync_files(
+    config: &Config,
+    engine: &FilterEngine,
+    versions: &mut Versions,
+) -> Result<(), String> {
+    let src = &config.source;
+    for (name, plugin) in &config.plugins {
+        let path = src.dir().join(plugin.path.get_ref());
+        let at = |reason: String| {
+            src.error(
+                plugin.path.span().start,
+                format!("plugins.{name}.path"),
+                format!("plugin `{name}` ({}): {reason}", path.display()),
+            )
+            .to_string()
+        };
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| at(format!("cannot read: {e}")))?;
+        let sha = sha256(&bytes);
+        if !versions.file_changed(name, &sha) {
+            continue;
+        }
+        let component = match versions.known(name, &sha) {
+            Some(component) => component,
+            None => compile(engine, bytes).await.map_err(at)?,
+        };
+        versions.file_read(name, &path, sha, component);
+    }
+    Ok(())
+}
+
+/// A gateway from `config`, with each plugin's active version.
+async fn build(
+    config: &Config,
+    engine: &FilterEngine,
+    shared: &Shared,
+    versions: &Versions,
+) -> anyhow::Result<Gateway> {
+    let src = &config.source;
+    let upstreams: HashMap<String, Arc<Upstream>> = config
+        .upstreams
+        .iter()
+        .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u))))
+        .collect();
+    let mut plugins = HashMap::new();
+    for (name, plugin) in &config.plugins {
+        let version = versions
+            .active(name)
+            .ok_or_else(|| anyhow::anyhow!("plugin `{name}` has no version loaded"))?;
+        let caps = Capabilities::new(
+            name,
+            plugin,
+            &upstreams,
+            shared.store.clone(),
+            shared.metrics.clone(),
+        );
+        let path = match &version.origin {
+            Origin::File(path) => path.clone(),
+            Origin::Upload => PathBuf::from(format!("upload:{}", version.sha256)),
+        };
+        let loaded = engine
+            .load(name, &path, &version.component, plugin, caps)
+            .map_err(|e| {
+                src.error(
+                    plugin.path.span().start,
+                    format!("plugins.{name}.path"),
+                    e.to_string(),
+                )
+            })?;
+        plugins.insert(name.clone(), Arc::new(loaded));
+    }
+    Ok(Gateway::build(config, &plugins, upstreams, shared).await?)
+}
+
+fn addresses(config: &Config) -> Vec<SocketAddr> {
+    config.listeners.iter().map(|l| l.address).collect()
+}
+
+fn watched_files(config: &Config) -> Vec<PathBuf> {
+    let dir = config.source.dir();
+    std::iter::once(config.source.path.clone())
+        .chain(config.plugins.values().map(|p| dir.join(p.path.get_ref())))
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect()
+}
+
+fn plugin_infos(config: &Config, versions: &Versions) -> Vec<PluginInfo> {
+    config
+        .plugins
+        .keys()
+        .filter_map(|name| {
+            let active = versions.active(name)?;
+            let routes = config
+                .routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.filters.iter().any(|f| f.plugin.get_ref() == name))
+                .map(|(i, _)| config.route_name(i))
+                .collect();
+            Some(PluginInfo {
+                name: name.clone(),
+                version: active.number,
+                sha256: active.sha256.clone(),
+                origin: active.origin.clone(),
+                loaded_at: humantime::format_rfc3339_seconds(active.loaded_at).to_string(),
+                previous: versions.previous(name).map(|v| v.number),
+                routes,
+            })
+        })
+        .collect()
+}
