@@ -67,3 +67,69 @@ fn check_rejects_bad_configs_naming_file_line_and_key() {
         assert!(err.contains(message), "expected `{message}` in: {err}");
     }
 }
+
+/// The status code of `GET /` on `port`, or `None` if nothing answers.
+fn status_of(port: u16) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn run_reloads_on_sighup_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[reload]\nwatch = false\n[upstreams.dead]\ntargets = [\"127.0.0.1:1\"]\n"
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, format!("{base}[[routes]]\nupstream = \"dead\"\n")).unwrap();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |want: u16| {
+        for _ in 0..500 {
+            if status_of(port) == Some(want) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("never answered {want}");
+    };
+    // The only route goes to a dead upstream: 502.
+    wait_for(502);
+
+    // Without the route, after SIGHUP: 404.
+    std::fs::write(&path, &base).unwrap();
+    assert_eq!(status_of(port), Some(502), "no reload before the signal");
+    let pid = gateway.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for(404);
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(gateway.wait().unwrap().success());
+}

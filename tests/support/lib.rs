@@ -247,6 +247,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// The admin listener's address, if configured.
     pub admin: Option<SocketAddr>,
+    /// Its control plane: reloads, versions, the current gateway.
+    pub control: Arc<sluice::control::Control>,
     task: JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -257,10 +259,12 @@ impl Gateway {
         let (dir, server) = Self::bind(toml).await?;
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
+        let control = server.control();
         let task = tokio::spawn(server.serve());
         Ok(Gateway {
             addr,
             admin,
+            control,
             task,
             _dir: dir,
         })
@@ -271,12 +275,25 @@ impl Gateway {
     pub async fn bind(toml: &str) -> anyhow::Result<(tempfile::TempDir, sluice::Server)> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("sluice.toml");
-        std::fs::write(
-            &path,
-            format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{toml}"),
-        )?;
+        std::fs::write(&path, with_listener(toml))?;
         let server = sluice::Server::from_file(&path).await?;
         Ok((dir, server))
+    }
+
+    /// The configuration file it was started from.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("sluice.toml")
+    }
+
+    /// Replace the configuration file (with the same listener); a reload reads it.
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(self.config_path(), with_listener(toml)).expect("config written");
+    }
+
+    /// Call the admin API.
+    pub async fn admin(&self, method: &str, path: &str, body: impl Into<Bytes>) -> Reply {
+        let admin = self.admin.expect("an [admin] listener is configured");
+        send_body(method, &format!("http://{admin}{path}"), &[], body).await
     }
 
     /// `http://<addr><path>`
@@ -297,6 +314,10 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn with_listener(toml: &str) -> String {
+    format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n\n{toml}")
 }
 
 /// A response, read whole.

@@ -91,6 +91,8 @@ struct State {
     plugins: Vec<PluginInfo>,
     /// The configuration file and the plugin files, to watch.
     files: Vec<PathBuf>,
+    /// Whether changes to them trigger a reload.
+    watch: bool,
 }
 
 /// Owns the current gateway and changes it.
@@ -103,7 +105,6 @@ pub struct Control {
     listeners: Listeners,
     admin: std::sync::Mutex<Option<TcpListener>>,
     admin_addr: Option<SocketAddr>,
-    watch: bool,
     /// Held for the length of a change, so changes apply one at a time.
     state: tokio::sync::Mutex<State>,
     reloads_ok: Counter,
@@ -159,6 +160,7 @@ impl Control {
             text: config.source.text().to_owned(),
             plugins: plugin_infos(&config, &versions),
             files: watched_files(&config),
+            watch: config.reload.watch,
             versions,
             generation: 1,
         };
@@ -167,7 +169,6 @@ impl Control {
             hook,
             admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
             admin: std::sync::Mutex::new(admin),
-            watch: config.reload.watch,
             reloads_ok: reloads("ok"),
             reloads_failed: reloads("error"),
             engine,
@@ -186,14 +187,19 @@ impl Control {
         if let Some(admin) = self.admin.lock().expect("admin lock").take() {
             tasks.push(tokio::spawn(admin::serve(admin, self.clone())));
         }
-        if self.watch {
-            tasks.push(tokio::spawn(watch::watch(self.clone())));
-        }
+        // Always running; `[reload] watch` (which a reload may change) decides
+        // whether changes count.
+        tasks.push(tokio::spawn(watch::watch(self.clone())));
         tasks
     }
 
     pub(crate) fn listeners(&self) -> &Listeners {
         &self.listeners
+    }
+
+    /// The client listeners' addresses, in configuration order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.local_addrs()
     }
 
     /// The admin listener's address, if configured.
@@ -247,9 +253,11 @@ impl Control {
         }
     }
 
-    /// The files a reload reads: the configuration and the plugins.
-    pub(crate) async fn files(&self) -> Vec<PathBuf> {
-        self.state.lock().await.files.clone()
+    /// The files a reload reads (the configuration and the plugins), and
+    /// whether their changes should trigger one.
+    pub(crate) async fn files(&self) -> (Vec<PathBuf>, bool) {
+        let state = self.state.lock().await;
+        (state.files.clone(), state.watch)
     }
 
     async fn apply(&self, change: Change) -> Result<Applied, ChangeError> {
@@ -273,6 +281,7 @@ impl Control {
                 state.text = config.source.text().to_owned();
                 state.plugins = plugin_infos(&config, &versions);
                 state.files = watched_files(&config);
+                state.watch = config.reload.watch;
                 state.versions = versions;
                 self.reloads_ok.inc();
                 tracing::info!(generation = state.generation, "{what}: applied");

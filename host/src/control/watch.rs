@@ -34,7 +34,7 @@ pub(super) async fn watch(control: Arc<Control>) {
             return;
         }
     };
-    let mut files = control.files().await;
+    let (mut files, mut enabled) = control.files().await;
     let mut dirs = BTreeSet::new();
     loop {
         // Watch folders, not files: a file replaced by a rename is a new file.
@@ -48,7 +48,11 @@ pub(super) async fn watch(control: Arc<Control>) {
         let Some(paths) = changes.recv().await else {
             return;
         };
-        if !touches(&files, &paths) {
+        if !enabled {
+            // A reload through SIGHUP or the admin API may have turned watching on.
+            (files, enabled) = control.files().await;
+        }
+        if !enabled || !touches(&files, &paths) {
             continue;
         }
         tokio::time::sleep(SETTLE).await;
@@ -56,7 +60,7 @@ pub(super) async fn watch(control: Arc<Control>) {
         tracing::info!("a watched file changed; reloading");
         // A failed reload is logged and counted by `reload` itself.
         let _ = control.reload().await;
-        files = control.files().await;
+        (files, enabled) = control.files().await;
     }
 }
 
