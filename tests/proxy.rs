@@ -277,3 +277,60 @@ async fn shutdown_finishes_requests_in_flight_and_refuses_new_connections() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_terminates_with_http2_or_http1_by_alpn() {
+    let up = Upstream::start("a").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls");
+    let config = |cert: &str| {
+        format!(
+            r#"[[listeners]]
+address = "127.0.0.1:{port}"
+tls = {{ cert = "{certs}/{cert}", key = "{certs}/key.pem" }}
+
+[upstreams.a]
+targets = ["{}"]
+[[routes]]
+upstream = "a"
+"#,
+            up.addr
+        )
+    };
+    let gw = Gateway::start(&config("cert.pem")).await.unwrap();
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("curl")
+                .args(["-sS", flag, "--cacert", &format!("{certs}/cert.pem")])
+                .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+                .args(["-w", "\n%{http_version} %{http_code}"])
+                .arg(format!("https://localhost:{port}/secure"))
+                .output()
+                .expect("curl is installed")
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let (body, status_line) = text.rsplit_once('\n').expect("curl output");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(status_line, format!("{version} 200"), "{text} {stderr}");
+        let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+    }
+    // The plaintext listener next to it still speaks plain HTTP.
+    let plain = get(&gw.url("/plain"), &[]).await;
+    assert_eq!(plain.json()["headers"]["x-forwarded-proto"][0], "http");
+
+    // A certificate that is not one is a configuration error, with its line.
+    let error = Gateway::start(&config("README.md"))
+        .await
+        .err()
+        .expect("a bad certificate is refused")
+        .to_string();
+    assert!(error.contains("sluice.toml:6: listeners[1].tls"), "{error}");
+    assert!(error.contains("no certificate"), "{error}");
+}

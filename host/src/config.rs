@@ -48,6 +48,18 @@ pub struct Config {
 pub struct ListenerConfig {
     /// `ip:port` to bind; port 0 picks a free one.
     pub address: SocketAddr,
+    /// Terminate TLS here with this certificate (HTTP/2 and HTTP/1.1 by ALPN).
+    pub tls: Option<Spanned<TlsConfig>>,
+}
+
+/// A listener's certificate; reloads read the files again (rotation).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first; relative to the configuration file.
+    pub cert: PathBuf,
+    /// The private key, PEM.
+    pub key: PathBuf,
 }
 
 /// The admin listener: metrics, health, reloads and plugin versions.

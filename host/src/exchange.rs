@@ -25,6 +25,8 @@ pub struct Exchange {
     pub request: http::request::Parts,
     /// The client's address.
     pub client_ip: IpAddr,
+    /// Whether the client came over TLS.
+    pub secure: bool,
     /// The matched route's name.
     pub route: Arc<str>,
     /// Set by an auth filter.
@@ -47,6 +49,7 @@ impl Exchange {
         Exchange {
             request,
             client_ip,
+            secure: false,
             route,
             identity: None,
             request_body: None,

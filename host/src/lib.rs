@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

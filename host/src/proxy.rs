@@ -139,11 +139,12 @@ impl Gateway {
         })
     }
 
-    /// Serve one request from a client at `client_ip`.
+    /// Serve one request from a client at `client_ip` (over TLS if `secure`).
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         client_ip: IpAddr,
+        secure: bool,
     ) -> Response<ProxyBody> {
         let (head, incoming) = request.into_parts();
         let host = host_of(&head);
@@ -156,7 +157,7 @@ impl Gateway {
             self.unrouted.count(StatusCode::NOT_FOUND);
             return error_response(StatusCode::NOT_FOUND, "no_route");
         };
-        let response = self.serve(route, head, incoming, client_ip).await;
+        let response = self.serve(route, head, incoming, client_ip, secure).await;
         route.responses.count(response.status());
         response
     }
@@ -168,8 +169,10 @@ impl Gateway {
         head: http::request::Parts,
         incoming: Incoming,
         client_ip: IpAddr,
+        secure: bool,
     ) -> Response<ProxyBody> {
         let mut ex = Box::new(Exchange::new(head, client_ip, route.name.clone()));
+        ex.secure = secure;
         let mut body = Some(body::stream(incoming));
         if route.chain.needs_bodies() {
             match body::collect(body.take().expect("body"), MAX_BUFFERED_BODY).await {
@@ -408,7 +411,7 @@ async fn fetch(
         let (blank, ()) = Request::new(()).into_parts();
         Request::from_parts(std::mem::replace(&mut ex.request, blank), body)
     };
-    upstream::prepare_request(&mut request, ex.client_ip);
+    upstream::prepare_request(&mut request, ex.client_ip, ex.secure);
     match upstream.send(request).await {
         Ok(response) => {
             let (mut head, incoming) = response.into_parts();

@@ -10,13 +10,15 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::control::{ConfigHook, Control};
@@ -90,11 +92,19 @@ impl Server {
     }
 }
 
+/// How long a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The listeners a configuration wants: each address, and its TLS acceptor if any.
+pub(crate) type Wanted = Vec<(SocketAddr, Option<Arc<TlsAcceptor>>)>;
+
 /// One configured address: bound, and accepting once serving has started.
 struct Slot {
     local: SocketAddr,
     bound: Option<TcpListener>,
     accepting: Option<JoinHandle<()>>,
+    /// Replaced by reloads, so certificates rotate without closing the socket.
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
 }
 
 /// The client listeners, keyed by configured address.
@@ -121,13 +131,10 @@ impl Listeners {
 
     /// Bind the addresses in `wanted` that are not open yet. Nothing changes
     /// until [`Listeners::commit`], so a failed reload leaves them as they were.
-    pub(crate) fn open(
-        &self,
-        wanted: &[SocketAddr],
-    ) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
+    pub(crate) fn open(&self, wanted: &Wanted) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
         let slots = self.slots.lock().expect("listeners lock");
         let mut opened = Vec::new();
-        for addr in wanted {
+        for (addr, _) in wanted {
             if slots.contains_key(addr) || opened.iter().any(|(a, _)| a == addr) {
                 continue;
             }
@@ -142,16 +149,28 @@ impl Listeners {
 
     /// Make `wanted` the listeners: add those `opened`, stop accepting on
     /// the others (their connections finish on their own).
-    pub(crate) fn commit(&self, wanted: &[SocketAddr], opened: Vec<(SocketAddr, TcpListener)>) {
+    pub(crate) fn commit(&self, wanted: &Wanted, opened: Vec<(SocketAddr, TcpListener)>) {
         let serving = *self.serving.lock().expect("listeners lock");
         let mut slots = self.slots.lock().expect("listeners lock");
+        let tls_of = |addr: &SocketAddr| {
+            wanted
+                .iter()
+                .find(|(a, _)| a == addr)
+                .and_then(|(_, tls)| tls.clone())
+        };
+        for (addr, slot) in slots.iter() {
+            slot.tls.store(tls_of(addr));
+        }
         for (addr, listener) in opened {
             let local = listener.local_addr().unwrap_or(addr);
-            tracing::info!("listening on http://{local}");
+            let tls = tls_of(&addr);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!("listening on {scheme}://{local}");
             let mut slot = Slot {
                 local,
                 bound: Some(listener),
                 accepting: None,
+                tls: Arc::new(ArcSwapOption::new(tls)),
             };
             if serving {
                 self.accept(&mut slot);
@@ -159,7 +178,7 @@ impl Listeners {
             slots.insert(addr, slot);
         }
         slots.retain(|addr, slot| {
-            let keep = wanted.contains(addr);
+            let keep = wanted.iter().any(|(a, _)| a == addr);
             if !keep {
                 tracing::info!("no longer listening on {}", slot.local);
                 if let Some(task) = slot.accepting.take() {
@@ -168,7 +187,7 @@ impl Listeners {
             }
             keep
         });
-        *self.order.lock().expect("listeners lock") = wanted.to_vec();
+        *self.order.lock().expect("listeners lock") = wanted.iter().map(|(a, _)| *a).collect();
     }
 
     fn accept(&self, slot: &mut Slot) {
@@ -178,6 +197,7 @@ impl Listeners {
         if let Some(listener) = slot.bound.take() {
             slot.accepting = Some(tokio::spawn(accept_loop(
                 listener,
+                slot.tls.clone(),
                 self.gateway.clone(),
                 graceful,
             )));
@@ -229,6 +249,7 @@ impl Listeners {
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
     gateway: Arc<ArcSwap<Gateway>>,
     graceful: Arc<GracefulShutdown>,
 ) {
@@ -249,20 +270,57 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                // Each request runs on the gateway current when it arrived,
-                // even if a reload swaps in another while it is in flight.
-                let gateway = gateway.load_full();
-                async move { Ok::<_, Infallible>(gateway.handle(request, peer.ip()).await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%peer, "connection ended: {error}");
+        let conn = Conn {
+            gateway: gateway.clone(),
+            builder: builder.clone(),
+            graceful: graceful.clone(),
+            peer,
+        };
+        match tls.load_full() {
+            None => {
+                tokio::spawn(conn.serve(stream, false));
             }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => conn.serve(stream, true).await,
+                        Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// What serving one accepted connection needs.
+struct Conn {
+    gateway: Arc<ArcSwap<Gateway>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    async fn serve<I>(self, io: I, secure: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            gateway,
+            builder,
+            graceful,
+            peer,
+        } = self;
+        let service = service_fn(move |request| {
+            // Each request runs on the gateway current when it arrived,
+            // even if a reload swaps in another while it is in flight.
+            let gateway = gateway.load_full();
+            async move { Ok::<_, Infallible>(gateway.handle(request, peer.ip(), secure).await) }
         });
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        if let Err(error) = graceful.watcher().watch(connection).await {
+            tracing::debug!(%peer, "connection ended: {error}");
+        }
     }
 }

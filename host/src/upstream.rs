@@ -141,7 +141,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Make a client's request fit to send upstream: hop-by-hop headers removed,
 /// `X-Forwarded-*` set, the original host kept, HTTP/1.1 on the wire.
-pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr) {
+pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr, secure: bool) {
     // HTTP/2 clients send `:authority` (in the URI), HTTP/1.1 clients `Host`.
     let authority = match request.uri().authority() {
         Some(authority) => HeaderValue::try_from(authority.as_str()).ok(),
@@ -156,7 +156,8 @@ pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr) {
     if let Ok(value) = HeaderValue::try_from(forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = if secure { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if let Some(host) = authority {
         headers.insert("x-forwarded-host", host.clone());
         headers.entry(header::HOST).or_insert(host);

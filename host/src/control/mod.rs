@@ -20,11 +20,11 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::filter::{Capabilities, FilterEngine};
 use crate::metrics::labels;
 use crate::proxy::{Gateway, Shared};
-use crate::server::Listeners;
+use crate::server::{Listeners, Wanted};
 use crate::upstream::Upstream;
 use versions::{Origin, Versions, sha256};
 
@@ -130,7 +130,7 @@ impl Control {
         let gateway = build(&config, &engine, &shared, &versions).await?;
         let gateway = Arc::new(ArcSwap::from_pointee(gateway));
         let listeners = Listeners::new(gateway.clone());
-        let wanted = addresses(&config);
+        let wanted = wanted_listeners(&config)?;
         anyhow::ensure!(
             !wanted.is_empty(),
             "{}: no [[listeners]] configured",
@@ -268,8 +268,7 @@ impl Control {
         };
         let mut state = self.state.lock().await;
         match self.prepare(&state, change).await {
-            Ok((config, versions, gateway)) => {
-                let wanted = addresses(&config);
+            Ok((config, versions, gateway, wanted)) => {
                 let opened = match self.listeners.open(&wanted) {
                     Ok(opened) => opened,
                     Err(e) => return Err(self.failed(&what, ChangeError::Invalid(e))),
@@ -305,7 +304,7 @@ impl Control {
         &self,
         state: &State,
         change: Change,
-    ) -> Result<(Config, Versions, Gateway), ChangeError> {
+    ) -> Result<(Config, Versions, Gateway, Wanted), ChangeError> {
         let invalid = |e: &dyn std::fmt::Display| ChangeError::Invalid(e.to_string());
         let mut config = match change {
             Change::Reload => Config::load(&self.path),
@@ -343,7 +342,8 @@ impl Control {
         let gateway = build(&config, &self.engine, &self.shared, &versions)
             .await
             .map_err(|e| invalid(&format!("{e:#}")))?;
-        Ok((config, versions, gateway))
+        let wanted = wanted_listeners(&config).map_err(|e| invalid(&e))?;
+        Ok((config, versions, gateway, wanted))
     }
 }
 
@@ -447,8 +447,24 @@ async fn build(
     Ok(Gateway::build(config, &plugins, upstreams, shared).await?)
 }
 
-fn addresses(config: &Config) -> Vec<SocketAddr> {
-    config.listeners.iter().map(|l| l.address).collect()
+/// Each listener's address, and its TLS acceptor (certificates read now).
+fn wanted_listeners(config: &Config) -> Result<Wanted, ConfigError> {
+    let src = &config.source;
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let Some(tls) = &listener.tls else {
+                return Ok((listener.address, None));
+            };
+            let cert = src.dir().join(&tls.get_ref().cert);
+            let key = src.dir().join(&tls.get_ref().key);
+            let acceptor = crate::tls::acceptor(&cert, &key)
+                .map_err(|e| src.error(tls.span().start, format!("listeners[{i}].tls"), e))?;
+            Ok((listener.address, Some(Arc::new(acceptor))))
+        })
+        .collect()
 }
 
 fn watched_files(config: &Config) -> Vec<PathBuf> {

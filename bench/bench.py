@@ -1,0 +1,519 @@
+#!/usr/bin/env python3
+"""Sluice side by side with nginx and HAProxy, in one run.
+
+Every proxy forwards to the same small upstream (an nginx answering a fixed
+body), with the same number of workers, and is driven by the same load
+(wrk, keep-alive, 64 connections; h2load for HTTP/2). Rounds alternate the
+order of the proxies; medians over rounds are reported, and ratios against
+nginx (and against Sluice's own pass-through for filter chains).
+
+Run through `bench/run`, which installs the tools and builds everything.
+"""
+
+import argparse
+import asyncio
+import http.client
+import os
+import pathlib
+import platform
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SLUICE = ROOT / "target/release/sluice"
+PLUGINS = ROOT / "target/wasm/wasm32-wasip2/release"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+BODY = "x" * 100
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def tree(pid):
+    """pid and its descendants (nginx runs workers under a master)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo.extend(children.get(p, []))
+    return pids
+
+
+def rss_bytes(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+class Server:
+    """A process serving on `port`, stopped on exit."""
+
+    def __init__(self, name, argv, port, workdir):
+        self.name, self.port = name, port
+        self.log = open(workdir / f"{name}.log", "w")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, cwd=workdir)
+        wait_port(port)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def upstream(workdir):
+    port = free_port()
+    conf = workdir / "upstream.conf"
+    conf.write_text(f"""
+daemon off; master_process off; worker_processes 1; error_log stderr warn; pid {workdir}/upstream.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{BODY}"; }} }}
+}}
+""")
+    return Server("upstream", [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
+
+
+def nginx(workdir, workers, up, h2=False):
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+daemon off; worker_processes {workers}; worker_rlimit_nofile 30000; error_log stderr warn;
+pid {workdir}/nginx.pid;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  upstream u {{ server 127.0.0.1:{up}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port}{" http2" if h2 else ""};
+    location / {{
+      proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+""")
+    return Server("nginx", [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
+
+
+def haproxy(workdir, workers, up, h2=False):
+    port = free_port()
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(f"""
+global
+  nbthread {workers}
+  maxconn 30000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 60s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend f
+  bind 127.0.0.1:{port}{" proto h2" if h2 else ""}
+  default_backend b
+backend b
+  server s1 127.0.0.1:{up}
+""")
+    return Server("haproxy", [HAPROXY, "-f", str(conf)], port, workdir)
+
+
+def sluice_toml(port, up, filters="", plugins="", extra=""):
+    return f"""
+[[listeners]]
+address = "127.0.0.1:{port}"
+[reload]
+watch = false
+{extra}
+{plugins}
+[upstreams.u]
+targets = ["127.0.0.1:{up}"]
+
+[[routes]]
+upstream = "u"
+filters = [{filters}]
+"""
+
+
+def sluice(workdir, workers, toml_for_port, name="sluice"):
+    port = free_port()
+    conf = workdir / f"{name}.toml"
+    conf.write_text(toml_for_port(port))
+    argv = [str(SLUICE), "--workers", str(workers), "run", "--config", str(conf)]
+    env_log = os.environ.get("RUST_LOG")
+    os.environ["RUST_LOG"] = "warn"
+    try:
+        return Server(name, argv, port, workdir)
+    finally:
+        if env_log is None:
+            del os.environ["RUST_LOG"]
+        else:
+            os.environ["RUST_LOG"] = env_log
+
+
+def plugin(name):
+    return PLUGINS / f"{name.replace('-', '_')}.wasm"
+
+
+def chain_toml(n):
+    plugins = f'[plugins.noop]\npath = "{plugin("noop")}"\n'
+    filters = ", ".join(['{ plugin = "noop" }'] * n)
+    return lambda port, up: sluice_toml(port, up, filters, plugins)
+
+
+def policies_toml(port, up):
+    names = ["api-key-auth", "rate-limit", "transform", "router", "cache-policy"]
+    plugins = "".join(f'[plugins.{n}]\npath = "{plugin(n)}"\n' for n in names)
+    filters = """
+  { plugin = "api-key-auth", config = { keys = [{ key = "bench-key", owner = "bench", claims = { plan = "gold" } }] } },
+  { plugin = "rate-limit", config = { key = "identity", capacity = 1000000000, window_secs = 1 } },
+  { plugin = "transform", config = { request_headers = { set = { x-bench = "1" } } } },
+  { plugin = "router", config = { split = [{ upstream = "u", weight = 1 }] } },
+  { plugin = "cache-policy", config = { paths = ["/cached-only"] } },
+"""
+    return sluice_toml(port, up, filters, plugins)
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(port, seconds, conns, headers=()):
+    argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run(argv + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    latency = {}
+    for pct, value, unit in re.findall(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        latency[pct] = float(value) * UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "p50": latency.get("50"),
+        "p99": latency.get("99"),
+        "errors": (int(errors.group(1)) if errors else 0) + (1 if socket_errors else 0),
+    }
+
+
+def h2load(port, seconds, conns):
+    out = subprocess.run(
+        ["h2load", "-c", str(conns), "-m", "10", "-t", "2", "-D", str(seconds), f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    return {
+        "rps": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),
+        "mean": float(mean.group(1)) * UNITS[mean.group(2)],
+        "errors": int(re.search(r"(\d+) failed", out).group(1)),
+    }
+
+
+def median(rows, key):
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def rounds(args, targets, measure):
+    """Run `measure(server)` on each target for `args.rounds` rounds,
+    rotating the order; targets are (name, start) pairs started per round."""
+    results = {name: [] for name, _ in targets}
+    for r in range(args.rounds):
+        order = targets[r % len(targets):] + targets[: r % len(targets)]
+        for name, start in order:
+            with start() as server:
+                measure(server)  # warm-up: connections, pools, instances
+                results[name].append(measure(server))
+    return results
+
+
+def table(title, results, base, columns):
+    lines = [f"\n### {title}\n", "| | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, rows in results.items():
+        cells = []
+        for label, key, fmt in columns:
+            if key == "ratio":
+                cells.append(f"{median(rows, 'rps') / median(results[base], 'rps'):.2f}×")
+            else:
+                cells.append(fmt.format(median(rows, key)))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+WRK_COLUMNS = [("req/s", "rps", "{:,.0f}"), ("vs nginx", "ratio", ""), ("p50 ms", "p50", "{:.2f}"), ("p99 ms", "p99", "{:.2f}"), ("errors", "errors", "{:.0f}")]
+
+
+def scenario_pass(args, workdir, up):
+    targets = [
+        ("nginx", lambda: nginx(workdir, args.workers, up.port)),
+        ("haproxy", lambda: haproxy(workdir, args.workers, up.port)),
+        ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port))),
+    ]
+    results = rounds(args, targets, lambda s: wrk(s.port, args.seconds, 64))
+    return table("1. Pass-through, HTTP/1.1, 64 connections", results, "nginx", WRK_COLUMNS)
+
+
+def scenario_chains(args, workdir, up):
+    headers = ["x-api-key: bench-key"]
+    targets = [("nginx", lambda: nginx(workdir, args.workers, up.port)),
+               ("sluice, no filters", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port)))]
+    for n in (1, 5, 10):
+        targets.append((f"sluice, {n} noop filter{'s' if n > 1 else ''}",
+                        lambda n=n: sluice(workdir, args.workers, lambda p: chain_toml(n)(p, up.port))))
+    targets.append(("sluice, 5 policy plugins", lambda: sluice(workdir, args.workers, lambda p: policies_toml(p, up.port))))
+    results = rounds(args, targets, lambda s: wrk(s.port, args.seconds, 64, headers))
+    text = table("2. Filter chains (ratio to nginx; see below for ratio to Sluice's pass-through)", results, "nginx", WRK_COLUMNS)
+    own = median(results["sluice, no filters"], "rps")
+    extra = ["\n| chain | vs Sluice pass-through |", "|---|---|"]
+    for name, rows in results.items():
+        if name.startswith("sluice, ") and name != "sluice, no filters":
+            extra.append(f"| {name[8:]} | {median(rows, 'rps') / own:.2f}× |")
+    print("\n".join(extra), flush=True)
+    return text + "\n" + "\n".join(extra)
+
+
+def scenario_cpu(args, workdir, up):
+    """CPU time of the Sluice process per request, by chain length."""
+    rows = {}
+    for n in (0, 1, 10):
+        samples = []
+        for _ in range(args.rounds):
+            with sluice(workdir, args.workers, lambda p: chain_toml(n)(p, up.port)) as s:
+                wrk(s.port, 2, 64)
+                before = cpu_seconds(s.pid)
+                result = wrk(s.port, args.seconds, 64)
+                samples.append((cpu_seconds(s.pid) - before) / result["requests"] * 1e6)
+        rows[n] = statistics.median(samples)
+    lines = ["\n### 3. CPU per request in the Sluice process\n", "| filters | CPU µs/request | added per filter |", "|---|---|---|"]
+    for n, us in rows.items():
+        per = "" if n == 0 else f"{(us - rows[0]) / n:.2f} µs"
+        lines.append(f"| {n} | {us:.1f} | {per} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def scenario_h2(args, workdir, up):
+    targets = [
+        ("nginx", lambda: nginx(workdir, args.workers, up.port, h2=True)),
+        ("haproxy", lambda: haproxy(workdir, args.workers, up.port, h2=True)),
+        ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port))),
+    ]
+    results = rounds(args, targets, lambda s: h2load(s.port, args.seconds, 64))
+    columns = [("req/s", "rps", "{:,.0f}"), ("vs nginx", "ratio", ""), ("mean ms", "mean", "{:.2f}"), ("errors", "errors", "{:.0f}")]
+    return table("4. HTTP/2 cleartext (h2c, prior knowledge), 64 connections × 10 streams", results, "nginx", columns)
+
+
+async def hold(port, count):
+    """Open `count` keep-alive connections, one request each, and keep them open."""
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    streams = []
+
+    async def one():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+        await reader.readexactly(length)
+        streams.append(writer)
+
+    for start in range(0, count, 500):
+        await asyncio.gather(*(one() for _ in range(min(500, count - start))))
+    return streams
+
+
+def scenario_memory(args, workdir, up):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    targets = [
+        ("nginx", lambda: nginx(workdir, args.workers, up.port)),
+        ("haproxy", lambda: haproxy(workdir, args.workers, up.port)),
+        ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port))),
+    ]
+    lines = [f"\n### 5. Memory with {args.idle:,} idle keep-alive connections\n", "| | RSS idle | RSS with connections | per connection |", "|---|---|---|---|"]
+    for name, start in targets:
+        with start() as server:
+            wrk(server.port, 1, 64)
+            idle = rss_bytes(server.pid)
+
+            async def measure():
+                streams = await hold(server.port, args.idle)
+                await asyncio.sleep(2)
+                held = rss_bytes(server.pid)
+                for w in streams:
+                    w.close()
+                return held
+
+            held = asyncio.run(measure())
+        lines.append(f"| {name} | {idle / 2**20:.1f} MiB | {held / 2**20:.1f} MiB | {(held - idle) / args.idle / 1024:.1f} KiB |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def scenario_reload(args, workdir, up):
+    """Hot reload: file change to first response by the new version, and
+    p99 latency during swaps against steady state."""
+    conf = workdir / "reload.toml"
+    port = free_port()
+
+    def write(build, label):
+        text = sluice_toml(port, up.port, f'{{ plugin = "stamp", config = {{ label = "{label}" }} }}',
+                           f'[plugins.stamp]\npath = "{plugin(build)}"\n').replace("watch = false", "watch = true")
+        tmp = conf.with_suffix(".new")
+        tmp.write_text(text)
+        os.replace(tmp, conf)
+
+    write("stamp-a", "start")
+    argv = [str(SLUICE), "--workers", str(args.workers), "run", "--config", str(conf)]
+    with Server("sluice-reload", argv, port, workdir):
+        wrk(port, 2, 64)
+        steady = wrk(port, args.seconds, 64)
+        delays, stop, swaps = [], threading.Event(), 0
+        load = {}
+        thread = threading.Thread(target=lambda: load.update(wrk(port, args.seconds, 64)))
+        thread.start()
+        probe = http.client.HTTPConnection("127.0.0.1", port)
+        deadline = time.time() + args.seconds - 1
+        while time.time() < deadline:
+            swaps += 1
+            build = "stamp-b" if swaps % 2 else "stamp-a"
+            expected = f"{build}:swap{swaps}"
+            changed = time.perf_counter()
+            write(build, f"swap{swaps}")
+            while True:
+                probe.request("GET", "/")
+                response = probe.getresponse()
+                response.read()
+                if response.getheader("x-stamp") == expected:
+                    delays.append((time.perf_counter() - changed) * 1e3)
+                    break
+            time.sleep(0.25)
+        thread.join()
+        stop.set()
+    delays.sort()
+    lines = [
+        "\n### Hot reload (issue 4)\n",
+        f"{swaps} swaps (plugin build and route configuration) by rewriting the file, one every ~250 ms, under wrk load.\n",
+        "| | value |", "|---|---|",
+        f"| file change → first response by the new version, median | {statistics.median(delays):.1f} ms |",
+        f"| same, worst | {delays[-1]:.1f} ms |",
+        f"| p99 latency, steady state | {steady['p99']:.2f} ms |",
+        f"| p99 latency, during swaps | {load['p99']:.2f} ms |",
+        f"| req/s steady / during swaps | {steady['rps']:,.0f} / {load['rps']:,.0f} |",
+        f"| errors during swaps | {load['errors']} |",
+    ]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+SCENARIOS = {"pass": scenario_pass, "chains": scenario_chains, "cpu": scenario_cpu,
+             "h2": scenario_h2, "memory": scenario_memory, "reload": scenario_reload}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=1, help="workers for every proxy (default 1)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each measurement")
+    parser.add_argument("--idle", type=int, default=10_000, help="idle connections for the memory scenario")
+    parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="run only these scenarios")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 2,000 idle connections")
+    parser.add_argument("--out", default=str(ROOT / "target/bench/results.md"))
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds, args.idle = 1, 3, 2000
+    for tool in ("wrk", "h2load"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run bench/run, which installs it")
+    if not SLUICE.exists():
+        sys.exit("target/release/sluice is missing: run bench/run, which builds it")
+
+    header = (f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
+              f"{args.workers} worker(s) per proxy; {args.rounds} rounds of {args.seconds} s; "
+              f"{time.strftime('%Y-%m-%d')}")
+    print(header, flush=True)
+    report = [header]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = pathlib.Path(tmp)
+        with upstream(workdir) as up:
+            for name in args.only or SCENARIOS:
+                report.append(SCENARIOS[name](args, workdir, up))
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(report) + "\n")
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
