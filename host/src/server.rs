@@ -14,7 +14,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -273,7 +273,7 @@ async fn accept_loop(
         let conn = Conn {
             gateway: gateway.clone(),
             builder: builder.clone(),
-            graceful: graceful.clone(),
+            watcher: graceful.watcher(),
             peer,
         };
         match tls.load_full() {
@@ -297,7 +297,8 @@ async fn accept_loop(
 struct Conn {
     gateway: Arc<ArcSwap<Gateway>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
+    /// Taken before the handshake, so shutdown also waits for connections mid-handshake.
+    watcher: Watcher,
     peer: SocketAddr,
 }
 
@@ -309,7 +310,7 @@ impl Conn {
         let Conn {
             gateway,
             builder,
-            graceful,
+            watcher,
             peer,
         } = self;
         let service = service_fn(move |request| {
@@ -319,7 +320,7 @@ impl Conn {
             async move { Ok::<_, Infallible>(gateway.handle(request, peer.ip(), secure).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(io), service);
-        if let Err(error) = graceful.watcher().watch(connection).await {
+        if let Err(error) = watcher.watch(connection).await {
             tracing::debug!(%peer, "connection ended: {error}");
         }
     }
