@@ -33,7 +33,10 @@ PLUGINS = ROOT / "target/wasm/wasm32-wasip2/release"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 BODY = "x" * 100
+CERT = ROOT / "tests/fixtures/tls/cert.pem"
+KEY = ROOT / "tests/fixtures/tls/key.pem"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+HAPROXY_MAXCONN = 9_900
 
 
 def free_port():
@@ -85,14 +88,15 @@ def rss_bytes(pid):
 
 
 def cpu_seconds(pid):
-    total = 0
+    """(user, system) CPU seconds of a process tree."""
+    user = system = 0
     for p in tree(pid):
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user, system = user + int(fields[11]), system + int(fields[12])
         except OSError:
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
 
 
 class Server:
@@ -137,18 +141,21 @@ http {{
     return Server("upstream", [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
 
 
-def nginx(workdir, workers, up, h2=False):
+def nginx(workdir, workers, up, h2=False, tls=False):
     port = free_port()
+    listen = " ssl" if tls else ""
+    listen += " http2" if h2 else ""
+    certs = f"ssl_certificate {CERT}; ssl_certificate_key {KEY};" if tls else ""
     conf = workdir / "nginx.conf"
     conf.write_text(f"""
-daemon off; worker_processes {workers}; worker_rlimit_nofile 30000; error_log stderr warn;
+daemon off; worker_processes {workers}; worker_rlimit_nofile 19000; error_log stderr warn;
 pid {workdir}/nginx.pid;
-events {{ worker_connections 20000; }}
+events {{ worker_connections 18000; }}
 http {{
   access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
   upstream u {{ server 127.0.0.1:{up}; keepalive 128; }}
   server {{
-    listen 127.0.0.1:{port}{" http2" if h2 else ""};
+    listen 127.0.0.1:{port}{listen}; {certs}
     location / {{
       proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
@@ -159,13 +166,19 @@ http {{
     return Server("nginx", [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
 
 
-def haproxy(workdir, workers, up, h2=False):
+def haproxy(workdir, workers, up, h2=False, tls=False):
     port = free_port()
+    bind = " proto h2" if h2 and not tls else ""
+    if tls:
+        combined = workdir / "haproxy.pem"
+        combined.write_text(CERT.read_text() + KEY.read_text())
+        bind = f" ssl crt {combined} alpn h2,http/1.1"
     conf = workdir / "haproxy.cfg"
     conf.write_text(f"""
 global
   nbthread {workers}
-  maxconn 30000
+  # HAProxy reserves two descriptors per connection; this keeps it under a 20,000 limit.
+  maxconn {HAPROXY_MAXCONN}
 defaults
   mode http
   timeout connect 5s
@@ -176,7 +189,7 @@ defaults
   option forwardfor
   http-reuse always
 frontend f
-  bind 127.0.0.1:{port}{" proto h2" if h2 else ""}
+  bind 127.0.0.1:{port}{bind}
   default_backend b
 backend b
   server s1 127.0.0.1:{up}
@@ -184,10 +197,12 @@ backend b
     return Server("haproxy", [HAPROXY, "-f", str(conf)], port, workdir)
 
 
-def sluice_toml(port, up, filters="", plugins="", extra=""):
+def sluice_toml(port, up, filters="", plugins="", extra="", tls=False):
+    certs = f'tls = {{ cert = "{CERT}", key = "{KEY}" }}' if tls else ""
     return f"""
 [[listeners]]
 address = "127.0.0.1:{port}"
+{certs}
 [reload]
 watch = false
 {extra}
@@ -243,11 +258,11 @@ def policies_toml(port, up):
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def wrk(port, seconds, conns, headers=()):
+def wrk(port, seconds, conns, headers=(), scheme="http"):
     argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency"]
     for h in headers:
         argv += ["-H", h]
-    out = subprocess.run(argv + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(argv + [f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
     latency = {}
     for pct, value, unit in re.findall(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
         latency[pct] = float(value) * UNITS[unit]
@@ -262,9 +277,9 @@ def wrk(port, seconds, conns, headers=()):
     }
 
 
-def h2load(port, seconds, conns):
+def h2load(port, seconds, conns, scheme="http"):
     out = subprocess.run(
-        ["h2load", "-c", str(conns), "-m", "10", "-t", "2", "-D", str(seconds), f"http://127.0.0.1:{port}/"],
+        ["h2load", "-c", str(conns), "-m", "10", "-t", "2", "-D", str(seconds), f"{scheme}://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
@@ -281,15 +296,15 @@ def median(rows, key):
 
 
 def rounds(args, targets, measure):
-    """Run `measure(server)` on each target for `args.rounds` rounds,
+    """Run `measure(server, seconds)` on each target for `args.rounds` rounds,
     rotating the order; targets are (name, start) pairs started per round."""
     results = {name: [] for name, _ in targets}
     for r in range(args.rounds):
         order = targets[r % len(targets):] + targets[: r % len(targets)]
         for name, start in order:
             with start() as server:
-                measure(server)  # warm-up: connections, pools, instances
-                results[name].append(measure(server))
+                measure(server, 2)  # warm-up: connections, pools, instances
+                results[name].append(measure(server, args.seconds))
     return results
 
 
@@ -317,7 +332,7 @@ def scenario_pass(args, workdir, up):
         ("haproxy", lambda: haproxy(workdir, args.workers, up.port)),
         ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port))),
     ]
-    results = rounds(args, targets, lambda s: wrk(s.port, args.seconds, 64))
+    results = rounds(args, targets, lambda s, secs: wrk(s.port, secs, 64))
     return table("1. Pass-through, HTTP/1.1, 64 connections", results, "nginx", WRK_COLUMNS)
 
 
@@ -329,7 +344,7 @@ def scenario_chains(args, workdir, up):
         targets.append((f"sluice, {n} noop filter{'s' if n > 1 else ''}",
                         lambda n=n: sluice(workdir, args.workers, lambda p: chain_toml(n)(p, up.port))))
     targets.append(("sluice, 5 policy plugins", lambda: sluice(workdir, args.workers, lambda p: policies_toml(p, up.port))))
-    results = rounds(args, targets, lambda s: wrk(s.port, args.seconds, 64, headers))
+    results = rounds(args, targets, lambda s, secs: wrk(s.port, secs, 64, headers))
     text = table("2. Filter chains (ratio to nginx; see below for ratio to Sluice's pass-through)", results, "nginx", WRK_COLUMNS)
     own = median(results["sluice, no filters"], "rps")
     extra = ["\n| chain | vs Sluice pass-through |", "|---|---|"]
@@ -341,21 +356,25 @@ def scenario_chains(args, workdir, up):
 
 
 def scenario_cpu(args, workdir, up):
-    """CPU time of the Sluice process per request, by chain length."""
+    """CPU time of the Sluice process per request, by chain length. User
+    time is the gateway's own work; system time is mostly the loopback
+    network, and grows per request as throughput (and so batching) falls."""
     rows = {}
-    for n in (0, 1, 10):
+    for n in (0, 1, 5, 10):
         samples = []
         for _ in range(args.rounds):
             with sluice(workdir, args.workers, lambda p: chain_toml(n)(p, up.port)) as s:
                 wrk(s.port, 2, 64)
-                before = cpu_seconds(s.pid)
+                user0, sys0 = cpu_seconds(s.pid)
                 result = wrk(s.port, args.seconds, 64)
-                samples.append((cpu_seconds(s.pid) - before) / result["requests"] * 1e6)
-        rows[n] = statistics.median(samples)
-    lines = ["\n### 3. CPU per request in the Sluice process\n", "| filters | CPU µs/request | added per filter |", "|---|---|---|"]
-    for n, us in rows.items():
-        per = "" if n == 0 else f"{(us - rows[0]) / n:.2f} µs"
-        lines.append(f"| {n} | {us:.1f} | {per} |")
+                user1, sys1 = cpu_seconds(s.pid)
+                samples.append(((user1 - user0) / result["requests"] * 1e6, (sys1 - sys0) / result["requests"] * 1e6))
+        rows[n] = (statistics.median(u for u, _ in samples), statistics.median(s for _, s in samples))
+    lines = ["\n### 3. CPU per request in the Sluice process\n",
+             "| filters | user µs/request | system µs/request | user µs added per filter |", "|---|---|---|---|"]
+    for n, (user, system) in rows.items():
+        per = "" if n == 0 else f"{(user - rows[0][0]) / n:.2f}"
+        lines.append(f"| {n} | {user:.1f} | {system:.1f} | {per} |")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -367,9 +386,22 @@ def scenario_h2(args, workdir, up):
         ("haproxy", lambda: haproxy(workdir, args.workers, up.port, h2=True)),
         ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port))),
     ]
-    results = rounds(args, targets, lambda s: h2load(s.port, args.seconds, 64))
+    results = rounds(args, targets, lambda s, secs: h2load(s.port, secs, 64))
     columns = [("req/s", "rps", "{:,.0f}"), ("vs nginx", "ratio", ""), ("mean ms", "mean", "{:.2f}"), ("errors", "errors", "{:.0f}")]
     return table("4. HTTP/2 cleartext (h2c, prior knowledge), 64 connections × 10 streams", results, "nginx", columns)
+
+
+def scenario_tls(args, workdir, up):
+    targets = [
+        ("nginx", lambda: nginx(workdir, args.workers, up.port, h2=True, tls=True)),
+        ("haproxy", lambda: haproxy(workdir, args.workers, up.port, h2=True, tls=True)),
+        ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port, tls=True))),
+    ]
+    h2 = rounds(args, targets, lambda s, secs: h2load(s.port, secs, 64, "https"))
+    columns = [("req/s", "rps", "{:,.0f}"), ("vs nginx", "ratio", ""), ("mean ms", "mean", "{:.2f}"), ("errors", "errors", "{:.0f}")]
+    text = table("4b. TLS, HTTP/2 by ALPN (h2load), 64 connections × 10 streams", h2, "nginx", columns)
+    h1 = rounds(args, targets, lambda s, secs: wrk(s.port, secs, 64, scheme="https"))
+    return text + table("4c. TLS, HTTP/1.1 (wrk), 64 connections", h1, "nginx", WRK_COLUMNS)
 
 
 async def hold(port, count):
@@ -392,7 +424,7 @@ async def hold(port, count):
 
 
 def scenario_memory(args, workdir, up):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     targets = [
         ("nginx", lambda: nginx(workdir, args.workers, up.port)),
@@ -401,12 +433,14 @@ def scenario_memory(args, workdir, up):
     ]
     lines = [f"\n### 5. Memory with {args.idle:,} idle keep-alive connections\n", "| | RSS idle | RSS with connections | per connection |", "|---|---|---|---|"]
     for name, start in targets:
+        # HAProxy cannot take more than its maxconn under this machine's descriptor limit.
+        count = min(args.idle, HAPROXY_MAXCONN - 100) if name == "haproxy" else args.idle
         with start() as server:
             wrk(server.port, 1, 64)
             idle = rss_bytes(server.pid)
 
             async def measure():
-                streams = await hold(server.port, args.idle)
+                streams = await hold(server.port, count)
                 await asyncio.sleep(2)
                 held = rss_bytes(server.pid)
                 for w in streams:
@@ -414,7 +448,8 @@ def scenario_memory(args, workdir, up):
                 return held
 
             held = asyncio.run(measure())
-        lines.append(f"| {name} | {idle / 2**20:.1f} MiB | {held / 2**20:.1f} MiB | {(held - idle) / args.idle / 1024:.1f} KiB |")
+        label = name if count == args.idle else f"{name} ({count:,} connections)"
+        lines.append(f"| {label} | {idle / 2**20:.1f} MiB | {held / 2**20:.1f} MiB | {(held - idle) / count / 1024:.1f} KiB |")
     text = "\n".join(lines)
     print(text, flush=True)
     return text
@@ -478,7 +513,7 @@ def scenario_reload(args, workdir, up):
 
 
 SCENARIOS = {"pass": scenario_pass, "chains": scenario_chains, "cpu": scenario_cpu,
-             "h2": scenario_h2, "memory": scenario_memory, "reload": scenario_reload}
+             "h2": scenario_h2, "tls": scenario_tls, "memory": scenario_memory, "reload": scenario_reload}
 
 
 def main():

@@ -392,3 +392,72 @@ async fn compiled_plugins_are_cached_on_disk_and_reused() {
     assert_eq!(second.control.compile_cache_stats(), Some((1, 0)));
     assert_eq!(stamp(&get(&second.url("/"), &[]).await), "stamp-a:x");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_state_and_the_cache_survive_reloads() {
+    let _serial = SERIAL.lock().await;
+    let up = Upstream::start("a").await;
+    let state = |label: &str| {
+        format!(
+            r#"[admin]
+address = "127.0.0.1:0"
+[reload]
+watch = false
+
+[plugins.limit]
+path = "{limit}"
+[plugins.probe]
+path = "{probe}"
+grants = ["kv"]
+[plugins.policy]
+path = "{policy}"
+[plugins.stamp]
+path = "{stamp}"
+
+[upstreams.a]
+targets = ["{up}"]
+
+[[routes]]
+match = {{ path_prefix = "/limited" }}
+upstream = "a"
+filters = [{{ plugin = "limit", config = {{ key = "route", capacity = 2, window_secs = 3600 }} }}]
+
+[[routes]]
+match = {{ path_prefix = "/count" }}
+upstream = "a"
+filters = [{{ plugin = "probe", config = {{ op = "count" }} }}]
+
+[[routes]]
+match = {{ path_prefix = "/cached" }}
+upstream = "a"
+filters = [{{ plugin = "policy", config = {{ ttl_secs = 3600 }} }}, {{ plugin = "stamp", config = {{ label = "{label}" }} }}]
+"#,
+            limit = plugin("rate-limit"),
+            probe = plugin("probe"),
+            policy = plugin("cache-policy"),
+            stamp = plugin("stamp-a"),
+            up = up.addr,
+        )
+    };
+    let gw = Gateway::start(&state("before")).await.unwrap();
+    let limited = gw.url("/limited");
+    assert_eq!(get(&limited, &[]).await.status, 200);
+    assert_eq!(get(&limited, &[]).await.status, 200);
+    assert_eq!(get(&gw.url("/count"), &[]).await.json()["count"], 1);
+    assert_eq!(get(&gw.url("/cached"), &[]).await.header("x-cache"), "MISS");
+
+    // A reload that changes a route's configuration keeps the buckets, the
+    // counters and the cache: they belong to the host, not to a version.
+    gw.write_config(&state("after"));
+    assert_eq!(gw.admin("POST", "/reload", "").await.status, 200);
+    assert_eq!(get(&limited, &[]).await.status, 429);
+    assert_eq!(get(&gw.url("/count"), &[]).await.json()["count"], 2);
+    let cached = get(&gw.url("/cached"), &[]).await;
+    assert_eq!(cached.header("x-cache"), "HIT");
+    assert_eq!(
+        cached.header("x-stamp"),
+        "stamp-a:after",
+        "the new version ran"
+    );
+    assert_eq!(up.hits(), 3);
+}
