@@ -207,3 +207,66 @@ async fn a_missing_or_invalid_plugin_file_names_the_plugin_and_path() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_configurations_load_and_the_api_gateway_one_works() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path().join("sluice.toml");
+        let config = sluice::Config::load(&path).unwrap();
+        sluice::control::check(&config)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        loaded += 1;
+    }
+    assert!(loaded >= 2);
+
+    // The API gateway example as its comments describe it, with a test
+    // upstream behind every upstream and ports picked by the system.
+    let up = Upstream::start("a").await;
+    let target = up.addr.to_string();
+    let hook = std::sync::Arc::new(move |config: &mut sluice::Config| {
+        for upstream in config.upstreams.values_mut() {
+            *upstream.targets.get_mut() = vec![target.clone()];
+        }
+        config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
+        config.admin = None;
+    });
+    let config = sluice::Config::load(&examples.join("api-gateway/sluice.toml")).unwrap();
+    let server = sluice::Server::bind_with_hook(config, Some(hook))
+        .await
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let _serving = tokio::spawn(server.serve());
+    let text = std::fs::read_to_string(examples.join("api-gateway/sluice.toml")).unwrap();
+    let token = |who: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("#   {who}=")))
+            .expect("the demo token is in the comments");
+        format!("Bearer {}", line.split_once('=').unwrap().1)
+    };
+    let url = format!("http://{addr}/api/orders");
+
+    let alice = get(&url, &[("authorization", &token("ALICE"))]).await;
+    assert_eq!(alice.status, 200, "{:?}", alice.body);
+    assert_eq!(alice.echoed("x-user"), ["alice"]);
+    assert_eq!(alice.header("x-served-by"), "sluice");
+    assert_eq!(get(&url, &[]).await.status, 401);
+    let bob = token("BOB");
+    let bob = [("authorization", bob.as_str())];
+    let statuses: Vec<u16> = futures_util::future::join_all((0..6).map(|_| get(&url, &bob)))
+        .await
+        .iter()
+        .map(|r| r.status.as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{statuses:?}"
+    );
+    let dashboard = get(&format!("http://{addr}/dashboard"), &[]).await.json();
+    assert_eq!(dashboard["profile"]["uri"], "/profile");
+    assert_eq!(dashboard["orders"]["uri"], "/orders?recent=5");
+}
