@@ -204,6 +204,25 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_set() {
     assert_eq!(headers["x-forwarded-host"][0], "shop.test");
 }
 
+/// Run curl with `args`: its `<HTTP version> <status>` line, and the body as JSON.
+async fn curl(args: &[&str]) -> (String, serde_json::Value) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_version} %{http_code}"])
+            .args(&args)
+            .output()
+            .expect("curl is installed")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (body, status_line) = text.rsplit_once('\n').expect("curl output");
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text} {stderr}"));
+    (status_line.to_owned(), body)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_prior_knowledge_requests_are_proxied() {
     let up = Upstream::start("a").await;
@@ -214,29 +233,8 @@ async fn h2c_prior_knowledge_requests_are_proxied() {
     .await
     .unwrap();
     let url = gw.url("/over-h2?x=1");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("curl")
-            .args([
-                "-sS",
-                "--http2-prior-knowledge",
-                "-w",
-                "\n%{http_version} %{http_code}",
-                &url,
-            ])
-            .output()
-            .expect("curl is installed")
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    let (body, status_line) = text.rsplit_once('\n').expect("curl output");
-    assert_eq!(
-        status_line,
-        "2 200",
-        "curl: {text} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    let (status_line, echo) = curl(&["--http2-prior-knowledge", &url]).await;
+    assert_eq!(status_line, "2 200");
     assert_eq!(echo["uri"], "/over-h2?x=1");
     assert_eq!(
         echo["headers"]["host"][0],
@@ -303,22 +301,16 @@ upstream = "a"
     };
     let gw = Gateway::start(&config("cert.pem")).await.unwrap();
     for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new("curl")
-                .args(["-sS", flag, "--cacert", &format!("{certs}/cert.pem")])
-                .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-                .args(["-w", "\n%{http_version} %{http_code}"])
-                .arg(format!("https://localhost:{port}/secure"))
-                .output()
-                .expect("curl is installed")
-        })
-        .await
-        .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout);
-        let (body, status_line) = text.rsplit_once('\n').expect("curl output");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(status_line, format!("{version} 200"), "{text} {stderr}");
-        let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+        let (status_line, echo) = curl(&[
+            flag,
+            "--cacert",
+            &format!("{certs}/cert.pem"),
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            &format!("https://localhost:{port}/secure"),
+        ])
+        .await;
+        assert_eq!(status_line, format!("{version} 200"));
         assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
     }
     // The plaintext listener next to it still speaks plain HTTP.

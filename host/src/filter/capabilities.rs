@@ -15,7 +15,7 @@ use super::bindings::{kv, metrics, outbound};
 use super::instance::FilterState;
 use crate::body;
 use crate::config::{Grant, PluginConfig};
-use crate::metrics::{Metrics, labels};
+use crate::metrics::{MetricError, Metrics, labels};
 use crate::state::StateStore;
 use crate::upstream::Upstream;
 
@@ -282,6 +282,19 @@ impl outbound::Host for FilterState {
     }
 }
 
+impl Capabilities {
+    /// Record a plugin metric through `record`, if `metrics` is granted.
+    fn metric(
+        &self,
+        record: impl FnOnce(&Metrics, &str) -> Result<(), MetricError>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        if !self.metrics {
+            return Ok(Err(self.denied(&Grant::Metrics)));
+        }
+        Ok(record(&self.registry, &self.plugin).map_err(|e| e.to_string()))
+    }
+}
+
 impl metrics::Host for FilterState {
     fn counter_add(
         &mut self,
@@ -289,14 +302,8 @@ impl metrics::Host for FilterState {
         labels: Vec<(String, String)>,
         value: u64,
     ) -> wasmtime::Result<Result<(), String>> {
-        let caps = &self.caps;
-        if !caps.metrics {
-            return Ok(Err(caps.denied(&Grant::Metrics)));
-        }
-        Ok(caps
-            .registry
-            .plugin_counter(&caps.plugin, &name, labels, value)
-            .map_err(|e| e.to_string()))
+        self.caps
+            .metric(|m, plugin| m.plugin_counter(plugin, &name, labels, value))
     }
 
     fn histogram_record(
@@ -305,13 +312,7 @@ impl metrics::Host for FilterState {
         labels: Vec<(String, String)>,
         value: f64,
     ) -> wasmtime::Result<Result<(), String>> {
-        let caps = &self.caps;
-        if !caps.metrics {
-            return Ok(Err(caps.denied(&Grant::Metrics)));
-        }
-        Ok(caps
-            .registry
-            .plugin_histogram(&caps.plugin, &name, labels, value)
-            .map_err(|e| e.to_string()))
+        self.caps
+            .metric(|m, plugin| m.plugin_histogram(plugin, &name, labels, value))
     }
 }
