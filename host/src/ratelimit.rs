@@ -17,10 +17,15 @@ pub struct Admission {
     pub remaining: u32,
     /// Seconds until the bucket is full again.
     pub reset_secs: u64,
-    /// Seconds until this request could succeed, when refused.
-    pub retry_after_secs: u64,
-    /// The same in milliseconds.
+    /// Milliseconds until this request could succeed, when refused.
     pub retry_after_millis: u64,
+}
+
+impl Admission {
+    /// Whole seconds until this request could succeed (at least 1), for `Retry-After`.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after_millis.div_ceil(1000).max(1)
+    }
 }
 
 struct Bucket {
@@ -67,21 +72,15 @@ impl TokenBuckets {
         }
         let until_full = (f64::from(capacity) - bucket.tokens).max(0.0) / rate;
         bucket.full_at = now + Duration::from_secs_f64(until_full);
-        let secs = |tokens: f64| (tokens.max(0.0) / rate).ceil() as u64;
         Admission {
             allowed,
             limit: capacity,
             remaining: bucket.tokens.floor() as u32,
-            reset_secs: secs(f64::from(capacity) - bucket.tokens),
+            reset_secs: until_full.ceil() as u64,
             retry_after_millis: if allowed {
                 0
             } else {
                 ((cost - bucket.tokens).max(0.0) / rate * 1000.0).ceil() as u64
-            },
-            retry_after_secs: if allowed {
-                0
-            } else {
-                secs(cost - bucket.tokens).max(1)
             },
         }
     }
@@ -102,7 +101,7 @@ mod tests {
         }
         let refused = buckets.take("k", 1, 3, window);
         assert!(!refused.allowed);
-        assert!(refused.retry_after_secs >= 1);
+        assert!(refused.retry_after_secs() >= 1);
         assert!(
             buckets.take("other", 1, 3, window).allowed,
             "keys are independent"

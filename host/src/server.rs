@@ -3,7 +3,6 @@
 //! configuration across reloads: new addresses are opened, removed ones stop
 //! accepting while their open connections finish.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -107,35 +106,63 @@ struct Slot {
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
 }
 
-/// The client listeners, keyed by configured address.
+/// The client listeners, in configuration order, under one lock.
 pub(crate) struct Listeners {
     gateway: Arc<ArcSwap<Gateway>>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Keyed by configured address (several may ask for port 0, but each
+    /// configured address is one socket).
+    slots: Vec<(SocketAddr, Slot)>,
+    serving: bool,
     /// Watches every connection; taken by `stop` to drain them.
-    graceful: Mutex<Option<Arc<GracefulShutdown>>>,
-    slots: Mutex<BTreeMap<SocketAddr, Slot>>,
-    /// The configured addresses in configuration order, for `local_addrs`.
-    order: Mutex<Vec<SocketAddr>>,
-    serving: Mutex<bool>,
+    graceful: Option<Arc<GracefulShutdown>>,
+}
+
+impl Inner {
+    fn has(&self, addr: &SocketAddr) -> bool {
+        self.slots.iter().any(|(a, _)| a == addr)
+    }
+
+    /// Start `slot`'s accept loop, unless it runs already or serving stopped for good.
+    fn accept(&self, slot: &mut Slot, gateway: &Arc<ArcSwap<Gateway>>) {
+        let (Some(graceful), Some(listener)) = (&self.graceful, slot.bound.take()) else {
+            return;
+        };
+        slot.accepting = Some(tokio::spawn(accept_loop(
+            listener,
+            slot.tls.clone(),
+            gateway.clone(),
+            graceful.clone(),
+        )));
+    }
 }
 
 impl Listeners {
     pub(crate) fn new(gateway: Arc<ArcSwap<Gateway>>) -> Listeners {
         Listeners {
             gateway,
-            graceful: Mutex::new(Some(Arc::new(GracefulShutdown::new()))),
-            slots: Mutex::new(BTreeMap::new()),
-            order: Mutex::new(Vec::new()),
-            serving: Mutex::new(false),
+            inner: Mutex::new(Inner {
+                slots: Vec::new(),
+                serving: false,
+                graceful: Some(Arc::new(GracefulShutdown::new())),
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("listeners lock")
     }
 
     /// Bind the addresses in `wanted` that are not open yet. Nothing changes
     /// until [`Listeners::commit`], so a failed reload leaves them as they were.
     pub(crate) fn open(&self, wanted: &Wanted) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
-        let slots = self.slots.lock().expect("listeners lock");
+        let inner = self.lock();
         let mut opened = Vec::new();
         for (addr, _) in wanted {
-            if slots.contains_key(addr) || opened.iter().any(|(a, _)| a == addr) {
+            if inner.has(addr) || opened.iter().any(|(a, _)| a == addr) {
                 continue;
             }
             let listener = std::net::TcpListener::bind(addr)
@@ -147,103 +174,86 @@ impl Listeners {
         Ok(opened)
     }
 
-    /// Make `wanted` the listeners: add those `opened`, stop accepting on
-    /// the others (their connections finish on their own).
-    pub(crate) fn commit(&self, wanted: &Wanted, opened: Vec<(SocketAddr, TcpListener)>) {
-        let serving = *self.serving.lock().expect("listeners lock");
-        let mut slots = self.slots.lock().expect("listeners lock");
-        let tls_of = |addr: &SocketAddr| {
-            wanted
-                .iter()
-                .find(|(a, _)| a == addr)
-                .and_then(|(_, tls)| tls.clone())
-        };
-        for (addr, slot) in slots.iter() {
-            slot.tls.store(tls_of(addr));
-        }
-        for (addr, listener) in opened {
-            let local = listener.local_addr().unwrap_or(addr);
-            let tls = tls_of(&addr);
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            tracing::info!("listening on {scheme}://{local}");
-            let mut slot = Slot {
-                local,
-                bound: Some(listener),
-                accepting: None,
-                tls: Arc::new(ArcSwapOption::new(tls)),
-            };
-            if serving {
-                self.accept(&mut slot);
+    /// Make `wanted` the listeners: add those `opened`, give every one its
+    /// (possibly new) certificate, and stop accepting on the others (their
+    /// connections finish on their own).
+    pub(crate) fn commit(&self, wanted: &Wanted, mut opened: Vec<(SocketAddr, TcpListener)>) {
+        let mut inner = self.lock();
+        let mut old = std::mem::take(&mut inner.slots);
+        for (addr, tls) in wanted {
+            if inner.has(addr) {
+                continue;
             }
-            slots.insert(addr, slot);
-        }
-        slots.retain(|addr, slot| {
-            let keep = wanted.iter().any(|(a, _)| a == addr);
-            if !keep {
-                tracing::info!("no longer listening on {}", slot.local);
-                if let Some(task) = slot.accepting.take() {
-                    task.abort();
+            let slot = match old.iter().position(|(a, _)| a == addr) {
+                Some(i) => {
+                    let (_, slot) = old.swap_remove(i);
+                    slot.tls.store(tls.clone());
+                    slot
                 }
+                None => {
+                    let i = opened
+                        .iter()
+                        .position(|(a, _)| a == addr)
+                        .expect("`open` bound every new address");
+                    let (_, listener) = opened.swap_remove(i);
+                    let local = listener.local_addr().unwrap_or(*addr);
+                    let scheme = if tls.is_some() { "https" } else { "http" };
+                    tracing::info!("listening on {scheme}://{local}");
+                    let mut slot = Slot {
+                        local,
+                        bound: Some(listener),
+                        accepting: None,
+                        tls: Arc::new(ArcSwapOption::new(tls.clone())),
+                    };
+                    if inner.serving {
+                        inner.accept(&mut slot, &self.gateway);
+                    }
+                    slot
+                }
+            };
+            inner.slots.push((*addr, slot));
+        }
+        for (_, mut slot) in old {
+            tracing::info!("no longer listening on {}", slot.local);
+            if let Some(task) = slot.accepting.take() {
+                task.abort();
             }
-            keep
-        });
-        *self.order.lock().expect("listeners lock") = wanted.iter().map(|(a, _)| *a).collect();
-    }
-
-    fn accept(&self, slot: &mut Slot) {
-        let Some(graceful) = self.graceful.lock().expect("listeners lock").clone() else {
-            return; // stopped for good
-        };
-        if let Some(listener) = slot.bound.take() {
-            slot.accepting = Some(tokio::spawn(accept_loop(
-                listener,
-                slot.tls.clone(),
-                self.gateway.clone(),
-                graceful,
-            )));
         }
     }
 
     /// Start accepting on every listener, now and on those added later.
     pub(crate) fn start(&self) {
-        *self.serving.lock().expect("listeners lock") = true;
-        for slot in self.slots.lock().expect("listeners lock").values_mut() {
-            self.accept(slot);
+        let mut inner = self.lock();
+        inner.serving = true;
+        let mut slots = std::mem::take(&mut inner.slots);
+        for (_, slot) in &mut slots {
+            inner.accept(slot, &self.gateway);
         }
+        inner.slots = slots;
     }
 
     /// Stop accepting everywhere, for good, and hand back what watches the
     /// open connections.
     pub(crate) async fn stop(&self) -> GracefulShutdown {
-        *self.serving.lock().expect("listeners lock") = false;
-        let tasks: Vec<JoinHandle<()>> = self
-            .slots
-            .lock()
-            .expect("listeners lock")
-            .values_mut()
-            .filter_map(|slot| slot.accepting.take())
-            .collect();
+        let (tasks, graceful) = {
+            let mut inner = self.lock();
+            inner.serving = false;
+            let tasks: Vec<JoinHandle<()>> = inner
+                .slots
+                .iter_mut()
+                .filter_map(|(_, slot)| slot.accepting.take())
+                .collect();
+            (tasks, inner.graceful.take().expect("stopped once"))
+        };
         for task in tasks {
             task.abort();
             let _ = task.await;
         }
-        let graceful = self
-            .graceful
-            .lock()
-            .expect("listeners lock")
-            .take()
-            .expect("stopped once");
         Arc::into_inner(graceful).expect("the accept loops are gone")
     }
 
     pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
-        let slots = self.slots.lock().expect("listeners lock");
-        self.order
-            .lock()
-            .expect("listeners lock")
-            .iter()
-            .filter_map(|addr| slots.get(addr).map(|s| s.local))
-            .collect()
+        self.lock().slots.iter().map(|(_, s)| s.local).collect()
     }
 }
 

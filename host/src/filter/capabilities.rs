@@ -107,12 +107,12 @@ impl Capabilities {
 
     async fn send(
         &self,
-        req: outbound::OutboundRequest,
+        mut req: outbound::OutboundRequest,
     ) -> Result<outbound::OutboundResponse, String> {
         let Some(upstream) = self.http.get(&req.upstream) else {
             return Err(self.denied(&Grant::Http(req.upstream)));
         };
-        let request = build_request(&req)?;
+        let request = build_request(&mut req)?;
         let limit = req
             .timeout_millis
             .map_or(self.outbound_timeout, |ms| Duration::from_millis(ms.into()))
@@ -144,7 +144,7 @@ impl Capabilities {
     }
 }
 
-fn build_request(req: &outbound::OutboundRequest) -> Result<Request<body::ProxyBody>, String> {
+fn build_request(req: &mut outbound::OutboundRequest) -> Result<Request<body::ProxyBody>, String> {
     let method = Method::from_bytes(req.method.as_bytes())
         .map_err(|_| format!("invalid method `{}`", req.method))?;
     let uri: Uri = match req.path.starts_with('/') {
@@ -154,7 +154,7 @@ fn build_request(req: &outbound::OutboundRequest) -> Result<Request<body::ProxyB
             .map_err(|_| format!("invalid path `{}`", req.path))?,
         false => return Err(format!("the path must start with `/`: `{}`", req.path)),
     };
-    let mut request = Request::new(body::full(Bytes::from(req.body.clone())));
+    let mut request = Request::new(body::full(Bytes::from(std::mem::take(&mut req.body))));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     for (name, value) in &req.headers {

@@ -270,7 +270,10 @@ async fn admit(
     }
     Ok(Step::Answer(types::Reply {
         status: 429,
-        headers: vec![("retry-after".into(), admission.retry_after_secs.to_string())],
+        headers: vec![(
+            "retry-after".into(),
+            admission.retry_after_secs().to_string(),
+        )],
         body: b"rate limit exceeded\n".to_vec(),
     }))
 }

@@ -185,8 +185,8 @@ macro_rules! call_guest {
         ex.body_access = pool.body_access;
         let state = instance.store.data_mut();
         state.exchange = Some(ex);
-        state.call_started = std::time::Instant::now();
-        state.waited = std::time::Duration::ZERO;
+        state.call_started = Instant::now();
+        state.waited = Duration::ZERO;
         instance
             .store
             .set_epoch_deadline(ticks(pool.plugin.call_timeout));
