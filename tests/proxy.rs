@@ -326,3 +326,57 @@ upstream = "a"
     assert!(error.contains("sluice.toml:6: listeners[1].tls"), "{error}");
     assert!(error.contains("no certificate"), "{error}");
 }
+
+fn one_route_to(up: &Upstream) -> String {
+    format!(
+        "[upstreams.a]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"a\"\n",
+        up.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&one_route_to(&up)).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(get(&gw.url("/"), &[]).await.status, 200);
+    }
+    assert_eq!(up.hits(), 20);
+    assert_eq!(up.connections(), 1, "one keep-alive connection serves all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_closes_its_connections_gets_a_new_one_each_time() {
+    let up = Upstream::start_with("a", |_| {
+        (200, vec![("connection", "close".to_owned())], "bye".into())
+    })
+    .await;
+    let gw = Gateway::start(&one_route_to(&up)).await.unwrap();
+    for _ in 0..5 {
+        let reply = get(&gw.url("/"), &[]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "bye");
+    }
+    assert_eq!(up.connections(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_abandoned_halfway_does_not_return_its_connection() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&one_route_to(&up)).await.unwrap();
+    // Read only the head of a large download, then hang up.
+    let mut socket = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    socket
+        .write_all(b"GET /download?bytes=50000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    socket.read_exact(&mut head).await.unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    drop(socket);
+    // The half-read connection cannot carry another exchange: a fresh one does.
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/"), &[]).await.status, 200);
+    }
+    assert_eq!(up.connections(), 2);
+}

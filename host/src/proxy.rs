@@ -1,6 +1,7 @@
 //! The data path of one request: route → request phases → upstream →
 //! response phases → client.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -431,8 +432,9 @@ async fn fetch(
     }
 }
 
-/// The request's host in lowercase, without a port.
-fn host_of(head: &http::request::Parts) -> Option<String> {
+/// The request's host in lowercase, without a port (allocating only when
+/// the client sent capitals).
+fn host_of(head: &http::request::Parts) -> Option<Cow<'_, str>> {
     let raw = match head.uri.host() {
         Some(host) => host,
         None => head.headers.get(http::header::HOST)?.to_str().ok()?,
@@ -442,7 +444,10 @@ fn host_of(head: &http::request::Parts) -> Option<String> {
     } else {
         raw.rsplit_once(':').map_or(raw, |(host, _port)| host)
     };
-    Some(host.to_ascii_lowercase())
+    Some(match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(host.to_ascii_lowercase()),
+        false => Cow::Borrowed(host),
+    })
 }
 
 /// A response the gateway makes itself, with a short machine-readable code.

@@ -2,19 +2,21 @@
 //! keep-alive connections; and the proxy's rules for headers on the way.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::config::UpstreamConfig;
+
+mod pool;
+
+use pool::Pool;
+pub use pool::UpstreamBody;
 
 /// Why an upstream exchange failed, and so which status the client sees.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +28,8 @@ pub enum UpstreamError {
         upstream: String,
         /// The server tried.
         target: Authority,
-        /// What the client library said.
-        source: hyper_util::client::legacy::Error,
+        /// What went wrong: connecting, or the exchange.
+        source: BoxError,
     },
     /// No response head in time: 504.
     #[error("upstream `{upstream}` ({target}) timed out after {timeout:?}")]
@@ -45,75 +47,96 @@ pub enum UpstreamError {
 pub struct Upstream {
     /// The name from the configuration.
     pub name: String,
-    targets: Vec<Authority>,
+    servers: Vec<Arc<Pool>>,
     next: AtomicUsize,
     timeout: Duration,
-    client: Client<HttpConnector, ProxyBody>,
 }
 
 impl Upstream {
     /// Build from configuration; targets were validated when the config was parsed.
     pub fn new(name: &str, config: &UpstreamConfig) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Upstream {
             name: name.to_owned(),
-            targets: config
+            servers: config
                 .targets
                 .get_ref()
                 .iter()
-                .map(|t| t.parse().expect("validated in config"))
+                .map(|t| {
+                    let target = t.parse().expect("validated in config");
+                    Arc::new(Pool::new(target, config.connect_timeout))
+                })
                 .collect(),
             next: AtomicUsize::new(0),
             timeout: config.timeout,
-            client,
         }
     }
 
-    /// The next target, round robin.
-    fn pick(&self) -> &Authority {
+    /// The next server, round robin.
+    fn pick(&self) -> &Arc<Pool> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.targets[i % self.targets.len()]
+        &self.servers[i % self.servers.len()]
     }
 
-    /// Send `request` (already prepared by [`prepare_request`]) to the next target.
+    /// Send `request` (already prepared by [`prepare_request`]) to the next
+    /// server, over HTTP/1.1 on a pooled connection.
     pub async fn send(
         &self,
         mut request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let target = self.pick().clone();
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(target.clone());
-        uri.path_and_query = Some(path);
-        *request.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let server = self.pick();
+        // Origin form on the wire; the host travels in its header.
+        if request.uri().authority().is_some() {
+            let path = request
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *request.uri_mut() = Uri::from(path);
+        }
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(server.target.as_str())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        match tokio::time::timeout(self.timeout, exchange(server, request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(source)) => Err(UpstreamError::Unreachable {
                 upstream: self.name.clone(),
-                target,
+                target: server.target.clone(),
                 source,
             }),
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: self.name.clone(),
-                target,
+                target: server.target.clone(),
                 timeout: self.timeout,
             }),
         }
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// One exchange with `server`. A pooled connection the server closed while
+/// idle hands the request back unsent; it is tried once more on a new one.
+async fn exchange(
+    server: &Arc<Pool>,
+    request: Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, BoxError> {
+    let conn = server.checkout().await?;
+    let reused = conn.reused;
+    match conn.send(request).await {
+        Ok(response) => Ok(response),
+        Err((_, Some(unsent))) if reused => server
+            .connect()
+            .await?
+            .send(unsent)
+            .await
+            .map_err(|(error, _)| error),
+        Err((error, _)) => Err(error),
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// and two older ones that still turn up.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -121,10 +144,20 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none or one of them: look before hashing nine names.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -135,8 +168,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 /// Make a client's request fit to send upstream: hop-by-hop headers removed,
@@ -149,17 +180,17 @@ pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr, secu
     };
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {client_ip}"),
         None => client_ip.to_string(),
     };
     if let Ok(value) = HeaderValue::try_from(forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
     let proto = if secure { "https" } else { "http" };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = authority {
-        headers.insert("x-forwarded-host", host.clone());
+        headers.insert(X_FORWARDED_HOST, host.clone());
         headers.entry(header::HOST).or_insert(host);
     }
     *request.version_mut() = Version::HTTP_11;
