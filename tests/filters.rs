@@ -270,3 +270,48 @@ async fn the_example_configurations_load_and_the_api_gateway_one_works() {
     assert_eq!(dashboard["profile"]["uri"], "/profile");
     assert_eq!(dashboard["orders"]["uri"], "/orders?recent=5");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_without_a_response_phase_is_not_called_on_responses() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&format!(
+        r#"[admin]
+address = "127.0.0.1:0"
+
+[plugins.noop]
+path = "{}"
+[plugins.stamp]
+path = "{}"
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+upstream = "a"
+filters = [{{ plugin = "noop" }}, {{ plugin = "stamp", config = {{ label = "x" }} }}]
+"#,
+        plugin("noop"),
+        plugin("stamp-a"),
+        up.addr
+    ))
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        let reply = get(&gw.url("/"), &[]).await;
+        assert_eq!(reply.status, 200);
+        // The filter that has a response phase still runs it every time.
+        assert_eq!(reply.header("x-stamp"), "stamp-a:x");
+    }
+    let metrics = gw.metrics().await;
+    for (plugin, phase, calls) in [
+        ("noop", "request", 5),
+        // The first response tells the gateway that `noop` leaves it out.
+        ("noop", "response", 1),
+        ("stamp", "request", 5),
+        ("stamp", "response", 5),
+    ] {
+        let line =
+            format!(r#"sluice_filter_calls_total{{plugin="{plugin}",phase="{phase}"}} {calls}"#);
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+}

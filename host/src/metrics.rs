@@ -63,6 +63,8 @@ pub struct Metrics {
     plugin_metrics: DashMap<String, PluginMetric>,
     /// Responses by route and status class (`2xx`, ...).
     pub responses: Family<Labels, Counter>,
+    /// Filter calls, by plugin and phase (`request`, `response`).
+    pub filter_calls: Family<Labels, Counter>,
     /// Failed filter calls, by plugin.
     pub filter_failures: Family<Labels, Counter>,
     /// Capability calls refused for want of a grant, by plugin and grant.
@@ -75,6 +77,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("sluice");
         let responses = Family::default();
+        let filter_calls = Family::default();
         let filter_failures = Family::default();
         let capability_denied = Family::default();
         let reloads = Family::default();
@@ -82,6 +85,11 @@ impl Default for Metrics {
             "responses",
             "Responses by route and status class",
             responses.clone(),
+        );
+        registry.register(
+            "filter_calls",
+            "Calls into filters, by plugin and phase",
+            filter_calls.clone(),
         );
         registry.register(
             "filter_failures",
@@ -103,6 +111,7 @@ impl Default for Metrics {
             registry: Mutex::new(registry),
             plugin_metrics: DashMap::new(),
             responses,
+            filter_calls,
             filter_failures,
             capability_denied,
         }

@@ -1,6 +1,8 @@
 //! Glue between the generated bindings and the SDK's traits, called by
 //! [`export!`](crate::export). Not part of the public API.
 
+use std::cell::Cell;
+
 use crate::bindings::imports::sluice::filter::types as raw;
 use crate::bindings::{
     auth_world, cache_policy_world, general_world, rate_limit_world, routing_world, transform_world,
@@ -57,8 +59,14 @@ pub fn transform_request<P: Transform>(
     }
 }
 
-pub fn transform_response<P: Transform>(plugin: &P, req: &raw::Request, resp: &raw::Response) {
-    plugin.on_response(&Request::from_raw(req), &Response::from_raw(resp))
+pub fn transform_response<P: Transform>(
+    plugin: &P,
+    req: &raw::Request,
+    resp: &raw::Response,
+) -> raw::ResponsePhase {
+    observe_response_phase(|| {
+        plugin.on_response(&Request::from_raw(req), &Response::from_raw(resp))
+    })
 }
 
 pub fn select<P: Routing>(plugin: &P, req: &raw::Request) -> Option<wit_routing::RouteDecision> {
@@ -98,6 +106,32 @@ pub fn filter_request<P: HttpFilter>(plugin: &P, req: &raw::Request) -> wit_filt
     }
 }
 
-pub fn filter_response<P: HttpFilter>(plugin: &P, req: &raw::Request, resp: &raw::Response) {
-    plugin.on_response(&Request::from_raw(req), &Response::from_raw(resp))
+pub fn filter_response<P: HttpFilter>(
+    plugin: &P,
+    req: &raw::Request,
+    resp: &raw::Response,
+) -> raw::ResponsePhase {
+    observe_response_phase(|| {
+        plugin.on_response(&Request::from_raw(req), &Response::from_raw(resp))
+    })
+}
+
+thread_local! {
+    /// Set by the default `on_response`: the plugin left it out.
+    static RESPONSE_PHASE_UNUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by the traits' default `on_response`.
+pub fn response_phase_unused() {
+    RESPONSE_PHASE_UNUSED.set(true);
+}
+
+/// Run an `on_response` and tell the host whether it was the default one.
+fn observe_response_phase(call: impl FnOnce()) -> raw::ResponsePhase {
+    RESPONSE_PHASE_UNUSED.set(false);
+    call();
+    match RESPONSE_PHASE_UNUSED.replace(false) {
+        true => raw::ResponsePhase::Unused,
+        false => raw::ResponsePhase::Used,
+    }
 }

@@ -96,7 +96,7 @@ macro_rules! export {
                 fn on_response(
                     req: &$crate::bindings::imports::sluice::filter::types::Request,
                     resp: &$crate::bindings::imports::sluice::filter::types::Response,
-                ) {
+                ) -> $crate::bindings::imports::sluice::filter::types::ResponsePhase {
                     __with(|p| $crate::__rt::transform_response(p, req, resp))
                 }});
     };
@@ -132,7 +132,7 @@ macro_rules! export {
                 fn on_response(
                     req: &$crate::bindings::imports::sluice::filter::types::Request,
                     resp: &$crate::bindings::imports::sluice::filter::types::Response,
-                ) {
+                ) -> $crate::bindings::imports::sluice::filter::types::ResponsePhase {
                     __with(|p| $crate::__rt::filter_response(p, req, resp))
                 }});
     };

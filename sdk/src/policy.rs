@@ -63,8 +63,12 @@ pub trait Transform: Plugin {
     }
 
     /// Edit the response through its handles.
+    ///
+    /// Left out, it costs nothing: the gateway learns on the first response
+    /// that there is nothing to call and stops calling it.
     fn on_response(&self, req: &Request, resp: &Response) {
         let _ = (req, resp);
+        crate::__rt::response_phase_unused();
     }
 }
 
@@ -135,8 +139,12 @@ pub trait HttpFilter: Plugin {
     }
 
     /// Look at or edit the response.
+    ///
+    /// Left out, it costs nothing: the gateway learns on the first response
+    /// that there is nothing to call and stops calling it.
     fn on_response(&self, req: &Request, resp: &Response) {
         let _ = (req, resp);
+        crate::__rt::response_phase_unused();
     }
 }
 

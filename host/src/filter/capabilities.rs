@@ -18,6 +18,7 @@ use crate::config::{Grant, PluginConfig};
 use crate::metrics::{MetricError, Metrics, labels};
 use crate::state::StateStore;
 use crate::upstream::Upstream;
+use prometheus_client::metrics::counter::Counter;
 
 /// Largest outbound response body handed to a plugin.
 const MAX_OUTBOUND_BODY: usize = 8 << 20;
@@ -66,6 +67,14 @@ impl Capabilities {
             }
         }
         caps
+    }
+
+    /// The counter of this plugin's calls in `phase`.
+    pub(crate) fn calls(&self, phase: &str) -> Counter {
+        self.registry
+            .filter_calls
+            .get_or_create(&labels([("plugin", &self.plugin), ("phase", phase)]))
+            .clone()
     }
 
     /// Count a failed call (trap, timeout, limit) of this plugin.

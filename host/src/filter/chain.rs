@@ -71,9 +71,7 @@ impl FilterChain {
 
     /// Whether any of the first `ran` filters has a response phase.
     pub fn has_response_phase(&self, ran: usize) -> bool {
-        self.filters[..ran]
-            .iter()
-            .any(|f| matches!(f.plugin.kind, Kind::Transform | Kind::HttpFilter))
+        self.filters[..ran].iter().any(|f| f.has_response_phase())
     }
 
     /// Run the request phases. Returns the exchange, how many filters saw the
@@ -221,6 +219,9 @@ impl FilterChain {
         ran: usize,
     ) -> (Box<Exchange>, Result<(), FilterFailure>) {
         for filter in self.filters[..ran].iter().rev() {
+            if !filter.has_response_phase() {
+                continue;
+            }
             let (back, result) = match filter.plugin.kind {
                 Kind::Transform => filter.transform_response(ex).await,
                 Kind::HttpFilter => filter.http_response(ex).await,

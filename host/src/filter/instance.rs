@@ -3,17 +3,19 @@
 //! An instance that fails is thrown away; one that served enough requests or
 //! grew its memory too far is recycled.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use wasmtime::component::Resource;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{auth, cache_policy, http_filter, rate_limit, routing, transform};
+use super::bindings::{auth, cache_policy, http_filter, rate_limit, routing, transform, types};
 use super::capabilities::Capabilities;
-use super::engine::{Exports, Plugin, ticks};
+use super::engine::{Exports, Kind, Plugin, ticks};
 use super::error::{FilterFailure, PluginError};
 use crate::exchange::Exchange;
 
@@ -104,7 +106,19 @@ pub struct InstancePool {
     config: String,
     /// Whether calls may read and replace bodies.
     pub body_access: bool,
+    /// Whether `on-response` is worth calling: cleared when the plugin says it
+    /// does nothing, so a filter without a response phase costs one call, not two.
+    response_phase: AtomicBool,
+    /// Calls made, request phase then response phase.
+    calls: [Counter; 2],
     idle: Mutex<Vec<Instance>>,
+}
+
+/// Which of a pool's call counters a call adds to.
+#[derive(Clone, Copy)]
+enum Phase {
+    Request = 0,
+    Response = 1,
 }
 
 impl InstancePool {
@@ -116,12 +130,33 @@ impl InstancePool {
         body_access: bool,
     ) -> Result<InstancePool, PluginError> {
         let first = Instance::new(&plugin, &config).await?;
+        let response_phase = matches!(plugin.kind, Kind::Transform | Kind::HttpFilter);
+        let calls = ["request", "response"].map(|phase| plugin.caps.calls(phase));
         Ok(InstancePool {
             plugin,
             config,
             body_access,
+            response_phase: AtomicBool::new(response_phase),
+            calls,
             idle: Mutex::new(vec![first]),
         })
+    }
+
+    /// Whether the plugin has a response phase that may act.
+    pub fn has_response_phase(&self) -> bool {
+        self.response_phase.load(Ordering::Relaxed)
+    }
+
+    /// Note what `on-response` said about itself.
+    fn observe(&self, phase: types::ResponsePhase) {
+        if phase == types::ResponsePhase::Unused
+            && self.response_phase.swap(false, Ordering::Relaxed)
+        {
+            tracing::debug!(
+                plugin = &*self.plugin.name,
+                "no response phase: no longer called"
+            );
+        }
     }
 
     async fn checkout(&self) -> Result<Instance, FilterFailure> {
@@ -175,13 +210,14 @@ impl InstancePool {
 /// Runs one export of a pooled instance with the exchange moved into its store,
 /// and hands the exchange back whatever happens.
 macro_rules! call_guest {
-    ($pool:expr, $ex:expr, $kind:ident, |$guest:ident, $store:ident, $req:ident| $call:expr) => {{
+    ($pool:expr, $ex:expr, $phase:ident, $kind:ident, |$guest:ident, $store:ident, $req:ident| $call:expr) => {{
         let pool: &InstancePool = $pool;
         let mut ex: Box<Exchange> = $ex;
         let mut instance = match pool.checkout().await {
             Ok(instance) => instance,
             Err(failure) => return (ex, Err(failure)),
         };
+        pool.calls[Phase::$phase as usize].inc();
         ex.body_access = pool.body_access;
         let state = instance.store.data_mut();
         state.exchange = Some(ex);
@@ -215,13 +251,13 @@ pub type CallResult<T> = (Box<Exchange>, Result<T, FilterFailure>);
 impl InstancePool {
     /// `auth.authenticate`
     pub async fn authenticate(&self, ex: Box<Exchange>) -> CallResult<auth::AuthDecision> {
-        call_guest!(self, ex, Auth, |g, store, req| g
+        call_guest!(self, ex, Request, Auth, |g, store, req| g
             .call_authenticate(store, req))
     }
 
     /// `rate-limit.check`
     pub async fn rate_limit(&self, ex: Box<Exchange>) -> CallResult<Option<rate_limit::Limit>> {
-        call_guest!(self, ex, RateLimit, |g, store, req| g
+        call_guest!(self, ex, Request, RateLimit, |g, store, req| g
             .call_check(store, req))
     }
 
@@ -230,47 +266,40 @@ impl InstancePool {
         &self,
         ex: Box<Exchange>,
     ) -> CallResult<transform::RequestAction> {
-        call_guest!(self, ex, Transform, |g, store, req| g
+        call_guest!(self, ex, Request, Transform, |g, store, req| g
             .call_on_request(store, req))
     }
 
     /// `transform.on-response`
     pub async fn transform_response(&self, ex: Box<Exchange>) -> CallResult<()> {
-        call_guest!(self, ex, Transform, |g, store, req| g.call_on_response(
-            store,
-            req,
-            Resource::new_borrow(0)
-        ))
+        let (ex, phase) = call_guest!(self, ex, Response, Transform, |g, store, req| g
+            .call_on_response(store, req, Resource::new_borrow(0)));
+        (ex, phase.map(|phase| self.observe(phase)))
     }
 
     /// `http-filter.on-request`
     pub async fn http_request(&self, ex: Box<Exchange>) -> CallResult<http_filter::Verdict> {
-        call_guest!(self, ex, HttpFilter, |g, store, req| g
+        call_guest!(self, ex, Request, HttpFilter, |g, store, req| g
             .call_on_request(store, req))
     }
 
     /// `http-filter.on-response`
     pub async fn http_response(&self, ex: Box<Exchange>) -> CallResult<()> {
-        call_guest!(self, ex, HttpFilter, |g, store, req| g.call_on_response(
-            store,
-            req,
-            Resource::new_borrow(0)
-        ))
+        let (ex, phase) = call_guest!(self, ex, Response, HttpFilter, |g, store, req| g
+            .call_on_response(store, req, Resource::new_borrow(0)));
+        (ex, phase.map(|phase| self.observe(phase)))
     }
 
     /// `cache-policy.on-request`
     pub async fn cache_lookup(&self, ex: Box<Exchange>) -> CallResult<cache_policy::Lookup> {
-        call_guest!(self, ex, CachePolicy, |g, store, req| g
+        call_guest!(self, ex, Request, CachePolicy, |g, store, req| g
             .call_on_request(store, req))
     }
 
     /// `cache-policy.on-response`
     pub async fn cache_store(&self, ex: Box<Exchange>) -> CallResult<cache_policy::Store> {
-        call_guest!(self, ex, CachePolicy, |g, store, req| g.call_on_response(
-            store,
-            req,
-            Resource::new_borrow(0)
-        ))
+        call_guest!(self, ex, Response, CachePolicy, |g, store, req| g
+            .call_on_response(store, req, Resource::new_borrow(0)))
     }
 
     /// `routing.select`
@@ -278,7 +307,8 @@ impl InstancePool {
         &self,
         ex: Box<Exchange>,
     ) -> CallResult<Option<routing::RouteDecision>> {
-        call_guest!(self, ex, Routing, |g, store, req| g.call_select(store, req))
+        call_guest!(self, ex, Request, Routing, |g, store, req| g
+            .call_select(store, req))
     }
 }
 
