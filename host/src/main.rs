@@ -15,7 +15,8 @@ use tokio::signal::unix::{SignalKind, signal};
     about = "A programmable HTTP gateway with WebAssembly filters"
 )]
 struct Cli {
-    /// Threads serving requests (default: one per CPU core).
+    /// Threads serving requests (default: one per CPU core). With 1, the
+    /// whole gateway runs on one thread, like one nginx worker.
     #[arg(long, global = true)]
     workers: Option<usize>,
     #[command(subcommand)]
@@ -52,11 +53,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker runs everything on this thread, as one nginx worker does:
+    // no cross-thread wakeups or work stealing on the request path.
+    let mut runtime = match cli.workers {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(workers) = cli.workers {
-        runtime.worker_threads(workers.max(1));
-    }
     let runtime = runtime.build().expect("a tokio runtime");
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
