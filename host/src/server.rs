@@ -327,7 +327,12 @@ impl Conn {
             // Each request runs on the gateway current when it arrived,
             // even if a reload swaps in another while it is in flight.
             let gateway = gateway.load_full();
-            async move { Ok::<_, Infallible>(gateway.handle(request, peer.ip(), secure).await) }
+            // Boxed: hyper keeps room for one request's future on every
+            // connection for as long as it lives, and ours is a few KiB;
+            // boxed, an idle connection holds a pointer instead.
+            Box::pin(async move {
+                Ok::<_, Infallible>(gateway.handle(request, peer.ip(), secure).await)
+            })
         });
         let connection = builder.serve_connection(TokioIo::new(io), service);
         if let Err(error) = watcher.watch(connection).await {
