@@ -31,7 +31,7 @@ async fn large_uploads_and_downloads_stream_with_bounded_memory() {
     let up = Upstream::start("a").await;
     // A filter on the route, so the streaming path is the one with plugins.
     let gw = Gateway::start(&format!(
-        "[plugins.headers]\npath = \"{}\"\n[upstreams.a]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"a\"\n\
+        "[plugins.headers]\npath = \"{}\"\n[upstreams.a]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"a\"\nmax_body = \"1GiB\"\n\
          filters = [{{ plugin = \"headers\", config = {{ response = {{ set = {{ x-streamed = \"yes\" }} }} }} }}]\n",
         plugin("headers"),
         up.addr

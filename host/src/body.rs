@@ -1,9 +1,17 @@
 //! The body type that flows through the proxy: the client's or upstream's
-//! stream, untouched, or bytes a filter produced.
+//! stream, untouched, or bytes a filter produced; and the client's request
+//! body held to its route's size limit and its listener's body timeout.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use tokio::time::Sleep;
 
 /// Any body the proxy sends on; errors are boxed so streams and buffers mix.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -33,10 +41,135 @@ pub async fn collect(mut body: ProxyBody, limit: usize) -> Result<Bytes, BoxErro
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             if buffer.len() + data.len() > limit {
-                return Err(format!("body larger than {limit} bytes").into());
+                return Err(ClientBodyError::TooLarge.into());
             }
             buffer.extend_from_slice(&data);
         }
     }
     Ok(buffer.freeze())
+}
+
+/// Why a client's request body was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientBodyError {
+    /// More bytes than the route takes: 413.
+    #[error("request body larger than the route allows")]
+    TooLarge,
+    /// The client paused longer than the listener's body timeout: 408.
+    #[error("the client stopped sending its request body")]
+    Timeout,
+}
+
+impl ClientBodyError {
+    /// The client body error behind `error`, if that is what it is.
+    pub fn find(error: &(dyn std::error::Error + 'static)) -> Option<ClientBodyError> {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if let Some(found) = e.downcast_ref::<ClientBodyError>() {
+                return Some(*found);
+            }
+            cause = e.source();
+        }
+        None
+    }
+}
+
+/// When a client's upload ended, so the upstream's response timeout can
+/// start then rather than when the request was sent.
+#[derive(Debug, Default)]
+pub struct Upload {
+    finished: OnceLock<Instant>,
+}
+
+impl Upload {
+    /// When the last byte was read, if it has been.
+    pub fn finished_at(&self) -> Option<Instant> {
+        self.finished.get().copied()
+    }
+}
+
+/// A client's request body, held to `limit` bytes and to at most `gap`
+/// between two pieces of it.
+pub struct ClientBody<B> {
+    inner: B,
+    left: u64,
+    gap: Duration,
+    /// Runs only while waiting on the client, not while the upstream is slow to take the body.
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+    upload: Arc<Upload>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> ClientBody<B> {
+    /// `body`, allowed `limit` bytes and pauses up to `gap`; the [`Upload`]
+    /// says when it ended.
+    pub fn new(body: B, limit: u64, gap: Duration) -> (ClientBody<B>, Arc<Upload>) {
+        let upload = Arc::new(Upload::default());
+        let body = ClientBody {
+            inner: body,
+            left: limit,
+            gap,
+            timer: None,
+            waiting: false,
+            upload: upload.clone(),
+        };
+        (body, upload)
+    }
+}
+
+impl<B> Body for ClientBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Poll::Ready(frame) = polled else {
+            let deadline = tokio::time::Instant::now() + this.gap;
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if !std::mem::replace(&mut this.waiting, true) {
+                timer.as_mut().reset(deadline);
+            }
+            ready!(timer.as_mut().poll(cx));
+            return Poll::Ready(Some(Err(ClientBodyError::Timeout.into())));
+        };
+        this.waiting = false;
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.left {
+                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge.into())));
+                    }
+                    this.left -= len;
+                }
+                if this.inner.is_end_stream() {
+                    let _ = this.upload.finished.set(Instant::now());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            None => {
+                let _ = this.upload.finished.set(Instant::now());
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

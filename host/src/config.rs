@@ -7,8 +7,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::edge::{Edge, EscapedSlashes, PathRules};
 
 /// The whole gateway configuration, as read from one TOML file.
 #[derive(Debug, Deserialize)]
@@ -42,7 +45,7 @@ pub struct Config {
     pub source: Source,
 }
 
-/// One listening socket.
+/// One listening socket, and the limits its clients meet.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
@@ -50,6 +53,51 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// Terminate TLS here with this certificate (HTTP/2 and HTTP/1.1 by ALPN).
     pub tls: Option<Spanned<TlsConfig>>,
+    /// Collapse `//` in paths into `/` before routing.
+    #[serde(default = "defaults::yes")]
+    pub merge_slashes: bool,
+    /// `%2F`, `%5C` or `\` in a path: `reject` (400), `keep` or `decode`.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// Most bytes of request line and headers (431 beyond).
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in a request (431 beyond).
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Longest request target, path and query (414 beyond).
+    #[serde(default = "defaults::max_uri_bytes")]
+    pub max_uri_bytes: ByteSize,
+    /// Most open connections on this listener; more are closed at once.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Most open connections from one client IP address.
+    #[serde(default = "defaults::max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// How long a client has to send a whole request head (and a TLS handshake).
+    #[serde(default = "defaults::header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a connection with no request in flight stays open.
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// The longest pause while a client sends a request body (408 after it).
+    #[serde(default = "defaults::body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+}
+
+impl ListenerConfig {
+    /// The rules its request heads are held to.
+    pub fn edge(&self) -> Edge {
+        Edge {
+            path: PathRules {
+                merge_slashes: self.merge_slashes,
+                escaped_slashes: self.escaped_slashes,
+            },
+            max_header_bytes: self.max_header_bytes.as_u64() as usize,
+            max_headers: self.max_headers,
+            max_uri_bytes: self.max_uri_bytes.as_u64() as usize,
+        }
+    }
 }
 
 /// A listener's certificate; reloads read the files again (rotation).
@@ -243,6 +291,9 @@ pub struct RouteConfig {
     /// The filter chain, each entry a plugin with its configuration.
     #[serde(default)]
     pub filters: Vec<FilterConfig>,
+    /// The largest request body this route takes (413 beyond).
+    #[serde(default = "defaults::max_body")]
+    pub max_body: ByteSize,
 }
 
 /// The conditions a request must meet to take a route; all must hold.
@@ -279,6 +330,36 @@ pub struct FilterConfig {
 
 mod defaults {
     use std::time::Duration;
+
+    use bytesize::ByteSize;
+
+    pub fn max_header_bytes() -> ByteSize {
+        ByteSize::kib(32)
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_uri_bytes() -> ByteSize {
+        ByteSize::kib(8)
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn max_connections_per_client() -> usize {
+        1_000
+    }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn body_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn max_body() -> ByteSize {
+        ByteSize::mib(16)
+    }
 
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(5)

@@ -60,17 +60,11 @@ impl Exchange {
         }
     }
 
-    /// The host the client asked for: the URI's authority (HTTP/2) or the `Host` header.
+    /// The host the client asked for (the edge put it in `Host`, whatever the protocol).
     pub fn authority(&self) -> Option<&str> {
         self.request
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                self.request
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
     }
 }

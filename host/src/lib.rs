@@ -2,7 +2,7 @@
 //! WebAssembly components.
 //!
 //! The data path, one module per stage:
-//! [`server`] (listeners) → [`router`] → [`filter`] (the chain of plugins) →
+//! [`listener`] → [`edge`] (one view of each request) → [`router`] → [`filter`] (the chain of plugins) →
 //! [`upstream`] (or the [`cache`]) → back through [`filter`] → client; [`proxy`] ties them
 //! together per request, and [`config`] describes it all.
 //!
@@ -20,8 +20,11 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod edge;
 pub mod exchange;
 pub mod filter;
+pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

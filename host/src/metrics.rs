@@ -71,6 +71,10 @@ pub struct Metrics {
     pub capability_denied: Family<Labels, Counter>,
     /// Configuration changes (reloads, uploads, rollbacks), by result.
     pub reloads: Family<Labels, Counter>,
+    /// Requests refused before routing or by a route's limits, by reason.
+    pub requests_refused: Family<Labels, Counter>,
+    /// Connections closed at once for a listener's limits, by listener and limit.
+    pub connections_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,6 +85,18 @@ impl Default for Metrics {
         let filter_failures = Family::default();
         let capability_denied = Family::default();
         let reloads = Family::default();
+        let requests_refused = Family::default();
+        let connections_refused = Family::default();
+        registry.register(
+            "requests_refused",
+            "Requests refused at the edge or for a route's limits, by reason",
+            requests_refused.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival for a listener's limits",
+            connections_refused.clone(),
+        );
         registry.register(
             "responses",
             "Responses by route and status class",
@@ -108,6 +124,8 @@ impl Default for Metrics {
         );
         Metrics {
             reloads,
+            requests_refused,
+            connections_refused,
             registry: Mutex::new(registry),
             plugin_metrics: DashMap::new(),
             responses,

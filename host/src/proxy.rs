@@ -3,21 +3,23 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, ClientBody, ClientBodyError, ProxyBody, Upload};
 use crate::cache::{self, Lookup, ResponseCache};
 use crate::config::{CacheConfig, Config, ConfigError};
+use crate::edge::strip_hop_by_hop;
 use crate::exchange::Exchange;
 use crate::filter::{
     FilterChain, InstancePool, Plugin, PluginError, Reply, RequestOutcome, StoreDecision,
 };
+use crate::listener::ConnectionInfo;
 use crate::metrics::{Metrics, labels};
 use crate::router::{Matcher, RouteTable};
 use crate::state::{MemoryStore, StateStore};
@@ -32,6 +34,8 @@ pub struct Route {
     pub name: Arc<str>,
     upstream: Arc<Upstream>,
     chain: FilterChain,
+    /// The largest request body it takes.
+    max_body: u64,
     /// Responses by status class (1xx..5xx), counted without a lookup per request.
     responses: StatusCounters,
 }
@@ -129,6 +133,7 @@ impl Gateway {
                 name,
                 upstream: upstreams[route.upstream.get_ref()].clone(),
                 chain: FilterChain::new(filters),
+                max_body: route.max_body.as_u64(),
             };
             routes.push((matcher, route));
         }
@@ -140,14 +145,21 @@ impl Gateway {
         })
     }
 
-    /// Serve one request from a client at `client_ip` (over TLS if `secure`).
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Serve one request that came on `conn`.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
-        client_ip: IpAddr,
-        secure: bool,
+        conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
-        let (head, incoming) = request.into_parts();
+        let (mut head, incoming) = request.into_parts();
+        if let Err(refusal) = conn.edge.admit(&mut head) {
+            return self.refuse(refusal.status(), refusal.code(), &refusal, conn);
+        }
         let host = host_of(&head);
         let Some(route) = self.routes.find(
             host.as_deref(),
@@ -158,9 +170,32 @@ impl Gateway {
             self.unrouted.count(StatusCode::NOT_FOUND);
             return error_response(StatusCode::NOT_FOUND, "no_route");
         };
-        let response = self.serve(route, head, incoming, client_ip, secure).await;
+        let response = self.serve(route, head, incoming, conn).await;
         route.responses.count(response.status());
         response
+    }
+
+    /// Answer a request the gateway will not serve, counting and (at a
+    /// bounded rate) logging why.
+    fn refuse(
+        &self,
+        status: StatusCode,
+        code: &'static str,
+        why: &dyn std::fmt::Display,
+        conn: &ConnectionInfo,
+    ) -> Response<ProxyBody> {
+        self.shared
+            .metrics
+            .requests_refused
+            .get_or_create(&labels([("reason", code)]))
+            .inc();
+        crate::log_throttled!(
+            info,
+            ("refused", code),
+            client = %conn.client_ip,
+            "request refused ({status}): {why}"
+        );
+        error_response(status, code)
     }
 
     /// Serve one request on `route`.
@@ -169,23 +204,45 @@ impl Gateway {
         route: &Route,
         head: http::request::Parts,
         incoming: Incoming,
-        client_ip: IpAddr,
-        secure: bool,
+        conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
-        let mut ex = Box::new(Exchange::new(head, client_ip, route.name.clone()));
-        ex.secure = secure;
-        let mut body = Some(body::stream(incoming));
+        let declared = head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > route.max_body) {
+            let why = format!(
+                "route `{}` takes at most {} bytes",
+                route.name, route.max_body
+            );
+            return self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &why, conn);
+        }
+        let mut ex = Box::new(Exchange::new(head, conn.client_ip, route.name.clone()));
+        ex.secure = conn.secure;
+        let (mut body, upload) = match incoming.is_end_stream() {
+            true => (None, None),
+            false => {
+                let (body, upload) = ClientBody::new(incoming, route.max_body, conn.body_timeout);
+                (Some(body::stream(body)), Some(upload))
+            }
+        };
         if route.chain.needs_bodies() {
-            match body::collect(body.take().expect("body"), MAX_BUFFERED_BODY).await {
+            let whole = match body.take() {
+                Some(body) => body::collect(body, MAX_BUFFERED_BODY).await,
+                None => Ok(Bytes::new()),
+            };
+            match whole {
                 Ok(bytes) => ex.request_body = Some(bytes),
-                Err(_) => return error_response(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+                Err(error) => return self.client_body_failed(&*error, conn),
             }
         }
 
         let (ex, ran, outcome) = route.chain.on_request(ex, &*self.shared.store).await;
         match outcome {
             RequestOutcome::Failed(failure) => {
-                tracing::error!(
+                crate::log_throttled!(
+                    error,
+                    ("request failed", &*failure.plugin),
                     route = &*route.name,
                     plugin = &*failure.plugin,
                     "request failed: {}",
@@ -200,13 +257,36 @@ impl Gateway {
                 upstream,
                 cache_key,
             } => {
-                self.forward(route, ex, ran, upstream, cache_key, body)
+                let sent = Outgoing { body, upload };
+                self.forward(route, ex, ran, upstream, cache_key, sent, conn)
                     .await
             }
         }
     }
 
+    /// The answer to a request whose body could not be read: too large,
+    /// too slow, or the client went away.
+    fn client_body_failed(
+        &self,
+        error: &(dyn std::error::Error + 'static),
+        conn: &ConnectionInfo,
+    ) -> Response<ProxyBody> {
+        match ClientBodyError::find(error) {
+            Some(ClientBodyError::TooLarge) => self.refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &error,
+                conn,
+            ),
+            Some(ClientBodyError::Timeout) => {
+                self.refuse(StatusCode::REQUEST_TIMEOUT, "body_timeout", &error, conn)
+            }
+            None => self.refuse(StatusCode::BAD_REQUEST, "body_incomplete", &error, conn),
+        }
+    }
+
     /// Answer from the cache or the upstream, and run the response back through the chain.
+    #[allow(clippy::too_many_arguments)] // until one request context carries these
     async fn forward(
         &self,
         route: &Route,
@@ -214,7 +294,8 @@ impl Gateway {
         ran: usize,
         chosen: Option<String>,
         cache_key: Option<String>,
-        body: Option<ProxyBody>,
+        sent: Outgoing,
+        conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
         let upstream = match chosen {
             None => &route.upstream,
@@ -251,10 +332,11 @@ impl Gateway {
             }
         }
         let keep_head = route.chain.has_response_phase(ran) || cache_key.is_some();
-        let (ex, head, streamed) = match fetch(route, upstream, ex, keep_head, body).await {
-            Ok(fetched) => fetched,
-            Err(response) => return response,
-        };
+        let (ex, head, streamed) =
+            match self.fetch(route, upstream, ex, keep_head, sent, conn).await {
+                Ok(fetched) => fetched,
+                Err(response) => return response,
+            };
         let (ex, head, buffered, streamed) = match cache_key {
             Some(key) => match self.fill_cache(route, ex, key, head, streamed).await {
                 Ok(filled) => filled,
@@ -389,56 +471,69 @@ impl Gateway {
     }
 }
 
-/// Send the request upstream. The request head is copied when it is still
-/// needed afterwards (`keep_head`), and moved out of the exchange otherwise.
-async fn fetch(
-    route: &Route,
-    upstream: &Upstream,
-    mut ex: Box<Exchange>,
-    keep_head: bool,
+/// The client's request body on its way upstream, and when its upload ended.
+struct Outgoing {
     body: Option<ProxyBody>,
-) -> Result<(Box<Exchange>, http::response::Parts, ProxyBody), Response<ProxyBody>> {
-    let body = match ex.request_body.take() {
-        Some(bytes) => body::full(bytes),
-        None => body.unwrap_or_else(|| body::full(Bytes::new())),
-    };
-    let mut request = if keep_head {
-        let mut request = Request::new(body);
-        *request.method_mut() = ex.request.method.clone();
-        *request.uri_mut() = ex.request.uri.clone();
-        *request.headers_mut() = ex.request.headers.clone();
-        request
-    } else {
-        let (blank, ()) = Request::new(()).into_parts();
-        Request::from_parts(std::mem::replace(&mut ex.request, blank), body)
-    };
-    upstream::prepare_request(&mut request, ex.client_ip, ex.secure);
-    match upstream.send(request).await {
-        Ok(response) => {
-            let (mut head, incoming) = response.into_parts();
-            upstream::strip_hop_by_hop(&mut head.headers);
-            Ok((ex, head, body::stream(incoming)))
-        }
-        Err(error) => {
-            tracing::warn!(route = &*route.name, "{error}");
-            let (status, code) = match error {
-                UpstreamError::Unreachable { .. } => {
-                    (StatusCode::BAD_GATEWAY, "upstream_unreachable")
-                }
-                UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            };
-            Err(error_response(status, code))
+    upload: Option<Arc<Upload>>,
+}
+
+impl Gateway {
+    /// Send the request upstream. The request head is copied when it is still
+    /// needed afterwards (`keep_head`), and moved out of the exchange otherwise.
+    async fn fetch(
+        &self,
+        route: &Route,
+        upstream: &Upstream,
+        mut ex: Box<Exchange>,
+        keep_head: bool,
+        sent: Outgoing,
+        conn: &ConnectionInfo,
+    ) -> Result<(Box<Exchange>, http::response::Parts, ProxyBody), Response<ProxyBody>> {
+        let body = match ex.request_body.take() {
+            Some(bytes) => body::full(bytes),
+            None => sent.body.unwrap_or_else(|| body::full(Bytes::new())),
+        };
+        let mut request = if keep_head {
+            let mut request = Request::new(body);
+            *request.method_mut() = ex.request.method.clone();
+            *request.uri_mut() = ex.request.uri.clone();
+            *request.headers_mut() = ex.request.headers.clone();
+            request
+        } else {
+            let (blank, ()) = Request::new(()).into_parts();
+            Request::from_parts(std::mem::replace(&mut ex.request, blank), body)
+        };
+        upstream::prepare_request(&mut request, ex.client_ip, ex.secure);
+        match upstream.send(request, sent.upload.as_deref()).await {
+            Ok(response) => {
+                let (mut head, incoming) = response.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                Ok((ex, head, body::stream(incoming)))
+            }
+            Err(UpstreamError::ClientBody(error)) => Err(self.client_body_failed(&error, conn)),
+            Err(error) => {
+                let (status, code) = match error {
+                    UpstreamError::Timeout { .. } => {
+                        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+                    }
+                    _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+                };
+                crate::log_throttled!(
+                    warn,
+                    ("upstream", &upstream.name, code),
+                    route = &*route.name,
+                    "{error}"
+                );
+                Err(error_response(status, code))
+            }
         }
     }
 }
 
 /// The request's host in lowercase, without a port (allocating only when
-/// the client sent capitals).
+/// the client sent capitals). The edge has put it in `Host`.
 fn host_of(head: &http::request::Parts) -> Option<Cow<'_, str>> {
-    let raw = match head.uri.host() {
-        Some(host) => host,
-        None => head.headers.get(http::header::HOST)?.to_str().ok()?,
-    };
+    let raw = head.headers.get(http::header::HOST)?.to_str().ok()?;
     let host = if raw.starts_with('[') {
         raw.split_inclusive(']').next().unwrap_or(raw)
     } else {

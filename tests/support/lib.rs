@@ -270,7 +270,16 @@ pub struct Gateway {
 impl Gateway {
     /// Start the gateway on `toml` (see [`Gateway::bind`]).
     pub async fn start(toml: &str) -> anyhow::Result<Gateway> {
-        let (dir, server) = Self::bind(toml).await?;
+        Self::serve(Self::bind(toml).await?)
+    }
+
+    /// Start the gateway on `toml` with exactly the listeners it configures
+    /// (the first is [`Gateway::addr`]).
+    pub async fn start_as_is(toml: &str) -> anyhow::Result<Gateway> {
+        Self::serve(Self::bind_text(toml.to_owned()).await?)
+    }
+
+    fn serve((dir, server): (tempfile::TempDir, sluice::Server)) -> anyhow::Result<Gateway> {
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
         let control = server.control();
@@ -287,9 +296,13 @@ impl Gateway {
     /// Write `toml`, with a `127.0.0.1:0` listener, to a file in a fresh
     /// folder (so errors carry a path and line), and bind a server on it.
     pub async fn bind(toml: &str) -> anyhow::Result<(tempfile::TempDir, sluice::Server)> {
+        Self::bind_text(with_listener(toml)).await
+    }
+
+    async fn bind_text(text: String) -> anyhow::Result<(tempfile::TempDir, sluice::Server)> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, with_listener(toml))?;
+        std::fs::write(&path, text)?;
         let server = sluice::Server::from_file(&path).await?;
         Ok((dir, server))
     }
@@ -425,4 +438,50 @@ pub fn by_upstream(replies: &[Reply]) -> HashMap<String, usize> {
             .or_default() += 1;
     }
     counts
+}
+
+/// A response read off a raw socket: status, head, body.
+#[derive(Debug)]
+pub struct RawReply {
+    /// The status code (0 when the connection closed without one).
+    pub status: u16,
+    /// The status line and headers as sent.
+    pub head: String,
+    /// The body as sent (chunked encoding left as is).
+    pub body: String,
+}
+
+impl RawReply {
+    /// A header's value ("" when absent); names compare case-insensitively.
+    pub fn header(&self, name: &str) -> &str {
+        self.head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map_or("", |(_, v)| v.trim())
+    }
+}
+
+/// Send `request` byte for byte on a fresh connection and read until the
+/// gateway closes it (send `Connection: close`), within 10 seconds.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The gateway may close first (a connection past its limits): read what is there.
+    let _ = socket.write_all(request).await;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut bytes))
+        .await
+        .expect("the gateway answers and closes within 10 s");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    RawReply {
+        status: head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
 }

@@ -22,9 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::filter::{Capabilities, FilterEngine};
+use crate::listener::{ListenerSettings, Listeners, Wanted};
 use crate::metrics::labels;
 use crate::proxy::{Gateway, Shared};
-use crate::server::{Listeners, Wanted};
 use crate::upstream::Upstream;
 use versions::{Origin, Versions, sha256};
 
@@ -455,14 +455,19 @@ fn wanted_listeners(config: &Config) -> Result<Wanted, ConfigError> {
         .iter()
         .enumerate()
         .map(|(i, listener)| {
-            let Some(tls) = &listener.tls else {
-                return Ok((listener.address, None));
+            let acceptor = match &listener.tls {
+                None => None,
+                Some(tls) => {
+                    let cert = src.dir().join(&tls.get_ref().cert);
+                    let key = src.dir().join(&tls.get_ref().key);
+                    let acceptor = crate::tls::acceptor(&cert, &key).map_err(|e| {
+                        src.error(tls.span().start, format!("listeners[{i}].tls"), e)
+                    })?;
+                    Some(acceptor)
+                }
             };
-            let cert = src.dir().join(&tls.get_ref().cert);
-            let key = src.dir().join(&tls.get_ref().key);
-            let acceptor = crate::tls::acceptor(&cert, &key)
-                .map_err(|e| src.error(tls.span().start, format!("listeners[{i}].tls"), e))?;
-            Ok((listener.address, Some(Arc::new(acceptor))))
+            let settings = ListenerSettings::new(listener, acceptor);
+            Ok((listener.address, Arc::new(settings)))
         })
         .collect()
 }

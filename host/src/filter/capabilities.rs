@@ -127,7 +127,10 @@ impl Capabilities {
             .map_or(self.outbound_timeout, |ms| Duration::from_millis(ms.into()))
             .min(self.outbound_timeout);
         let exchange = async {
-            let response = upstream.send(request).await.map_err(|e| e.to_string())?;
+            let response = upstream
+                .send(request, None)
+                .await
+                .map_err(|e| e.to_string())?;
             let (head, incoming) = response.into_parts();
             let body = body::collect(body::stream(incoming), MAX_OUTBOUND_BODY)
                 .await

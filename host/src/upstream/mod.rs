@@ -4,14 +4,15 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri, Version};
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{BoxError, ClientBodyError, ProxyBody, Upload};
 use crate::config::UpstreamConfig;
+use crate::edge::strip_hop_by_hop;
 
 mod pool;
 
@@ -31,6 +32,9 @@ pub enum UpstreamError {
         /// What went wrong: connecting, or the exchange.
         source: BoxError,
     },
+    /// The client's request body failed on the way (too large, too slow).
+    #[error("{0}")]
+    ClientBody(ClientBodyError),
     /// No response head in time: 504.
     #[error("upstream `{upstream}` ({target}) timed out after {timeout:?}")]
     Timeout {
@@ -78,10 +82,13 @@ impl Upstream {
     }
 
     /// Send `request` (already prepared by [`prepare_request`]) to the next
-    /// server, over HTTP/1.1 on a pooled connection.
+    /// server, over HTTP/1.1 on a pooled connection. The response timeout
+    /// runs from the end of the client's `upload`, if there is one: how long
+    /// a client takes to send its body is the body timeout's business.
     pub async fn send(
         &self,
         mut request: Request<ProxyBody>,
+        upload: Option<&Upload>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let server = self.pick();
         // Origin form on the wire; the host travels in its header.
@@ -98,8 +105,25 @@ impl Upstream {
         {
             request.headers_mut().insert(header::HOST, host);
         }
-        match tokio::time::timeout(self.timeout, exchange(server, request)).await {
+        let exchange = exchange(server, request);
+        tokio::pin!(exchange);
+        let answered = loop {
+            let started = upload
+                .map_or(Some(Instant::now()), Upload::finished_at)
+                .unwrap_or_else(Instant::now);
+            let deadline = tokio::time::Instant::from_std(started + self.timeout);
+            match tokio::time::timeout_at(deadline, &mut exchange).await {
+                Err(_) if upload.is_some_and(|u| u.finished_at().is_none_or(|t| t > started)) => {
+                    continue;
+                }
+                answered => break answered,
+            }
+        };
+        match answered {
             Ok(Ok(response)) => Ok(response),
+            Ok(Err(source)) if ClientBodyError::find(&*source).is_some() => Err(
+                UpstreamError::ClientBody(ClientBodyError::find(&*source).expect("found above")),
+            ),
             Ok(Err(source)) => Err(UpstreamError::Unreachable {
                 upstream: self.name.clone(),
                 target: server.target.clone(),
@@ -134,50 +158,14 @@ async fn exchange(
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// and two older ones that still turn up.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Remove hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none or one of them: look before hashing nine names.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
-
-/// Make a client's request fit to send upstream: hop-by-hop headers removed,
-/// `X-Forwarded-*` set, the original host kept, HTTP/1.1 on the wire.
+/// Make a client's request fit to send upstream: `X-Forwarded-*` set, the
+/// original host kept, HTTP/1.1 on the wire. The client's hop-by-hop
+/// headers went at the edge; any a filter added go now.
 pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr, secure: bool) {
-    // HTTP/2 clients send `:authority` (in the URI), HTTP/1.1 clients `Host`.
-    let authority = match request.uri().authority() {
-        Some(authority) => HeaderValue::try_from(authority.as_str()).ok(),
-        None => request.headers().get(header::HOST).cloned(),
-    };
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -189,9 +177,8 @@ pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr, secu
     }
     let proto = if secure { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = authority {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-        headers.entry(header::HOST).or_insert(host);
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST, host);
     }
     *request.version_mut() = Version::HTTP_11;
 }

@@ -1,0 +1,350 @@
+//! The edge: what every request goes through before the router sees it, so
+//! that the router, the filters and the upstream all read the same request.
+//!
+//! - the head is within the listener's limits (URI length, header count and bytes);
+//! - the host is in one place: a `Host` header, required once on HTTP/1.1,
+//!   taken from the request target (absolute form, HTTP/2 `:authority`)
+//!   when there is one, and refused when the two disagree;
+//! - the path is normalised ([`path`]);
+//! - hop-by-hop headers are gone, before any filter runs.
+
+pub mod path;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, StatusCode, Uri, Version};
+
+pub use path::{EscapedSlashes, PathError, PathRules};
+
+/// A listener's rules for request heads.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// How paths are normalised.
+    pub path: PathRules,
+    /// Most bytes of request line and headers together.
+    pub max_header_bytes: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+    /// Longest request target (path and query).
+    pub max_uri_bytes: usize,
+}
+
+impl Default for Edge {
+    fn default() -> Self {
+        Edge {
+            path: PathRules::default(),
+            max_header_bytes: 32 << 10,
+            max_headers: 100,
+            max_uri_bytes: 8 << 10,
+        }
+    }
+}
+
+/// Why a request was refused at the edge; each maps to one status and one
+/// `x-sluice-error` code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The path cannot be normalised safely.
+    #[error("path refused: {0}")]
+    Path(PathError),
+    /// No `Host` on HTTP/1.1, several, an invalid one, or one that disagrees with the target.
+    #[error("host refused: {0}")]
+    Host(&'static str),
+    /// Too many header fields, or too many bytes of them.
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    /// A request target longer than the listener allows.
+    #[error("request target too long")]
+    UriTooLong,
+    /// `CONNECT`: this is a reverse proxy, not a tunnel.
+    #[error("method not allowed")]
+    Method,
+}
+
+impl Refusal {
+    /// The status the client gets.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::Path(_) | Refusal::Host(_) => StatusCode::BAD_REQUEST,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
+            Refusal::Method => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// The `x-sluice-error` code (and metric label).
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Path(_) => "invalid_path",
+            Refusal::Host(_) => "invalid_host",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::UriTooLong => "uri_too_long",
+            Refusal::Method => "method_not_allowed",
+        }
+    }
+}
+
+impl Edge {
+    /// Check the request head and bring it into the one form the rest of the
+    /// gateway reads: origin-form target with a normalised path, the host in
+    /// `Host`, no hop-by-hop headers.
+    pub fn admit(&self, head: &mut http::request::Parts) -> Result<(), Refusal> {
+        if head.method == Method::CONNECT {
+            return Err(Refusal::Method);
+        }
+        let target_len = head.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if target_len > self.max_uri_bytes {
+            return Err(Refusal::UriTooLong);
+        }
+        self.check_header_size(&head.method, target_len, &head.headers)?;
+        one_host(head)?;
+        normalize_target(&mut head.uri, self.path)?;
+        strip_hop_by_hop(&mut head.headers);
+        Ok(())
+    }
+
+    fn check_header_size(
+        &self,
+        method: &Method,
+        target_len: usize,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        if headers.len() > self.max_headers {
+            return Err(Refusal::HeadersTooLarge);
+        }
+        // As on the wire: `name: value\r\n`, after a request line.
+        let line = method.as_str().len() + target_len + 12;
+        let fields: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if line + fields > self.max_header_bytes {
+            return Err(Refusal::HeadersTooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// Settle the host: exactly one valid `Host`, which the request target's
+/// authority (absolute form or `:authority`) overrides or must agree with.
+fn one_host(head: &mut http::request::Parts) -> Result<(), Refusal> {
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(Refusal::Host("more than one Host header"));
+    }
+    let target = head.uri.authority().cloned();
+    let host = match (target, host) {
+        (Some(target), Some(host)) if head.version >= Version::HTTP_2 => {
+            if !target
+                .as_str()
+                .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+            {
+                return Err(Refusal::Host(":authority and Host disagree"));
+            }
+            host
+        }
+        // RFC 9112 §3.2.2: the absolute form's authority replaces `Host`
+        // (which HTTP/1.1 still requires).
+        (Some(target), host) => {
+            if host.is_none() && head.version == Version::HTTP_11 {
+                return Err(Refusal::Host("no Host header"));
+            }
+            HeaderValue::from_str(target.as_str()).map_err(|_| Refusal::Host("invalid host"))?
+        }
+        (None, Some(host)) => host,
+        (None, None) if head.version == Version::HTTP_10 || head.version == Version::HTTP_09 => {
+            return Ok(());
+        }
+        (None, None) => return Err(Refusal::Host("no Host header")),
+    };
+    let valid = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<Authority>().ok())
+        .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
+    if !valid {
+        return Err(Refusal::Host("invalid host"));
+    }
+    head.headers.insert(header::HOST, host);
+    Ok(())
+}
+
+/// Origin form (path and query only), with the path normalised.
+fn normalize_target(uri: &mut Uri, rules: PathRules) -> Result<(), Refusal> {
+    let original = uri.path_and_query().cloned();
+    let path = uri.path();
+    let normal = match path {
+        // `OPTIONS *` (asterisk form) has no path to normalise.
+        "*" => None,
+        _ => path::normalize(path, rules).map_err(Refusal::Path)?,
+    };
+    if normal.is_none() && uri.authority().is_none() {
+        return Ok(());
+    }
+    let target = match (normal, uri.query()) {
+        (Some(path), Some(query)) => PathAndQuery::try_from(format!("{path}?{query}")),
+        (Some(path), None) => PathAndQuery::try_from(path),
+        (None, _) => Ok(original.unwrap_or_else(|| PathAndQuery::from_static("/"))),
+    }
+    .map_err(|_| Refusal::Path(PathError::BadEscape))?;
+    *uri = Uri::from(target);
+    Ok(())
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// and two older ones that still turn up.
+pub const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Remove hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none or one of them: look before hashing nine names.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(version: Version, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut request = http::Request::builder().version(version).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    fn admit(mut head: http::request::Parts) -> Result<http::request::Parts, Refusal> {
+        Edge::default().admit(&mut head).map(|()| head)
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_valid_host() {
+        let ok = admit(head(Version::HTTP_11, "/x", &[("host", "a.test")])).unwrap();
+        assert_eq!(ok.headers["host"], "a.test");
+        for headers in [
+            &[][..],
+            &[("host", "a.test"), ("host", "b.test")][..],
+            &[("host", "user@a.test")][..],
+            &[("host", "a b")][..],
+        ] {
+            assert!(
+                matches!(
+                    admit(head(Version::HTTP_11, "/x", headers)),
+                    Err(Refusal::Host(_))
+                ),
+                "{headers:?}"
+            );
+        }
+        // HTTP/1.0 may leave it out.
+        assert!(admit(head(Version::HTTP_10, "/x", &[])).is_ok());
+    }
+
+    #[test]
+    fn the_target_authority_wins_or_must_agree() {
+        let absolute = admit(head(
+            Version::HTTP_11,
+            "http://a.test/x?q=1",
+            &[("host", "b.test")],
+        ))
+        .unwrap();
+        assert_eq!(absolute.headers["host"], "a.test");
+        assert_eq!(absolute.uri, "/x?q=1");
+        assert_eq!(absolute.uri.authority(), None);
+
+        let h2 = admit(head(Version::HTTP_2, "https://a.test/x", &[])).unwrap();
+        assert_eq!(h2.headers["host"], "a.test");
+        assert!(
+            admit(head(
+                Version::HTTP_2,
+                "https://a.test/x",
+                &[("host", "A.test")]
+            ))
+            .is_ok()
+        );
+        assert_eq!(
+            admit(head(
+                Version::HTTP_2,
+                "https://a.test/x",
+                &[("host", "b.test")]
+            ))
+            .unwrap_err(),
+            Refusal::Host(":authority and Host disagree")
+        );
+    }
+
+    #[test]
+    fn limits_and_methods() {
+        let long = format!("/{}", "a".repeat(9000));
+        let refused = admit(head(Version::HTTP_11, &long, &[("host", "a")])).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::URI_TOO_LONG);
+        let big = "v".repeat(33 << 10);
+        let refused = admit(head(
+            Version::HTTP_11,
+            "/",
+            &[("host", "a"), ("x-big", &big)],
+        ));
+        assert_eq!(refused.unwrap_err(), Refusal::HeadersTooLarge);
+        let connect = http::Request::builder()
+            .method("CONNECT")
+            .uri("a.test:443")
+            .header("host", "a.test:443")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(admit(connect).unwrap_err(), Refusal::Method);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_connection_names() {
+        let admitted = admit(head(
+            Version::HTTP_11,
+            "/x",
+            &[
+                ("host", "a"),
+                ("connection", "keep-alive, x-user"),
+                ("x-user", "forged"),
+                ("te", "trailers"),
+                ("x-kept", "1"),
+            ],
+        ))
+        .unwrap();
+        let names: Vec<&str> = admitted.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn the_path_is_normalised_and_the_query_kept() {
+        let admitted = admit(head(
+            Version::HTTP_11,
+            "//%61pi/./orders?a=%2F",
+            &[("host", "a")],
+        ));
+        assert_eq!(admitted.unwrap().uri, "/api/orders?a=%2F");
+        let refused = admit(head(Version::HTTP_11, "/api%2forders", &[("host", "a")]));
+        assert_eq!(refused.unwrap_err(), Refusal::Path(PathError::EscapedSlash));
+    }
+}

@@ -1,0 +1,356 @@
+//! Listeners: accept connections and serve HTTP/1.1 and cleartext HTTP/2
+//! (prior knowledge) on the same socket, or TLS with HTTP/2 or HTTP/1.1 by
+//! ALPN. Each holds its clients to its limits: connections in all and per
+//! client address, header and idle timeouts ([`connection`]), and the edge
+//! rules for request heads ([`crate::edge`]). The set of listeners follows
+//! the configuration across reloads: new addresses are opened, removed ones
+//! stop accepting while their open connections finish.
+
+pub mod connection;
+mod limits;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ListenerConfig;
+use crate::edge::Edge;
+use crate::metrics::labels;
+use crate::proxy::Gateway;
+pub use connection::ConnectionInfo;
+use limits::ConnectionCounts;
+
+/// Connection limits and timeouts of one listener.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most open connections from one client address.
+    pub max_connections_per_client: usize,
+    /// Longest time to send a whole request head, or to finish a TLS handshake.
+    pub header_timeout: Duration,
+    /// Longest time a connection stays open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Longest pause while sending a request body.
+    pub body_timeout: Duration,
+}
+
+/// Everything one listener serves with; replaced whole by reloads, and
+/// read by each connection when it is accepted.
+pub struct ListenerSettings {
+    tls: Option<TlsAcceptor>,
+    edge: Arc<Edge>,
+    limits: ConnectionLimits,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl ListenerSettings {
+    /// Settings from a listener's configuration, with its certificate already read.
+    pub fn new(config: &ListenerConfig, tls: Option<TlsAcceptor>) -> ListenerSettings {
+        let edge = config.edge();
+        let limits = ConnectionLimits {
+            max_connections: config.max_connections,
+            max_connections_per_client: config.max_connections_per_client,
+            header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
+            body_timeout: config.body_timeout,
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's own header timer also runs while a connection waits idle,
+        // so the connection's watcher keeps both timeouts instead. hyper
+        // still bounds what it buffers: a head past its buffer is a 431.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(edge.max_header_bytes.max(8 << 10));
+        if edge.max_headers != 100 {
+            // Past 100, hyper parses headers on the heap; keep its default otherwise.
+            builder.http1().max_headers(edge.max_headers);
+        }
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            // HPACK counts 32 bytes of overhead per field.
+            .max_header_list_size((edge.max_header_bytes + 32 * edge.max_headers) as u32);
+        ListenerSettings {
+            tls,
+            edge: Arc::new(edge),
+            limits,
+            builder,
+        }
+    }
+}
+
+/// The listeners a configuration wants: each address and its settings.
+pub(crate) type Wanted = Vec<(SocketAddr, Arc<ListenerSettings>)>;
+
+/// One configured address: bound, and accepting once serving has started.
+struct Slot {
+    local: SocketAddr,
+    bound: Option<TcpListener>,
+    accepting: Option<JoinHandle<()>>,
+    /// Replaced by reloads, so certificates rotate and limits change
+    /// without closing the socket.
+    settings: Arc<ArcSwap<ListenerSettings>>,
+    counts: Arc<ConnectionCounts>,
+}
+
+/// The client listeners, in configuration order, under one lock.
+pub(crate) struct Listeners {
+    gateway: Arc<ArcSwap<Gateway>>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Keyed by configured address (several may ask for port 0, but each
+    /// configured address is one socket).
+    slots: Vec<(SocketAddr, Slot)>,
+    serving: bool,
+    /// Tells every connection to finish up; taken by `stop`.
+    drain: Option<watch::Sender<bool>>,
+}
+
+impl Inner {
+    fn has(&self, addr: &SocketAddr) -> bool {
+        self.slots.iter().any(|(a, _)| a == addr)
+    }
+
+    /// Start `slot`'s accept loop, unless it runs already or serving stopped for good.
+    fn accept(&self, slot: &mut Slot, gateway: &Arc<ArcSwap<Gateway>>) {
+        let (Some(drain), Some(listener)) = (&self.drain, slot.bound.take()) else {
+            return;
+        };
+        slot.accepting = Some(tokio::spawn(accept_loop(
+            listener,
+            slot.settings.clone(),
+            slot.counts.clone(),
+            gateway.clone(),
+            drain.subscribe(),
+        )));
+    }
+}
+
+/// What is left to wait for once listeners stop accepting.
+pub(crate) struct Draining(watch::Sender<bool>);
+
+impl Draining {
+    /// Connections still open.
+    pub(crate) fn count(&self) -> usize {
+        self.0.receiver_count()
+    }
+
+    /// Ask every connection to finish its requests and close, and wait until all have.
+    pub(crate) async fn shutdown(self) {
+        let _ = self.0.send(true);
+        self.0.closed().await;
+    }
+}
+
+impl Listeners {
+    pub(crate) fn new(gateway: Arc<ArcSwap<Gateway>>) -> Listeners {
+        Listeners {
+            gateway,
+            inner: Mutex::new(Inner {
+                slots: Vec::new(),
+                serving: false,
+                drain: Some(watch::channel(false).0),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("listeners lock")
+    }
+
+    /// Bind the addresses in `wanted` that are not open yet. Nothing changes
+    /// until [`Listeners::commit`], so a failed reload leaves them as they were.
+    pub(crate) fn open(&self, wanted: &Wanted) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
+        let inner = self.lock();
+        let mut opened = Vec::new();
+        for (addr, _) in wanted {
+            if inner.has(addr) || opened.iter().any(|(a, _)| a == addr) {
+                continue;
+            }
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(TcpListener::from_std)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            opened.push((*addr, listener));
+        }
+        Ok(opened)
+    }
+
+    /// Make `wanted` the listeners: add those `opened`, give every one its
+    /// (possibly new) settings, and stop accepting on the others (their
+    /// connections finish on their own).
+    pub(crate) fn commit(&self, wanted: &Wanted, mut opened: Vec<(SocketAddr, TcpListener)>) {
+        let mut inner = self.lock();
+        let mut old = std::mem::take(&mut inner.slots);
+        for (addr, settings) in wanted {
+            if inner.has(addr) {
+                continue;
+            }
+            let slot = match old.iter().position(|(a, _)| a == addr) {
+                Some(i) => {
+                    let (_, slot) = old.swap_remove(i);
+                    slot.settings.store(settings.clone());
+                    slot
+                }
+                None => {
+                    let i = opened
+                        .iter()
+                        .position(|(a, _)| a == addr)
+                        .expect("`open` bound every new address");
+                    let (_, listener) = opened.swap_remove(i);
+                    let local = listener.local_addr().unwrap_or(*addr);
+                    let scheme = if settings.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    tracing::info!("listening on {scheme}://{local}");
+                    let mut slot = Slot {
+                        local,
+                        bound: Some(listener),
+                        accepting: None,
+                        settings: Arc::new(ArcSwap::new(settings.clone())),
+                        counts: Arc::default(),
+                    };
+                    if inner.serving {
+                        inner.accept(&mut slot, &self.gateway);
+                    }
+                    slot
+                }
+            };
+            inner.slots.push((*addr, slot));
+        }
+        for (_, mut slot) in old {
+            tracing::info!("no longer listening on {}", slot.local);
+            if let Some(task) = slot.accepting.take() {
+                task.abort();
+            }
+        }
+    }
+
+    /// Start accepting on every listener, now and on those added later.
+    pub(crate) fn start(&self) {
+        let mut inner = self.lock();
+        inner.serving = true;
+        let mut slots = std::mem::take(&mut inner.slots);
+        for (_, slot) in &mut slots {
+            inner.accept(slot, &self.gateway);
+        }
+        inner.slots = slots;
+    }
+
+    /// Stop accepting everywhere, for good, and hand back what drains the
+    /// open connections.
+    pub(crate) async fn stop(&self) -> Draining {
+        let (tasks, drain) = {
+            let mut inner = self.lock();
+            inner.serving = false;
+            let tasks: Vec<JoinHandle<()>> = inner
+                .slots
+                .iter_mut()
+                .filter_map(|(_, slot)| slot.accepting.take())
+                .collect();
+            (tasks, inner.drain.take().expect("stopped once"))
+        };
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        Draining(drain)
+    }
+
+    pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.lock().slots.iter().map(|(_, s)| s.local).collect()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    settings: Arc<ArcSwap<ListenerSettings>>,
+    counts: Arc<ConnectionCounts>,
+    gateway: Arc<ArcSwap<Gateway>>,
+    drain: watch::Receiver<bool>,
+) {
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| String::new(), |a| a.to_string());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                crate::log_throttled!(
+                    warn,
+                    ("accept", &local),
+                    "accept failed on {local}: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let settings = settings.load_full();
+        let limits = &settings.limits;
+        let counted = match counts.admit(
+            peer.ip(),
+            limits.max_connections,
+            limits.max_connections_per_client,
+        ) {
+            Ok(counted) => counted,
+            Err(full) => {
+                let reason = full.reason();
+                gateway
+                    .load()
+                    .metrics()
+                    .connections_refused
+                    .get_or_create(&labels([("listener", &local), ("reason", reason)]))
+                    .inc();
+                crate::log_throttled!(
+                    warn,
+                    ("connection refused", &local, reason),
+                    client = %peer.ip(),
+                    "connection refused on {local}: {reason} reached"
+                );
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            let _counted = counted;
+            let limits = &settings.limits;
+            let mut info = ConnectionInfo {
+                client_ip: peer.ip(),
+                secure: false,
+                edge: settings.edge.clone(),
+                body_timeout: limits.body_timeout,
+            };
+            let Some(acceptor) = &settings.tls else {
+                connection::serve(stream, false, info, settings, gateway, drain).await;
+                return;
+            };
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    info.secure = true;
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    connection::serve(stream, h2, info, settings.clone(), gateway, drain).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
