@@ -199,9 +199,12 @@ backend b
 
 def sluice_toml(port, up, filters="", plugins="", extra="", tls=False):
     certs = f'tls = {{ cert = "{CERT}", key = "{KEY}" }}' if tls else ""
+    # As roomy as the nginx and HAProxy configurations (worker_connections, maxconn).
     return f"""
 [[listeners]]
 address = "127.0.0.1:{port}"
+max_connections = 20000
+max_connections_per_client = 20000
 {certs}
 [reload]
 watch = false
@@ -258,11 +261,11 @@ def policies_toml(port, up):
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def wrk(port, seconds, conns, headers=(), scheme="http"):
-    argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency"]
+def wrk(port, seconds, conns, headers=(), scheme="http", path="/", threads=2):
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency"]
     for h in headers:
         argv += ["-H", h]
-    out = subprocess.run(argv + [f"{scheme}://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(argv + [f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
     latency = {}
     for pct, value, unit in re.findall(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
         latency[pct] = float(value) * UNITS[unit]
@@ -525,8 +528,55 @@ def scenario_reload(args, workdir, up):
     return text
 
 
+def isolation_toml(port, up):
+    return sluice_toml(port, up, plugins=f"""
+[plugins.fault]
+path = "{plugin("fault")}"
+""") + """
+[[routes]]
+match = { path_prefix = "/f" }
+upstream = "u"
+filters = [{ plugin = "fault", config = { spin_on = "/f/spin", hog_on = "/f/hog" } }]
+"""
+
+
+def scenario_isolation(args, workdir, up):
+    """A misbehaving plugin hurts only its own requests: an unrelated
+    route's throughput and p99 while 4 clients keep hitting a plugin that
+    loops until its call timeout, or one that allocates until its memory
+    limit, against the same route undisturbed."""
+    runs = {"undisturbed": [], "4 clients on a looping plugin": [], "4 clients on a memory hog": []}
+    disturbers = {"4 clients on a looping plugin": "/f/spin", "4 clients on a memory hog": "/f/hog"}
+    for _ in range(args.rounds):
+        for name in runs:
+            with sluice(workdir, args.workers, lambda p: isolation_toml(p, up.port)) as s:
+                wrk(s.port, 2, 64)
+                side = {}
+                path = disturbers.get(name)
+                if path:
+                    thread = threading.Thread(target=lambda: side.update(wrk(s.port, args.seconds + 1, 4, path=path, threads=1)))
+                    thread.start()
+                    time.sleep(0.5)
+                result = wrk(s.port, args.seconds, 64)
+                if path:
+                    thread.join()
+                    result["side"] = side["requests"]
+                runs[name].append(result)
+    base = median(runs["undisturbed"], "rps")
+    lines = ["\n### 6. Isolation: an unrelated route while plugins misbehave\n",
+             "| | req/s | vs undisturbed | p99 ms | errors | misbehaving requests answered |", "|---|---|---|---|---|---|"]
+    for name, rows in runs.items():
+        side = median(rows, "side") if name in disturbers else float("nan")
+        lines.append(f"| {name} | {median(rows, 'rps'):,.0f} | {median(rows, 'rps') / base:.2f}× | {median(rows, 'p99'):.2f} | "
+                     f"{median(rows, 'errors'):.0f} | {'' if side != side else f'{side:,.0f}'} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
 SCENARIOS = {"pass": scenario_pass, "chains": scenario_chains, "cpu": scenario_cpu,
-             "h2": scenario_h2, "tls": scenario_tls, "memory": scenario_memory, "reload": scenario_reload}
+             "h2": scenario_h2, "tls": scenario_tls, "memory": scenario_memory, "reload": scenario_reload,
+             "isolation": scenario_isolation}
 
 
 def main():

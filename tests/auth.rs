@@ -314,6 +314,7 @@ async fn ext_auth_asks_the_auth_service_and_caches_its_allows() {
     let gw = Gateway::start(&format!(
         r#"[admin]
 address = "127.0.0.1:0"
+token = "test-admin-token"
 
 [plugins.ext]
 path = "{ext}"

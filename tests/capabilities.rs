@@ -79,6 +79,7 @@ async fn ungranted_capabilities_are_refused_and_reported() {
     let gw = Gateway::start(&format!(
         r#"[admin]
 address = "127.0.0.1:0"
+token = "test-admin-token"
 
 [plugins.bare]
 path = "{probe}"

@@ -277,6 +277,7 @@ async fn a_filter_without_a_response_phase_is_not_called_on_responses() {
     let gw = Gateway::start(&format!(
         r#"[admin]
 address = "127.0.0.1:0"
+token = "test-admin-token"
 
 [plugins.noop]
 path = "{}"

@@ -7,6 +7,7 @@ async fn gateway(up: &Upstream, on_failure: &str) -> Gateway {
     Gateway::start(&format!(
         r#"[admin]
 address = "127.0.0.1:0"
+token = "test-admin-token"
 
 [plugins.fault]
 path = "{}"
@@ -88,4 +89,95 @@ async fn a_fail_open_plugin_is_skipped_when_it_fails() {
         assert_eq!(reply.status, 200, "{fault}");
         assert_eq!(reply.header("x-upstream"), "a");
     }
+}
+
+/// One thread serves everything here, as with `--workers 1`: a call that
+/// held its thread would hold every other request with it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_looping_plugin_yields_its_thread_to_other_routes() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&format!(
+        r#"[plugins.fault]
+path = "{}"
+call_timeout = "300ms"
+cpu_share = 1.0
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+match = {{ path_prefix = "/f" }}
+upstream = "a"
+filters = [{{ plugin = "fault", config = {{ spin_on = "/f/spin" }} }}]
+
+[[routes]]
+upstream = "a"
+"#,
+        plugin("fault"),
+        up.addr
+    ))
+    .await
+    .unwrap();
+    let mut spinners = Vec::new();
+    let mut slowest = std::time::Duration::ZERO;
+    for i in 0..40 {
+        if i == 5 {
+            for _ in 0..4 {
+                spinners.push(tokio::spawn(get_owned(gw.url("/f/spin"))));
+            }
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(get(&gw.url("/elsewhere"), &[]).await.status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    for spinner in spinners {
+        let reply = spinner.await.unwrap();
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply.header("x-sluice-error"), "filter_failed");
+    }
+    // Held behind a spinning call, a request would wait its whole 300 ms.
+    assert!(
+        slowest < std::time::Duration::from_millis(150),
+        "another route waited {slowest:?} behind a looping plugin"
+    );
+}
+
+async fn get_owned(url: String) -> sluice_tests::Reply {
+    get(&url, &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_holds_at_most_its_max_concurrency_of_calls() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&format!(
+        r#"[plugins.fault]
+path = "{}"
+call_timeout = "200ms"
+max_concurrency = 2
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+upstream = "a"
+filters = [{{ plugin = "fault", config = {{ spin_on = "/spin" }} }}]
+"#,
+        plugin("fault"),
+        up.addr
+    ))
+    .await
+    .unwrap();
+    let replies = futures_util::future::join_all((0..5).map(|_| get_owned(gw.url("/spin")))).await;
+    let busy = replies
+        .iter()
+        .filter(|r| r.status == 503 && r.header("x-sluice-error") == "filter_busy")
+        .count();
+    let failed = replies.iter().filter(|r| r.status == 500).count();
+    assert!(
+        busy >= 1 && busy + failed == 5,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    // Slots come back: the plugin serves again.
+    assert_eq!(get(&gw.url("/fine"), &[]).await.status, 200);
 }

@@ -15,8 +15,8 @@ async fn the_most_specific_route_wins() {
         Upstream::start("host").await,
         Upstream::start("post").await,
         Upstream::start("header").await,
-        Upstream::start("first-of-twins").await,
-        Upstream::start("second-of-twins").await,
+        Upstream::start("first-of-equals").await,
+        Upstream::start("second-of-equals").await,
     ];
     let upstreams: String = ups
         .iter()
@@ -54,11 +54,15 @@ match = {{ path_prefix = "/api", methods = ["POST"], headers = {{ x-tenant = "bl
 upstream = "u6"
 
 [[routes]]
-match = {{ path_prefix = "/twins" }}
+match = {{ path_prefix = "/even/a" }}
 upstream = "u7"
 
 [[routes]]
-match = {{ path_prefix = "/twins" }}
+match = {{ path_prefix = "/even" }}
+upstream = "u8"
+
+[[routes]]
+match = {{ path_prefix = "/even/b" }}
 upstream = "u8"
 "#
     ))
@@ -82,7 +86,7 @@ upstream = "u8"
         ),
         ("POST", "/api/orders", &[], "post"),
         ("POST", "/api/orders", &[("x-tenant", "blue")], "header"),
-        ("GET", "/twins/a", &[], "first-of-twins"),
+        ("GET", "/even/a/x", &[], "first-of-equals"),
     ];
     for (method, path, headers, expected) in cases {
         let reply = send(method, &gw.url(path), headers).await;

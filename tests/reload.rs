@@ -20,6 +20,7 @@ fn config(up: &Upstream, stamp: &str, label: &str, extra: &str) -> String {
     format!(
         r#"[admin]
 address = "127.0.0.1:0"
+token = "test-admin-token"
 [reload]
 watch = false
 {extra}
@@ -179,13 +180,24 @@ async fn bad_changes_are_refused_and_uploads_roll_back() {
             .unwrap()
             .contains("not a valid component")
     );
-    let wrong = gw.admin("PUT", "/plugins/stamp", read("fault")).await;
+    let wrong = gw.admin("PUT", "/plugins/stamp", read("headers")).await;
     assert_eq!(wrong.status, 422);
     assert!(
         wrong.json()["error"]
             .as_str()
             .unwrap()
             .contains("rejected its configuration")
+    );
+    // Another kind of policy would move the plugin to another phase.
+    let other_kind = gw.admin("PUT", "/plugins/stamp", read("fault")).await;
+    assert_eq!(other_kind.status, 422);
+    assert!(
+        other_kind.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("implements `http-filter`, but its routes use it as `transform`"),
+        "{:?}",
+        other_kind.json()
     );
     assert_eq!(
         gw.admin("PUT", "/plugins/nope", read("stamp-b"))
@@ -249,7 +261,7 @@ async fn bad_changes_are_refused_and_uploads_roll_back() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"sluice_reloads_total{result="error"} 6"#),
+        metrics.contains(r#"sluice_reloads_total{result="error"} 7"#),
         "{metrics}"
     );
 }
@@ -401,6 +413,7 @@ async fn plugin_state_and_the_cache_survive_reloads() {
         format!(
             r#"[admin]
 address = "127.0.0.1:0"
+token = "test-admin-token"
 [reload]
 watch = false
 
@@ -460,4 +473,118 @@ filters = [{{ plugin = "policy", config = {{ ttl_secs = 3600 }} }}, {{ plugin = 
         "the new version ran"
     );
     assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_takes_only_its_token_its_host_names_and_json() {
+    use sluice_tests::send_body;
+    let _serial = SERIAL.lock().await;
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&config(&up, "stamp-a", "x", ""))
+        .await
+        .unwrap();
+    let admin = gw.admin.unwrap();
+    let url = |path: &str| format!("http://{admin}{path}");
+    let token = ("authorization", "Bearer test-admin-token");
+    let json = ("content-type", "application/json");
+
+    // Health is for anyone; everything else needs the token.
+    assert_eq!(get(&url("/healthz"), &[]).await.status, 200);
+    for path in ["/plugins", "/metrics"] {
+        let anonymous = get(&url(path), &[]).await;
+        assert_eq!(anonymous.status, 401, "{path}");
+        assert_eq!(
+            anonymous.header("www-authenticate"),
+            "Bearer realm=\"sluice-admin\""
+        );
+        let wrong = get(&url(path), &[("authorization", "Bearer test-admin-tokeN")]).await;
+        assert_eq!(wrong.status, 401, "{path}");
+    }
+    let reload = |headers: Vec<(&'static str, &'static str)>| {
+        let url = url("/reload");
+        async move { send_body("POST", &url, &headers, "{}").await.status }
+    };
+    assert_eq!(reload(vec![json]).await, 401);
+    // A page on another site can post a form to loopback, but not with JSON
+    // or a token; and a rebound DNS name arrives with its own `Host`.
+    for form in [
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "text/plain",
+    ] {
+        assert_eq!(
+            reload(vec![token, ("content-type", form)]).await,
+            415,
+            "{form}"
+        );
+    }
+    assert_eq!(reload(vec![token]).await, 415);
+    assert_eq!(
+        reload(vec![token, json, ("host", "attacker.test")]).await,
+        421
+    );
+    assert_eq!(reload(vec![token, json]).await, 200);
+    assert_eq!(
+        reload(vec![token, json, ("host", "localhost:1")]).await,
+        200
+    );
+    let upload = send_body(
+        "PUT",
+        &url("/plugins/stamp"),
+        &[token, ("content-type", "application/octet-stream")],
+        std::fs::read(plugin("stamp-b")).unwrap(),
+    )
+    .await;
+    assert_eq!(upload.status, 415);
+    assert_eq!(
+        stamp(&get(&gw.url("/"), &[]).await),
+        "stamp-a:x",
+        "nothing changed"
+    );
+
+    // A head sent too slowly is cut off, as on the client listeners.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(admin).await.unwrap();
+    slow.write_all(b"GET /plugins HTTP/1.1\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the admin listener waited on a half-sent head for 10 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_metrics_can_be_public_for_scrapers() {
+    let _serial = SERIAL.lock().await;
+    let up = Upstream::start("a").await;
+    let text = config(&up, "stamp-a", "x", "").replace(
+        "token = \"test-admin-token\"",
+        "token_file = \"admin.token\"\npublic_metrics = true\nhosts = [\"gateway.internal\"]",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), "test-admin-token\n").unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{text}"),
+    )
+    .unwrap();
+    let server = sluice::Server::from_file(&path).await.unwrap();
+    let admin = server.admin_addr().unwrap();
+    let _serving = tokio::spawn(server.serve());
+    let metrics = get(
+        &format!("http://{admin}/metrics"),
+        &[("host", "gateway.internal")],
+    )
+    .await;
+    assert_eq!(metrics.status, 200);
+    let plugins = format!("http://{admin}/plugins");
+    assert_eq!(get(&plugins, &[]).await.status, 401);
+    let token = [("authorization", "Bearer test-admin-token")];
+    assert_eq!(
+        get(&plugins, &token).await.status,
+        200,
+        "the token came from its file"
+    );
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::edge::{Edge, EscapedSlashes, PathRules};
+use crate::router::Matcher;
 
 /// The whole gateway configuration, as read from one TOML file.
 #[derive(Debug, Deserialize)]
@@ -110,15 +111,67 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// The admin listener: metrics, health, reloads and plugin versions.
+/// The admin listener: metrics, health, reloads and plugin versions. It
+/// changes running code, so every endpoint but `/healthz` needs its token.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `ip:port` to bind; a loopback address unless `public` is set.
     pub address: Spanned<SocketAddr>,
-    /// Allow a non-loopback address: anyone who reaches it can change the gateway.
+    /// Allow a non-loopback address: anyone who reaches it can try the token.
     #[serde(default)]
     pub public: bool,
+    /// The bearer token requests must carry (at least 16 characters).
+    pub token: Option<String>,
+    /// A file holding the token instead (relative to this file; surrounding
+    /// whitespace ignored).
+    pub token_file: Option<PathBuf>,
+    /// Host names requests may address it by, besides `localhost` and its
+    /// own address (a foreign `Host` is how DNS rebinding gets in).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Serve `/metrics` without the token, for scrapers.
+    #[serde(default)]
+    pub public_metrics: bool,
+}
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+impl AdminConfig {
+    /// The token, from the configuration or its file (read now).
+    pub fn read_token(&self, source: &Source) -> Result<String, ConfigError> {
+        let at = self.address.span().start;
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), None) => token.clone(),
+            (None, Some(file)) => {
+                let path = source.dir().join(file);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        source.error(at, "admin.token_file", format!("{}: {e}", path.display()))
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+            _ => {
+                return Err(source.error(
+                    at,
+                    "admin",
+                    "set `token` or `token_file` (one of them): the admin API changes running code",
+                ));
+            }
+        };
+        if token.len() < MIN_ADMIN_TOKEN {
+            return Err(source.error(
+                at,
+                "admin.token",
+                format!(
+                    "the token is too short to be a secret (at least {MIN_ADMIN_TOKEN} characters)"
+                ),
+            ));
+        }
+        Ok(token)
+    }
 }
 
 /// Reload triggers.
@@ -191,6 +244,14 @@ pub struct PluginConfig {
     /// What a failing call (trap, timeout, limit) means for the request.
     #[serde(default)]
     pub on_failure: FailurePolicy,
+    /// The share of the gateway's worker threads this plugin's long-running
+    /// calls (past 5 ms) may use together; they pause to stay within it.
+    #[serde(default = "defaults::cpu_share")]
+    pub cpu_share: f64,
+    /// Most calls into this plugin in flight at once (each holds an
+    /// instance); more wait up to `call_timeout`, then fail.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: u32,
     /// Host capabilities beyond logging and the clock: `kv`, `metrics`, and
     /// `http:<upstream>` per upstream it may call. Anything else is denied.
     #[serde(default)]
@@ -376,6 +437,12 @@ mod defaults {
     pub fn outbound_timeout() -> Duration {
         Duration::from_secs(1)
     }
+    pub fn cpu_share() -> f64 {
+        0.1
+    }
+    pub fn max_concurrency() -> u32 {
+        500
+    }
     pub fn max_requests_per_instance() -> u32 {
         100_000
     }
@@ -510,6 +577,9 @@ impl Config {
                 }
             }
         }
+        if let Some(admin) = &self.admin {
+            admin.read_token(src)?;
+        }
         if let Some(admin) = &self.admin
             && !admin.address.get_ref().ip().is_loopback()
             && !admin.public
@@ -521,6 +591,13 @@ impl Config {
             ));
         }
         for (name, plugin) in &self.plugins {
+            if !(plugin.cpu_share > 0.0 && plugin.cpu_share <= 1.0) || plugin.max_concurrency == 0 {
+                return Err(src.error(
+                    plugin.path.span().start,
+                    format!("plugins.{name}"),
+                    "`cpu_share` must be in (0, 1] and `max_concurrency` at least 1",
+                ));
+            }
             for grant in &plugin.grants {
                 let key = format!("plugins.{name}.grants");
                 match grant.get_ref().parse::<Grant>() {
@@ -552,12 +629,45 @@ impl Config {
                     "set `path` or `path_prefix`, not both",
                 ));
             }
+            for path in [&route.matcher.path, &route.matcher.path_prefix]
+                .into_iter()
+                .flatten()
+            {
+                let message = match crate::edge::path::normalize(path, PathRules::default()) {
+                    Ok(None) => continue,
+                    Ok(Some(normal)) => format!(
+                        "`{path}` is not a normalised path, and requests are matched on normalised paths: write `{normal}`"
+                    ),
+                    Err(e) => format!("`{path}` can never match: {e}"),
+                };
+                return Err(src.error(
+                    route.upstream.span().start,
+                    format!("routes[{i}].match"),
+                    message,
+                ));
+            }
             for method in &route.matcher.methods {
                 if http::Method::from_bytes(method.as_bytes()).is_err() {
                     return Err(src.error(
                         upstream.span().start,
                         format!("routes[{i}].match.methods"),
                         format!("`{method}` is not a method"),
+                    ));
+                }
+            }
+            if let Ok(matcher) = Matcher::new(&route.matcher) {
+                let earlier = self.routes[..i]
+                    .iter()
+                    .position(|r| Matcher::new(&r.matcher).is_ok_and(|m| m == matcher));
+                if let Some(earlier) = earlier {
+                    return Err(src.error(
+                        route.upstream.span().start,
+                        format!("routes[{i}].match"),
+                        format!(
+                            "route `{}` matches exactly what route `{}` before it does, so it would never be used",
+                            self.route_name(i),
+                            self.route_name(earlier)
+                        ),
                     ));
                 }
             }

@@ -17,7 +17,8 @@ use crate::config::{CacheConfig, Config, ConfigError};
 use crate::edge::strip_hop_by_hop;
 use crate::exchange::Exchange;
 use crate::filter::{
-    FilterChain, InstancePool, Plugin, PluginError, Reply, RequestOutcome, StoreDecision,
+    FilterChain, FilterFailure, InstancePool, Plugin, PluginError, Reply, RequestOutcome,
+    StoreDecision,
 };
 use crate::listener::ConnectionInfo;
 use crate::metrics::{Metrics, labels};
@@ -239,17 +240,7 @@ impl Gateway {
 
         let (ex, ran, outcome) = route.chain.on_request(ex, &*self.shared.store).await;
         match outcome {
-            RequestOutcome::Failed(failure) => {
-                crate::log_throttled!(
-                    error,
-                    ("request failed", &*failure.plugin),
-                    route = &*route.name,
-                    plugin = &*failure.plugin,
-                    "request failed: {}",
-                    failure.reason
-                );
-                error_response(StatusCode::INTERNAL_SERVER_ERROR, "filter_failed")
-            }
+            RequestOutcome::Failed(failure) => filter_failed(route, "request", &failure),
             RequestOutcome::Reply(Reply { head, body }) => {
                 self.respond(route, ex, ran, head, Some(body), None).await
             }
@@ -387,18 +378,7 @@ impl Gateway {
             Ok(StoreDecision::FollowUpstream) => cache::upstream_ttl(head.status, &head.headers),
             Ok(StoreDecision::Skip) => None,
             Ok(StoreDecision::Ttl(ttl)) => Some(ttl),
-            Err(failure) => {
-                tracing::error!(
-                    route = &*route.name,
-                    plugin = &*failure.plugin,
-                    "cache policy failed: {}",
-                    failure.reason
-                );
-                return Err(error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "filter_failed",
-                ));
-            }
+            Err(failure) => return Err(filter_failed(route, "cache policy", &failure)),
         };
         let length = head
             .headers
@@ -443,13 +423,7 @@ impl Gateway {
             let (back, result) = route.chain.on_response(ex, ran).await;
             ex = back;
             if let Err(failure) = result {
-                tracing::error!(
-                    route = &*route.name,
-                    plugin = &*failure.plugin,
-                    "response failed: {}",
-                    failure.reason
-                );
-                return error_response(StatusCode::INTERNAL_SERVER_ERROR, "filter_failed");
+                return filter_failed(route, "response", &failure);
             }
         }
         let mut head = ex.response.take().expect("response head set above");
@@ -527,6 +501,23 @@ impl Gateway {
                 Err(error_response(status, code))
             }
         }
+    }
+}
+
+/// The answer when a fail-closed filter failed in `phase`: 500, or 503
+/// when the plugin had no free slot; logged at a bounded rate per plugin.
+fn filter_failed(route: &Route, phase: &str, failure: &FilterFailure) -> Response<ProxyBody> {
+    crate::log_throttled!(
+        error,
+        ("filter failed", &*failure.plugin, failure.busy),
+        route = &*route.name,
+        plugin = &*failure.plugin,
+        "{phase} failed: {}",
+        failure.reason
+    );
+    match failure.busy {
+        true => error_response(StatusCode::SERVICE_UNAVAILABLE, "filter_busy"),
+        false => error_response(StatusCode::INTERNAL_SERVER_ERROR, "filter_failed"),
     }
 }
 

@@ -5,8 +5,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::MatchConfig;
 
-/// The conditions of one route, compiled from [`MatchConfig`].
-#[derive(Debug, Clone)]
+/// The conditions of one route, compiled from [`MatchConfig`]. Two equal
+/// matchers take exactly the same requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matcher {
     host: Option<HostMatch>,
     path: Option<PathMatch>,
@@ -14,14 +15,14 @@ pub struct Matcher {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum HostMatch {
     Exact(String),
     /// `*.example.com`, stored as `.example.com`.
     Suffix(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum PathMatch {
     Exact(String),
     Prefix(String),
@@ -47,11 +48,13 @@ impl Matcher {
             (None, Some(p)) => Some(PathMatch::Prefix(p.trim_end_matches('/').to_owned())),
             (None, None) => None,
         };
-        let methods = config
+        let mut methods: Vec<Method> = config
             .methods
             .iter()
             .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
             .collect();
+        methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        methods.dedup();
         let headers = config
             .headers
             .iter()

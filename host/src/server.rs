@@ -60,9 +60,12 @@ impl Server {
     /// connections finish their requests (idle ones close at once), and
     /// return when all are done or `drain` has passed.
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>, drain: Duration) {
-        let background = self.control.clone().start_serving();
+        let running = Running {
+            control: self.control.clone(),
+            background: self.control.clone().start_serving(),
+        };
         shutdown.await;
-        for task in background {
+        for task in &running.background {
             task.abort();
         }
         let draining = self.control.listeners().stop().await;
@@ -74,5 +77,21 @@ impl Server {
         {
             tracing::warn!("drain timed out after {drain:?}; closing the rest");
         }
+    }
+}
+
+/// What serving started; if the serving future is dropped rather than shut
+/// down, the listeners and background tasks stop with it.
+struct Running {
+    control: Arc<Control>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+        self.control.listeners().abort();
     }
 }

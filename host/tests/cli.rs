@@ -52,11 +52,44 @@ fn check_rejects_bad_configs_naming_file_line_and_key() {
             "gateway.toml:2:",
             "invalid socket address",
         ),
-        // A plugin that is not there, on line 2.
+        // A plugin that is not there, on line 4.
         (
-            "[plugins.auth]\npath = \"missing.wasm\"\n",
-            "gateway.toml:2: plugins.auth.path",
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[plugins.auth]\npath = \"missing.wasm\"\n",
+            "gateway.toml:4: plugins.auth.path",
             "plugin `auth`",
+        ),
+        // No listeners: `run` would have nothing to serve on.
+        (
+            "[upstreams.a]\ntargets = [\"127.0.0.1:9\"]\n",
+            "gateway.toml: no [[listeners]]",
+            "",
+        ),
+        // A certificate file that is not there, on line 3.
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\ntls = { cert = \"nope.pem\", key = \"nope.key\" }\n",
+            "gateway.toml:3: listeners[0].tls",
+            "nope.pem",
+        ),
+        // A route that can never be used, on line 8.
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[upstreams.a]\ntargets = [\"127.0.0.1:9\"]\n\
+             [[routes]]\nmatch = { path_prefix = \"/api\", methods = [\"get\", \"POST\"] }\nupstream = \"a\"\n\
+             [[routes]]\nupstream = \"a\"\nmatch = { methods = [\"POST\", \"GET\"], path_prefix = \"/api/\" }\n",
+            "gateway.toml:9: routes[1].match",
+            "matches exactly what route `route-0` before it does",
+        ),
+        // A route path that no normalised request path can equal, on line 6.
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[upstreams.a]\ntargets = [\"127.0.0.1:9\"]\n\
+             [[routes]]\nupstream = \"a\"\nmatch = { path_prefix = \"/api//v1\" }\n",
+            "gateway.toml:6: routes[0].match",
+            "write `/api/v1`",
+        ),
+        // An admin API without a token, on line 4.
+        (
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
+            "gateway.toml:4: admin",
+            "set `token` or `token_file`",
         ),
     ];
     for (toml, location, message) in cases {

@@ -317,23 +317,31 @@ impl Gateway {
         std::fs::write(self.config_path(), with_listener(toml)).expect("config written");
     }
 
-    /// Call the admin API.
+    /// Call the admin API with its token, as an operator would (changes
+    /// carry the content type the admin API asks for).
     pub async fn admin(&self, method: &str, path: &str, body: impl Into<Bytes>) -> Reply {
         let admin = self.admin.expect("an [admin] listener is configured");
-        send_body(method, &format!("http://{admin}{path}"), &[], body).await
+        let content_type = match method {
+            "PUT" => "application/wasm",
+            _ => "application/json",
+        };
+        let headers = [
+            ("authorization", "Bearer test-admin-token"),
+            ("content-type", content_type),
+        ];
+        send_body(method, &format!("http://{admin}{path}"), &headers, body).await
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let reply = self.admin("GET", "/metrics", Bytes::new()).await;
+        assert_eq!(reply.status, 200);
+        String::from_utf8(reply.body.to_vec()).expect("metrics are text")
     }
 
     /// `http://<addr><path>`
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
-    }
-
-    /// The admin listener's `/metrics` text.
-    pub async fn metrics(&self) -> String {
-        let admin = self.admin.expect("an [admin] listener is configured");
-        let reply = get(&format!("http://{admin}/metrics"), &[]).await;
-        assert_eq!(reply.status, 200);
-        String::from_utf8(reply.body.to_vec()).expect("metrics are text")
     }
 }
 

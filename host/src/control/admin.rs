@@ -1,47 +1,163 @@
 //! The admin listener: operators' endpoints, on their own address (a
 //! loopback one unless configured `public`).
 //!
-//! - `GET /metrics`: Prometheus text; `GET /healthz`: `ok`;
+//! - `GET /healthz`: `ok`, to anyone;
+//! - `GET /metrics`: Prometheus text (to anyone if `public_metrics`);
 //! - `POST /reload`: read the configuration and plugin files again;
 //! - `GET /plugins`: what is loaded (name, version, sha256, origin, when, routes);
 //! - `PUT /plugins/<name>` with a component as the body: make it the active version;
 //! - `POST /plugins/<name>/rollback`: back to the previous version.
 //!
-//! Changes answer `200` with the new state, or with why nothing changed:
-//! `422` (invalid), `404` (no such plugin), `409` (nothing to roll back to).
+//! It changes running code, so everything else needs the bearer token, a
+//! `Host` it knows itself by (no DNS rebinding), and for changes a content
+//! type no HTML form can send (`application/json`, or `application/wasm`
+//! for uploads). Changes answer `200` with the new state, or with why
+//! nothing changed: `422` (invalid), `404` (no such plugin), `409` (nothing
+//! to roll back to).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 use super::{Applied, ChangeError, Control};
 use crate::body::{self, ProxyBody};
+use crate::config::{AdminConfig, ConfigError, Source};
 
 /// Largest component accepted by an upload.
 const MAX_UPLOAD: usize = 64 << 20;
+/// How long a client has to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who may use the admin API.
+pub struct AdminAccess {
+    token: String,
+    /// Host names (without port, lowercase) it answers to.
+    hosts: Vec<String>,
+    public_metrics: bool,
+}
+
+impl AdminAccess {
+    /// The access rules of `config`, for a listener bound at `local`.
+    pub fn new(
+        config: &AdminConfig,
+        source: &Source,
+        local: SocketAddr,
+    ) -> Result<AdminAccess, ConfigError> {
+        let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(config.hosts.iter().map(|h| h.to_ascii_lowercase()))
+            .collect();
+        hosts.push(match local.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+        Ok(AdminAccess {
+            token: config.read_token(source)?,
+            hosts,
+            public_metrics: config.public_metrics,
+        })
+    }
+
+    /// Why `head` may not go further, if it may not.
+    fn refuse(&self, head: &http::request::Parts) -> Option<Response<ProxyBody>> {
+        let host = head
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok());
+        let known = host.is_some_and(|h| {
+            let name = h.host().to_ascii_lowercase();
+            self.hosts.contains(&name)
+        });
+        if !known {
+            return Some(error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the admin API does not answer to this host name (see `admin.hosts`)",
+            ));
+        }
+        let open =
+            head.uri.path() == "/healthz" || (self.public_metrics && head.uri.path() == "/metrics");
+        if !open && !self.authorized(&head.headers) {
+            let mut refused = error(
+                StatusCode::UNAUTHORIZED,
+                "a valid admin bearer token is required",
+            );
+            refused.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sluice-admin\""),
+            );
+            return Some(refused);
+        }
+        let wanted = match head.method {
+            Method::GET | Method::HEAD => return None,
+            Method::PUT => "application/wasm",
+            _ => "application/json",
+        };
+        let sent = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim);
+        match sent.is_some_and(|t| t.eq_ignore_ascii_case(wanted)) {
+            true => None,
+            false => Some(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("changes need `Content-Type: {wanted}`"),
+            )),
+        }
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let offered = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        constant_time_eq(offered.as_bytes(), self.token.as_bytes())
+    }
+}
+
+/// Compare without an early exit, so timing does not tell how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, byte) in b.iter().enumerate() {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    diff == 0
+}
 
 /// Serve admin requests on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, control: Arc<Control>) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+pub async fn serve(listener: TcpListener, access: AdminAccess, control: Arc<Control>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let builder = Arc::new(builder);
+    let access = Arc::new(access);
     loop {
         let Ok((stream, _peer)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let control = control.clone();
-        let builder = builder.clone();
+        let (control, access, builder) = (control.clone(), access.clone(), builder.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let control = control.clone();
-                async move { Ok::<_, Infallible>(answer(request, &control).await) }
+                let (control, access) = (control.clone(), access.clone());
+                async move { Ok::<_, Infallible>(answer(request, &access, &control).await) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -50,8 +166,15 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>) {
     }
 }
 
-async fn answer(request: Request<Incoming>, control: &Control) -> Response<ProxyBody> {
+async fn answer(
+    request: Request<Incoming>,
+    access: &AdminAccess,
+    control: &Control,
+) -> Response<ProxyBody> {
     let (head, incoming) = request.into_parts();
+    if let Some(refused) = access.refuse(&head) {
+        return refused;
+    }
     let path = head.uri.path().trim_end_matches('/');
     let plugin = path.strip_prefix("/plugins/");
     match (&head.method, path) {
@@ -111,9 +234,21 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
     response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdeX", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef0", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"", b"0123456789abcdef"));
+    }
 }

@@ -26,6 +26,7 @@ use crate::listener::{ListenerSettings, Listeners, Wanted};
 use crate::metrics::labels;
 use crate::proxy::{Gateway, Shared};
 use crate::upstream::Upstream;
+use admin::AdminAccess;
 use versions::{Origin, Versions, sha256};
 
 /// Applied to every configuration after it is read (before it is checked).
@@ -103,7 +104,7 @@ pub struct Control {
     shared: Shared,
     gateway: Arc<ArcSwap<Gateway>>,
     listeners: Listeners,
-    admin: std::sync::Mutex<Option<TcpListener>>,
+    admin: std::sync::Mutex<Option<(TcpListener, AdminAccess)>>,
     admin_addr: Option<SocketAddr>,
     /// Held for the length of a change, so changes apply one at a time.
     state: tokio::sync::Mutex<State>,
@@ -141,11 +142,11 @@ impl Control {
         let admin = match &config.admin {
             Some(admin) => {
                 let addr = *admin.address.get_ref();
-                Some(
-                    TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (admin): {e}"))?,
-                )
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (admin): {e}"))?;
+                let access = AdminAccess::new(admin, &config.source, listener.local_addr()?)?;
+                Some((listener, access))
             }
             None => None,
         };
@@ -167,7 +168,7 @@ impl Control {
         Ok(Arc::new(Control {
             path: config.source.path.clone(),
             hook,
-            admin_addr: admin.as_ref().and_then(|l| l.local_addr().ok()),
+            admin_addr: admin.as_ref().and_then(|(l, _)| l.local_addr().ok()),
             admin: std::sync::Mutex::new(admin),
             reloads_ok: reloads("ok"),
             reloads_failed: reloads("error"),
@@ -184,8 +185,8 @@ impl Control {
     pub(crate) fn start_serving(self: Arc<Self>) -> Vec<JoinHandle<()>> {
         self.listeners.start();
         let mut tasks = Vec::new();
-        if let Some(admin) = self.admin.lock().expect("admin lock").take() {
-            tasks.push(tokio::spawn(admin::serve(admin, self.clone())));
+        if let Some((admin, access)) = self.admin.lock().expect("admin lock").take() {
+            tasks.push(tokio::spawn(admin::serve(admin, access, self.clone())));
         }
         // Always running; `[reload] watch` (which a reload may change) decides
         // whether changes count.
@@ -327,6 +328,7 @@ impl Control {
                 let component = compile(&self.engine, bytes)
                     .await
                     .map_err(|e| invalid(&format!("plugin `{plugin}`: {e}")))?;
+                self.same_kind(&plugin, &versions, &component)?;
                 versions.uploaded(&plugin, sha, component);
             }
             Change::Rollback { plugin } => {
@@ -347,9 +349,42 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Refuse an upload that implements another kind of policy than the
+    /// version its routes were set up with (it would move to another phase).
+    fn same_kind(
+        &self,
+        plugin: &str,
+        versions: &Versions,
+        upload: &wasmtime::component::Component,
+    ) -> Result<(), ChangeError> {
+        let invalid =
+            |message: String| ChangeError::Invalid(format!("plugin `{plugin}`: {message}"));
+        let new = self.engine.kind(upload).map_err(invalid)?;
+        let Some(active) = versions.active(plugin) else {
+            return Ok(());
+        };
+        let old = self.engine.kind(&active.component).map_err(invalid)?;
+        match new == old {
+            true => Ok(()),
+            false => Err(invalid(format!(
+                "the upload implements `{}`, but its routes use it as `{}`",
+                new.interface(),
+                old.interface()
+            ))),
+        }
+    }
+}
+
 /// Load every plugin and build every route of `config`, as a start would,
 /// without binding anything: what `sluice check` runs.
 pub async fn check(config: &Config) -> anyhow::Result<()> {
+    // What `run` would refuse before building anything: no listeners, certificates that do not load.
+    anyhow::ensure!(
+        !wanted_listeners(config)?.is_empty(),
+        "{}: no [[listeners]] configured",
+        config.source.path.display()
+    );
     let engine = FilterEngine::new(config.engine.cache_dir().as_deref())?;
     let shared = Shared::new(&config.cache);
     let mut versions = Versions::default();

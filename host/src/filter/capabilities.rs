@@ -184,7 +184,7 @@ impl FilterState {
     async fn waiting<T>(&mut self, wait: impl Future<Output = T>) -> T {
         let started = Instant::now();
         let result = wait.await;
-        self.waited += started.elapsed();
+        self.clock.waited(started.elapsed());
         result
     }
 }

@@ -12,6 +12,7 @@ use super::bindings::{auth, cache_policy, http_filter, rate_limit, transform, ty
 use super::engine::Kind;
 use super::error::FilterFailure;
 use super::instance::InstancePool;
+use crate::edge::path::{self, EscapedSlashes, PathRules};
 use crate::exchange::{Exchange, Identity};
 use crate::state::StateStore;
 
@@ -162,11 +163,7 @@ impl FilterChain {
                     };
                 }
                 Err(failure) if filter.plugin.fail_open => {
-                    tracing::warn!(
-                        plugin = &*filter.plugin.name,
-                        "failing open: {}",
-                        failure.reason
-                    );
+                    failing_open(&failure);
                 }
                 Err(failure) => return (ex, index, RequestOutcome::Failed(failure)),
             }
@@ -200,11 +197,7 @@ impl FilterChain {
         });
         match decision {
             Err(failure) if filter.plugin.fail_open => {
-                tracing::warn!(
-                    plugin = &*filter.plugin.name,
-                    "failing open: {}",
-                    failure.reason
-                );
+                failing_open(&failure);
                 (ex, Ok(StoreDecision::Skip))
             }
             other => (ex, other),
@@ -231,17 +224,24 @@ impl FilterChain {
             match result {
                 Ok(()) => {}
                 Err(failure) if filter.plugin.fail_open => {
-                    tracing::warn!(
-                        plugin = &*filter.plugin.name,
-                        "failing open: {}",
-                        failure.reason
-                    );
+                    failing_open(&failure);
                 }
                 Err(failure) => return (ex, Err(failure)),
             }
         }
         (ex, Ok(()))
     }
+}
+
+/// A fail-open filter failed and is skipped; logged at a bounded rate.
+fn failing_open(failure: &FilterFailure) {
+    crate::log_throttled!(
+        warn,
+        ("failing open", &*failure.plugin),
+        plugin = &*failure.plugin,
+        "failing open: {}",
+        failure.reason
+    );
 }
 
 enum Step {
@@ -261,10 +261,7 @@ async fn admit(
     let admission = store
         .take(&key, limit.cost, limit.capacity, window)
         .await
-        .map_err(|e| FilterFailure {
-            plugin: filter.plugin.name.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| FilterFailure::new(filter.plugin.name.clone(), e.to_string()))?;
     ex.rate_limit = Some(admission);
     if admission.allowed {
         return Ok(Step::Next);
@@ -279,16 +276,30 @@ async fn admit(
     }))
 }
 
-/// Apply a filter's new path (and query, after `?`) to the request.
+/// Apply a filter's new path (and query, after `?`) to the request,
+/// normalised as the client's was (escaped slashes the filter wrote are its own).
 fn rewrite(ex: &mut Exchange, target: &str, filter: &InstancePool) -> Result<Step, FilterFailure> {
-    let invalid = || FilterFailure {
-        plugin: filter.plugin.name.clone(),
-        reason: format!("rewrote the path to an invalid one: `{target}`"),
+    let invalid = || {
+        FilterFailure::new(
+            filter.plugin.name.clone(),
+            format!("rewrote the path to an invalid one: `{target}`"),
+        )
     };
-    if !target.starts_with('/') {
-        return Err(invalid());
-    }
-    let path = http::uri::PathAndQuery::try_from(target).map_err(|_| invalid())?;
+    let (path, query) = target
+        .split_once('?')
+        .map_or((target, None), |(p, q)| (p, Some(q)));
+    let rules = PathRules {
+        escaped_slashes: EscapedSlashes::Keep,
+        ..PathRules::default()
+    };
+    let target = match path::normalize(path, rules).map_err(|_| invalid())? {
+        None => target.to_owned(),
+        Some(normal) => match query {
+            Some(query) => format!("{normal}?{query}"),
+            None => normal,
+        },
+    };
+    let path = http::uri::PathAndQuery::try_from(target.as_str()).map_err(|_| invalid())?;
     let mut parts = std::mem::take(&mut ex.request.uri).into_parts();
     parts.path_and_query = Some(path);
     ex.request.uri = http::Uri::from_parts(parts).map_err(|_| invalid())?;
@@ -297,10 +308,7 @@ fn rewrite(ex: &mut Exchange, target: &str, filter: &InstancePool) -> Result<Ste
 
 /// Turn a filter's reply record into a response, rejecting invalid parts.
 fn into_reply(reply: types::Reply, filter: &InstancePool) -> Result<Reply, FilterFailure> {
-    let fail = |reason: String| FilterFailure {
-        plugin: filter.plugin.name.clone(),
-        reason,
-    };
+    let fail = |reason: String| FilterFailure::new(filter.plugin.name.clone(), reason);
     let status = StatusCode::from_u16(reply.status)
         .map_err(|_| fail(format!("replied with invalid status {}", reply.status)))?;
     let (mut head, ()) = http::Response::new(()).into_parts();

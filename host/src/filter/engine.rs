@@ -11,12 +11,15 @@ use wasmtime::{
 };
 
 use super::bindings::{self, Host_};
+use tokio::sync::Semaphore;
+
 use super::capabilities::Capabilities;
+use super::cpu::CpuShare;
 use super::error::PluginError;
 use super::instance::FilterState;
 use crate::config::PluginConfig;
 
-/// How often the epoch advances; call deadlines are counted in these ticks.
+/// How often the epoch advances: a running call is looked at (and yields) once a tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// The policy kind a plugin implements, in the order their phases run on a request.
@@ -60,6 +63,19 @@ pub(crate) enum Exports {
     CachePolicy(bindings::cache_policy::GuestIndices),
 }
 
+impl Exports {
+    fn kind(&self) -> Kind {
+        match self {
+            Exports::Auth(_) => Kind::Auth,
+            Exports::RateLimit(_) => Kind::RateLimit,
+            Exports::Transform(_) => Kind::Transform,
+            Exports::HttpFilter(_) => Kind::HttpFilter,
+            Exports::Routing(_) => Kind::Routing,
+            Exports::CachePolicy(_) => Kind::CachePolicy,
+        }
+    }
+}
+
 /// A compiled, linked plugin, ready to be instantiated cheaply.
 pub struct Plugin {
     /// The name from the configuration.
@@ -76,6 +92,10 @@ pub struct Plugin {
     pub(crate) caps: Arc<Capabilities>,
     pub(crate) max_requests: u32,
     pub(crate) fail_open: bool,
+    /// Meters its long-running calls.
+    pub(crate) cpu: Arc<CpuShare>,
+    /// One permit per call in flight.
+    pub(crate) slots: Arc<Semaphore>,
 }
 
 /// The wasmtime engine and linker shared by every plugin.
@@ -143,6 +163,15 @@ impl FilterEngine {
             .map(|c| (c.cache_hits(), c.cache_misses()))
     }
 
+    /// The kind of policy a compiled component implements.
+    pub fn kind(&self, component: &Component) -> Result<Kind, String> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("imports something Sluice does not offer: {e:#}"))?;
+        Ok(find_exports(&pre)?.kind())
+    }
+
     /// Link a compiled plugin (from `path`, for messages) and find its kind;
     /// `caps` are the capabilities its configuration grants.
     pub fn load(
@@ -163,14 +192,7 @@ impl FilterEngine {
             .instantiate_pre(component)
             .map_err(|e| err(format!("imports something Sluice does not offer: {e:#}")))?;
         let exports = find_exports(&pre).map_err(err)?;
-        let kind = match &exports {
-            Exports::Auth(_) => Kind::Auth,
-            Exports::RateLimit(_) => Kind::RateLimit,
-            Exports::Transform(_) => Kind::Transform,
-            Exports::HttpFilter(_) => Kind::HttpFilter,
-            Exports::Routing(_) => Kind::Routing,
-            Exports::CachePolicy(_) => Kind::CachePolicy,
-        };
+        let kind = exports.kind();
         Ok(Plugin {
             name: name.into(),
             path: path.to_owned(),
@@ -182,6 +204,8 @@ impl FilterEngine {
             caps: Arc::new(caps),
             max_requests: config.max_requests_per_instance.max(1),
             fail_open: config.on_failure == crate::config::FailurePolicy::Open,
+            cpu: Arc::new(CpuShare::new(config.cpu_share, workers())),
+            slots: Arc::new(Semaphore::new(config.max_concurrency as usize)),
         })
     }
 }
@@ -214,9 +238,9 @@ fn find_exports(pre: &InstancePre<FilterState>) -> Result<Exports, String> {
     }
 }
 
-/// Epoch ticks covering `time`, plus one for the tick already under way.
-pub(crate) fn ticks(time: Duration) -> u64 {
-    time.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64 + 1
+/// The threads serving requests: what a plugin's `cpu_share` is a share of.
+fn workers() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers())
 }
 
 /// Holds the engine weakly, so the thread ends when the last gateway using it is gone.

@@ -1,6 +1,7 @@
 //! What can go wrong with a plugin, at load time and per call.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A plugin could not be loaded or configured.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +34,36 @@ pub enum PluginError {
     },
 }
 
-/// A call into a filter failed; the instance it ran in has been thrown away.
+/// A call into a filter failed (the instance it ran in has been thrown
+/// away), or could not be made.
 #[derive(Debug, thiserror::Error)]
 #[error("plugin `{plugin}` failed: {reason}")]
 pub struct FilterFailure {
     /// The plugin's name.
-    pub plugin: std::sync::Arc<str>,
+    pub plugin: Arc<str>,
     /// A trap, a timeout, a limit, or an instantiation error.
     pub reason: String,
+    /// The plugin had its `max_concurrency` calls in flight for a whole
+    /// `call_timeout`: an overload (503), not a fault.
+    pub busy: bool,
+}
+
+impl FilterFailure {
+    /// A failed call of `plugin`.
+    pub fn new(plugin: Arc<str>, reason: impl Into<String>) -> FilterFailure {
+        FilterFailure {
+            plugin,
+            reason: reason.into(),
+            busy: false,
+        }
+    }
+
+    /// A call of `plugin` that found no free slot.
+    pub fn busy(plugin: Arc<str>) -> FilterFailure {
+        FilterFailure {
+            plugin,
+            reason: "too many calls in flight (`max_concurrency`)".into(),
+            busy: true,
+        }
+    }
 }

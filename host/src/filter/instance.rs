@@ -5,17 +5,19 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::Resource;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{auth, cache_policy, http_filter, rate_limit, routing, transform, types};
 use super::capabilities::Capabilities;
-use super::engine::{Exports, Kind, Plugin, ticks};
+use super::cpu::{CallClock, WallLimit};
+use super::engine::{Exports, Kind, Plugin};
 use super::error::{FilterFailure, PluginError};
 use crate::exchange::Exchange;
 
@@ -31,12 +33,8 @@ pub struct FilterState {
     pub(crate) exchange: Option<Box<Exchange>>,
     pub(crate) started: Instant,
     pub(crate) caps: Arc<Capabilities>,
-    /// When the current call began, and how long of it the host spent waiting
-    /// (outbound HTTP, the store): only the guest's own time counts against
-    /// `call_timeout`.
-    call_started: Instant,
-    pub(crate) waited: Duration,
-    call_timeout: Duration,
+    /// Only the guest's own time counts against `call_timeout`.
+    pub(crate) clock: CallClock,
     memory: MemoryLimit,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -159,17 +157,27 @@ impl InstancePool {
         }
     }
 
-    async fn checkout(&self) -> Result<Instance, FilterFailure> {
+    /// An instance for one call, and the plugin's permit for a call in flight.
+    async fn checkout(&self) -> Result<(Instance, OwnedSemaphorePermit), FilterFailure> {
+        let plugin = &self.plugin;
+        let slot = match plugin.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tokio::time::timeout(plugin.call_timeout, plugin.slots.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| FilterFailure::busy(plugin.name.clone()))?
+            }
+        };
         let idle = self.idle.lock().expect("pool lock").pop();
-        match idle {
-            Some(instance) => Ok(instance),
-            None => Instance::new(&self.plugin, &self.config)
+        let instance = match idle {
+            Some(instance) => instance,
+            None => Instance::new(plugin, &self.config)
                 .await
-                .map_err(|e| FilterFailure {
-                    plugin: self.plugin.name.clone(),
-                    reason: e.to_string(),
-                }),
-        }
+                .map_err(|e| FilterFailure::new(plugin.name.clone(), e.to_string()))?,
+        };
+        Ok((instance, slot))
     }
 
     /// Returns a healthy instance to the pool; a failed one is dropped and reported.
@@ -194,14 +202,11 @@ impl InstancePool {
             Err(error) => {
                 let reason = describe_failure(&error, &instance.store.data().stderr.contents());
                 self.plugin.caps.count_failure();
-                tracing::error!(
+                tracing::debug!(
                     plugin = &*self.plugin.name,
                     "filter failed, instance replaced: {reason}"
                 );
-                Err(FilterFailure {
-                    plugin: self.plugin.name.clone(),
-                    reason,
-                })
+                Err(FilterFailure::new(self.plugin.name.clone(), reason))
             }
         }
     }
@@ -213,19 +218,16 @@ macro_rules! call_guest {
     ($pool:expr, $ex:expr, $phase:ident, $kind:ident, |$guest:ident, $store:ident, $req:ident| $call:expr) => {{
         let pool: &InstancePool = $pool;
         let mut ex: Box<Exchange> = $ex;
-        let mut instance = match pool.checkout().await {
-            Ok(instance) => instance,
+        let (mut instance, _slot) = match pool.checkout().await {
+            Ok(checked_out) => checked_out,
             Err(failure) => return (ex, Err(failure)),
         };
         pool.calls[Phase::$phase as usize].inc();
         ex.body_access = pool.body_access;
         let state = instance.store.data_mut();
         state.exchange = Some(ex);
-        state.call_started = Instant::now();
-        state.waited = Duration::ZERO;
-        instance
-            .store
-            .set_epoch_deadline(ticks(pool.plugin.call_timeout));
+        state.clock.start();
+        instance.store.set_epoch_deadline(1);
         let result = match &instance.guest {
             Guest::$kind($guest) => {
                 let $store = &mut instance.store;
@@ -327,9 +329,7 @@ impl Instance {
             exchange: None,
             started: Instant::now(),
             caps: plugin.caps.clone(),
-            call_started: Instant::now(),
-            waited: Duration::ZERO,
-            call_timeout: plugin.call_timeout,
+            clock: CallClock::new(plugin.call_timeout, plugin.cpu.clone()),
             memory: MemoryLimit {
                 limit: plugin.memory_limit,
                 peak: 0,
@@ -340,15 +340,9 @@ impl Instance {
         };
         let mut store = Store::new(plugin.pre.engine(), state);
         store.limiter(|s| &mut s.memory);
-        store.epoch_deadline_callback(|store| {
-            let state = store.data();
-            let used = state.call_started.elapsed().saturating_sub(state.waited);
-            match state.call_timeout.checked_sub(used) {
-                Some(left) if !left.is_zero() => Ok(UpdateDeadline::Continue(ticks(left))),
-                _ => Err(wasmtime::Trap::Interrupt.into()),
-            }
-        });
-        store.set_epoch_deadline(ticks(plugin.call_timeout));
+        store.epoch_deadline_callback(|mut store| store.data_mut().clock.tick());
+        store.data_mut().clock.start();
+        store.set_epoch_deadline(1);
 
         let instance = plugin
             .pre
@@ -399,7 +393,10 @@ fn describe_failure(error: &wasmtime::Error, stderr: &[u8]) -> String {
     let what = match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => "exceeded its call timeout".to_owned(),
         Some(trap) => format!("trapped: {trap}"),
-        None => format!("{error:#}"),
+        None => match error.downcast_ref::<WallLimit>() {
+            Some(limit) => limit.to_string(),
+            None => format!("{error:#}"),
+        },
     };
     let said = String::from_utf8_lossy(stderr);
     let said: Vec<&str> = said

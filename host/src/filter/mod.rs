@@ -4,6 +4,7 @@
 mod bindings;
 mod capabilities;
 mod chain;
+mod cpu;
 mod engine;
 mod error;
 mod host;

@@ -272,6 +272,17 @@ impl Listeners {
         Draining(drain)
     }
 
+    /// Stop accepting at once (serving was dropped, not shut down).
+    pub(crate) fn abort(&self) {
+        let mut inner = self.lock();
+        inner.serving = false;
+        for (_, slot) in &mut inner.slots {
+            if let Some(task) = slot.accepting.take() {
+                task.abort();
+            }
+        }
+    }
+
     pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
         self.lock().slots.iter().map(|(_, s)| s.local).collect()
     }
