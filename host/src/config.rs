@@ -224,6 +224,9 @@ pub struct UpstreamConfig {
     /// How long to wait for the response head once the request is sent.
     #[serde(default = "defaults::response_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long an unused keep-alive connection to a target stays open.
+    #[serde(default = "defaults::upstream_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 /// A WebAssembly component and the limits it runs under.
@@ -426,6 +429,9 @@ mod defaults {
         Duration::from_secs(5)
     }
     pub fn response_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn upstream_idle_timeout() -> Duration {
         Duration::from_secs(60)
     }
     pub fn memory_limit_mib() -> u32 {

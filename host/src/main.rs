@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use sluice::{Config, Server};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// jemalloc, with background threads that hand freed memory back to the
+/// system: after a burst of large requests, glibc's allocator keeps the
+/// peak resident for good.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
@@ -51,6 +57,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a terminal, plain text for files and journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     // One worker runs everything on this thread, as one nginx worker does:

@@ -67,7 +67,7 @@ impl Upstream {
                 .iter()
                 .map(|t| {
                     let target = t.parse().expect("validated in config");
-                    Arc::new(Pool::new(target, config.connect_timeout))
+                    Pool::new(target, config.connect_timeout, config.idle_timeout)
                 })
                 .collect(),
             next: AtomicUsize::new(0),

@@ -20,14 +20,15 @@ use crate::body::{BoxError, ProxyBody};
 
 /// Idle connections kept per server; more are opened under load and closed after.
 const MAX_IDLE: usize = 256;
-/// An idle connection older than this is closed rather than reused: servers
-/// drop idle keep-alive connections after a while (nginx: 75 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One server's connections.
 pub(super) struct Pool {
     pub(super) target: Authority,
     connect_timeout: Duration,
+    /// An idle connection is closed after this long: servers drop idle
+    /// keep-alive connections after a while (nginx: 75 s), and connections
+    /// opened for a burst should not hold their buffers forever.
+    idle_timeout: Duration,
     /// Most recently used last: reusing warm connections lets cold ones expire.
     idle: Mutex<Vec<(SendRequest<ProxyBody>, Instant)>>,
 }
@@ -41,12 +42,34 @@ pub(super) struct Conn {
 }
 
 impl Pool {
-    pub(super) fn new(target: Authority, connect_timeout: Duration) -> Pool {
-        Pool {
+    /// A pool for `target`, which closes connections idle for `idle_timeout`
+    /// (looked at by a task of its own for as long as the pool lives).
+    pub(super) fn new(
+        target: Authority,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
             target,
             connect_timeout,
+            idle_timeout,
             idle: Mutex::new(Vec::new()),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&pool)));
         }
+        pool
+    }
+
+    /// Close the connections idle for longer than the idle timeout.
+    fn close_stale(&self) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        // Oldest first: the stale ones are a prefix.
+        let stale = idle
+            .iter()
+            .take_while(|(_, since)| since.elapsed() > self.idle_timeout)
+            .count();
+        idle.drain(..stale);
     }
 
     /// A ready connection: the most recent idle one that is still open, or a new one.
@@ -56,7 +79,7 @@ impl Pool {
             let Some((mut sender, since)) = idle else {
                 break;
             };
-            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
+            if sender.is_closed() || since.elapsed() > self.idle_timeout {
                 continue;
             }
             // The previous exchange may still be winding down on the connection's task.
@@ -97,6 +120,23 @@ impl Pool {
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() < MAX_IDLE {
             idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+/// Close `pool`'s stale connections a few times per idle timeout, until it is dropped.
+async fn sweep(pool: std::sync::Weak<Pool>) {
+    loop {
+        let Some(every) = pool
+            .upgrade()
+            .map(|p| (p.idle_timeout / 4).max(Duration::from_millis(100)))
+        else {
+            return;
+        };
+        tokio::time::sleep(every).await;
+        match pool.upgrade() {
+            Some(pool) => pool.close_stale(),
+            None => return,
         }
     }
 }
