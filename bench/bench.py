@@ -28,8 +28,18 @@ import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SLUICE = ROOT / "target/release/sluice"
-PLUGINS = ROOT / "target/wasm/wasm32-wasip2/release"
+class Build:
+    """A Sluice binary and the plugins built for it."""
+
+    def __init__(self, binary, plugins):
+        self.binary, self.plugins = pathlib.Path(binary), pathlib.Path(plugins)
+
+
+CURRENT = Build(ROOT / "target/release/sluice", ROOT / "target/wasm/wasm32-wasip2/release")
+SLUICE = CURRENT.binary
+# An earlier build to compare with in the same run (`--baseline DIR`), or None.
+BASELINE = None
+_building = CURRENT
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 BODY = "x" * 100
@@ -219,11 +229,17 @@ filters = [{filters}]
 """
 
 
-def sluice(workdir, workers, toml_for_port, name="sluice"):
+def sluice(workdir, workers, toml_for_port, name="sluice", build=None):
+    global _building
+    build = build or CURRENT
     port = free_port()
     conf = workdir / f"{name}.toml"
-    conf.write_text(toml_for_port(port))
-    argv = [str(SLUICE), "--workers", str(workers), "run", "--config", str(conf)]
+    _building = build  # plugin() paths in the configuration are this build's
+    try:
+        conf.write_text(toml_for_port(port))
+    finally:
+        _building = CURRENT
+    argv = [str(build.binary), "--workers", str(workers), "run", "--config", str(conf)]
     env_log = os.environ.get("RUST_LOG")
     os.environ["RUST_LOG"] = "warn"
     try:
@@ -236,7 +252,14 @@ def sluice(workdir, workers, toml_for_port, name="sluice"):
 
 
 def plugin(name):
-    return PLUGINS / f"{name.replace('-', '_')}.wasm"
+    return _building.plugins / f"{name.replace('-', '_')}.wasm"
+
+
+def with_baseline(targets, workdir, workers, toml_for_port):
+    """`targets` plus the same Sluice configuration on the baseline build, if one was given."""
+    if BASELINE:
+        targets = targets + [("sluice (baseline)", lambda: sluice(workdir, workers, toml_for_port, "baseline", BASELINE))]
+    return targets
 
 
 def chain_toml(n):
@@ -330,11 +353,11 @@ WRK_COLUMNS = [("req/s", "rps", "{:,.0f}"), ("vs nginx", "ratio", ""), ("p50 ms"
 
 
 def scenario_pass(args, workdir, up):
-    targets = [
+    targets = with_baseline([
         ("nginx", lambda: nginx(workdir, args.workers, up.port)),
         ("haproxy", lambda: haproxy(workdir, args.workers, up.port)),
         ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port))),
-    ]
+    ], workdir, args.workers, lambda p: sluice_toml(p, up.port))
     results = rounds(args, targets, lambda s, secs: wrk(s.port, secs, 64))
     return table("1. Pass-through, HTTP/1.1, 64 connections", results, "nginx", WRK_COLUMNS)
 
@@ -347,6 +370,10 @@ def scenario_chains(args, workdir, up):
         targets.append((f"sluice, {n} noop filter{'s' if n > 1 else ''}",
                         lambda n=n: sluice(workdir, args.workers, lambda p: chain_toml(n)(p, up.port))))
     targets.append(("sluice, 5 policy plugins", lambda: sluice(workdir, args.workers, lambda p: policies_toml(p, up.port))))
+    if BASELINE:
+        targets.append(("baseline, no filters", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port), "baseline", BASELINE)))
+        targets.append(("baseline, 5 noop filters", lambda: sluice(workdir, args.workers, lambda p: chain_toml(5)(p, up.port), "baseline", BASELINE)))
+        targets.append(("baseline, 5 policy plugins", lambda: sluice(workdir, args.workers, lambda p: policies_toml(p, up.port), "baseline", BASELINE)))
     results = rounds(args, targets, lambda s, secs: wrk(s.port, secs, 64, headers))
     text = table("2. Filter chains (ratio to nginx; see below for ratio to Sluice's pass-through)", results, "nginx", WRK_COLUMNS)
     own = median(results["sluice, no filters"], "rps")
@@ -402,6 +429,7 @@ def scenario_h2(args, workdir, up):
         ("haproxy", lambda: haproxy(workdir, args.workers, up.port, h2=True)),
         ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port))),
     ]
+    targets = with_baseline(targets, workdir, args.workers, lambda p: sluice_toml(p, up.port))
     results = rounds(args, targets, lambda s, secs: h2load(s.port, secs, 64))
     columns = [("req/s", "rps", "{:,.0f}"), ("vs nginx", "ratio", ""), ("mean ms", "mean", "{:.2f}"), ("errors", "errors", "{:.0f}")]
     return table("4. HTTP/2 cleartext (h2c, prior knowledge), 64 connections × 10 streams", results, "nginx", columns)
@@ -413,6 +441,7 @@ def scenario_tls(args, workdir, up):
         ("haproxy", lambda: haproxy(workdir, args.workers, up.port, h2=True, tls=True)),
         ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port, tls=True))),
     ]
+    targets = with_baseline(targets, workdir, args.workers, lambda p: sluice_toml(p, up.port, tls=True))
     h2 = rounds(args, targets, lambda s, secs: h2load(s.port, secs, 64, "https"))
     columns = [("req/s", "rps", "{:,.0f}"), ("vs nginx", "ratio", ""), ("mean ms", "mean", "{:.2f}"), ("errors", "errors", "{:.0f}")]
     text = table("4b. TLS, HTTP/2 by ALPN (h2load), 64 connections × 10 streams", h2, "nginx", columns)
@@ -442,11 +471,11 @@ async def hold(port, count):
 def scenario_memory(args, workdir, up):
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    targets = [
+    targets = with_baseline([
         ("nginx", lambda: nginx(workdir, args.workers, up.port)),
         ("haproxy", lambda: haproxy(workdir, args.workers, up.port)),
         ("sluice", lambda: sluice(workdir, args.workers, lambda p: sluice_toml(p, up.port))),
-    ]
+    ], workdir, args.workers, lambda p: sluice_toml(p, up.port))
     lines = [f"\n### 5. Memory with {args.idle:,} idle keep-alive connections\n", "| | RSS idle | RSS with connections | per connection |", "|---|---|---|---|"]
     for name, start in targets:
         # HAProxy cannot take more than its maxconn under this machine's descriptor limit.
@@ -588,7 +617,20 @@ def main():
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="run only these scenarios")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 2,000 idle connections")
     parser.add_argument("--out", default=str(ROOT / "target/bench/results.md"))
+    parser.add_argument("--baseline", metavar="DIR", help="also run the build saved in DIR (by --save-baseline), side by side")
+    parser.add_argument("--save-baseline", metavar="DIR", help="save the current build (binary and plugins) to DIR and exit")
     args = parser.parse_args()
+    if args.save_baseline:
+        dest = pathlib.Path(args.save_baseline)
+        (dest / "plugins").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(CURRENT.binary, dest / "sluice")
+        for wasm in CURRENT.plugins.glob("*.wasm"):
+            shutil.copy2(wasm, dest / "plugins" / wasm.name)
+        print(f"saved {CURRENT.binary} and its plugins to {dest}")
+        return
+    if args.baseline:
+        global BASELINE
+        BASELINE = Build(pathlib.Path(args.baseline) / "sluice", pathlib.Path(args.baseline) / "plugins")
     if args.quick:
         args.rounds, args.seconds, args.idle = 1, 3, 2000
     for tool in ("wrk", "h2load"):

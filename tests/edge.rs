@@ -12,14 +12,14 @@ async fn quickstart(up: &Upstream) -> (SocketAddr, tokio::task::JoinHandle<()>) 
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/sluice.toml");
     let target = up.addr.to_string();
-    let hook = std::sync::Arc::new(move |config: &mut sluice::Config| {
+    let hook = std::sync::Arc::new(move |config: &mut sluice_control::Config| {
         for upstream in config.upstreams.values_mut() {
             *upstream.targets.get_mut() = vec![target.clone()];
         }
         config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
     });
-    let config = sluice::Config::load(&path).unwrap();
-    let server = sluice::Server::bind_with_hook(config, Some(hook))
+    let config = sluice_control::Config::load(&path).unwrap();
+    let server = sluice_control::Server::bind_with_hook(config, Some(hook))
         .await
         .unwrap();
     let addr = server.local_addrs()[0];

@@ -214,8 +214,8 @@ async fn the_example_configurations_load_and_the_api_gateway_one_works() {
     let mut loaded = 0;
     for entry in std::fs::read_dir(&examples).unwrap() {
         let path = entry.unwrap().path().join("sluice.toml");
-        let config = sluice::Config::load(&path).unwrap();
-        sluice::control::check(&config)
+        let config = sluice_control::Config::load(&path).unwrap();
+        sluice_control::check(&config)
             .await
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         loaded += 1;
@@ -226,15 +226,15 @@ async fn the_example_configurations_load_and_the_api_gateway_one_works() {
     // upstream behind every upstream and ports picked by the system.
     let up = Upstream::start("a").await;
     let target = up.addr.to_string();
-    let hook = std::sync::Arc::new(move |config: &mut sluice::Config| {
+    let hook = std::sync::Arc::new(move |config: &mut sluice_control::Config| {
         for upstream in config.upstreams.values_mut() {
             *upstream.targets.get_mut() = vec![target.clone()];
         }
         config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
         config.admin = None;
     });
-    let config = sluice::Config::load(&examples.join("api-gateway/sluice.toml")).unwrap();
-    let server = sluice::Server::bind_with_hook(config, Some(hook))
+    let config = sluice_control::Config::load(&examples.join("api-gateway/sluice.toml")).unwrap();
+    let server = sluice_control::Server::bind_with_hook(config, Some(hook))
         .await
         .unwrap();
     let addr = server.local_addrs()[0];

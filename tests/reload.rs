@@ -220,7 +220,7 @@ async fn bad_changes_are_refused_and_uploads_roll_back() {
     assert_eq!(info["previous"], 1);
     assert_eq!(info["origin"], "upload");
     assert_eq!(info["routes"], serde_json::json!(["route-0"]));
-    let sha = sluice::control::versions::sha256(&read("stamp-b"));
+    let sha = sluice_control::versions::sha256(&read("stamp-b"));
     assert_eq!(info["sha256"], sha.as_str());
 
     // Rollback returns to the file's version; there is nothing before that.
@@ -570,7 +570,7 @@ async fn admin_metrics_can_be_public_for_scrapers() {
         format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{text}"),
     )
     .unwrap();
-    let server = sluice::Server::from_file(&path).await.unwrap();
+    let server = sluice_control::Server::from_file(&path).await.unwrap();
     let admin = server.admin_addr().unwrap();
     let _serving = tokio::spawn(server.serve());
     let metrics = get(

@@ -262,7 +262,7 @@ pub struct Gateway {
     /// The admin listener's address, if configured.
     pub admin: Option<SocketAddr>,
     /// Its control plane: reloads, versions, the current gateway.
-    pub control: Arc<sluice::control::Control>,
+    pub control: Arc<sluice_control::Control>,
     task: JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -279,7 +279,9 @@ impl Gateway {
         Self::serve(Self::bind_text(toml.to_owned()).await?)
     }
 
-    fn serve((dir, server): (tempfile::TempDir, sluice::Server)) -> anyhow::Result<Gateway> {
+    fn serve(
+        (dir, server): (tempfile::TempDir, sluice_control::Server),
+    ) -> anyhow::Result<Gateway> {
         let addr = server.local_addrs()[0];
         let admin = server.admin_addr();
         let control = server.control();
@@ -295,15 +297,17 @@ impl Gateway {
 
     /// Write `toml`, with a `127.0.0.1:0` listener, to a file in a fresh
     /// folder (so errors carry a path and line), and bind a server on it.
-    pub async fn bind(toml: &str) -> anyhow::Result<(tempfile::TempDir, sluice::Server)> {
+    pub async fn bind(toml: &str) -> anyhow::Result<(tempfile::TempDir, sluice_control::Server)> {
         Self::bind_text(with_listener(toml)).await
     }
 
-    async fn bind_text(text: String) -> anyhow::Result<(tempfile::TempDir, sluice::Server)> {
+    async fn bind_text(
+        text: String,
+    ) -> anyhow::Result<(tempfile::TempDir, sluice_control::Server)> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, text)?;
-        let server = sluice::Server::from_file(&path).await?;
+        let server = sluice_control::Server::from_file(&path).await?;
         Ok((dir, server))
     }
 

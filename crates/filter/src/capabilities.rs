@@ -13,11 +13,9 @@ use http::{HeaderName, HeaderValue, Method, Request, Uri};
 
 use super::bindings::{kv, metrics, outbound};
 use super::instance::FilterState;
-use crate::body;
 use crate::config::{Grant, PluginConfig};
 use crate::metrics::{MetricError, Metrics, labels};
 use crate::state::StateStore;
-use crate::upstream::Upstream;
 use prometheus_client::metrics::counter::Counter;
 
 /// Largest outbound response body handed to a plugin.
@@ -25,13 +23,27 @@ const MAX_OUTBOUND_BODY: usize = 8 << 20;
 /// Most requests in one `send-all`.
 const MAX_BATCH: usize = 16;
 
+/// A named upstream a plugin may call, as the gateway offers it: the host
+/// picks the server and reuses connections.
+#[async_trait::async_trait]
+pub trait HttpUpstream: Send + Sync {
+    /// Its name in the configuration.
+    fn name(&self) -> &str;
+    /// Send `request` and read the whole response, refusing a body over `limit` bytes.
+    async fn send(
+        &self,
+        request: Request<Bytes>,
+        limit: usize,
+    ) -> Result<http::Response<Bytes>, String>;
+}
+
 /// What one plugin may use, and the host parts behind it.
 pub struct Capabilities {
     plugin: Arc<str>,
     kv: bool,
     metrics: bool,
     /// Only the upstreams granted, by name.
-    http: HashMap<String, Arc<Upstream>>,
+    http: HashMap<String, Arc<dyn HttpUpstream>>,
     outbound_timeout: Duration,
     store: Arc<dyn StateStore>,
     registry: Arc<Metrics>,
@@ -42,7 +54,7 @@ impl Capabilities {
     pub fn new(
         name: &str,
         config: &PluginConfig,
-        upstreams: &HashMap<String, Arc<Upstream>>,
+        upstreams: &HashMap<String, Arc<dyn HttpUpstream>>,
         store: Arc<dyn StateStore>,
         registry: Arc<Metrics>,
     ) -> Capabilities {
@@ -127,14 +139,8 @@ impl Capabilities {
             .map_or(self.outbound_timeout, |ms| Duration::from_millis(ms.into()))
             .min(self.outbound_timeout);
         let exchange = async {
-            let response = upstream
-                .send(request, None)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (head, incoming) = response.into_parts();
-            let body = body::collect(body::stream(incoming), MAX_OUTBOUND_BODY)
-                .await
-                .map_err(|e| format!("upstream `{}`: reading the body: {e}", upstream.name))?;
+            let response = upstream.send(request, MAX_OUTBOUND_BODY).await?;
+            let (head, body) = response.into_parts();
             Ok(outbound::OutboundResponse {
                 status: head.status.as_u16(),
                 headers: head
@@ -150,13 +156,13 @@ impl Capabilities {
             .unwrap_or_else(|_| {
                 Err(format!(
                     "upstream `{}` timed out after {limit:?}",
-                    upstream.name
+                    upstream.name()
                 ))
             })
     }
 }
 
-fn build_request(req: &mut outbound::OutboundRequest) -> Result<Request<body::ProxyBody>, String> {
+fn build_request(req: &mut outbound::OutboundRequest) -> Result<Request<Bytes>, String> {
     let method = Method::from_bytes(req.method.as_bytes())
         .map_err(|_| format!("invalid method `{}`", req.method))?;
     let uri: Uri = match req.path.starts_with('/') {
@@ -166,7 +172,7 @@ fn build_request(req: &mut outbound::OutboundRequest) -> Result<Request<body::Pr
             .map_err(|_| format!("invalid path `{}`", req.path))?,
         false => return Err(format!("the path must start with `/`: `{}`", req.path)),
     };
-    let mut request = Request::new(body::full(Bytes::from(std::mem::take(&mut req.body))));
+    let mut request = Request::new(Bytes::from(std::mem::take(&mut req.body)));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     for (name, value) in &req.headers {

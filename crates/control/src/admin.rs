@@ -30,8 +30,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use super::{Applied, ChangeError, Control};
-use crate::body::{self, ProxyBody};
 use crate::config::{AdminConfig, ConfigError, Source};
+use sluice_proxy::body::{self, ProxyBody};
 
 /// Largest component accepted by an upload.
 const MAX_UPLOAD: usize = 64 << 20;

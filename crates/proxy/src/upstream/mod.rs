@@ -182,3 +182,26 @@ pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr, secu
     }
     *request.version_mut() = Version::HTTP_11;
 }
+
+/// Plugins granted `http:<name>` call upstreams through the same pools.
+#[async_trait::async_trait]
+impl sluice_filter::HttpUpstream for Upstream {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(
+        &self,
+        request: Request<bytes::Bytes>,
+        limit: usize,
+    ) -> Result<Response<bytes::Bytes>, String> {
+        let response = Upstream::send(self, request.map(crate::body::full), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (head, incoming) = response.into_parts();
+        let body = crate::body::collect(crate::body::stream(incoming), limit)
+            .await
+            .map_err(|e| format!("upstream `{}`: reading the body: {e}", self.name))?;
+        Ok(Response::from_parts(head, body))
+    }
+}

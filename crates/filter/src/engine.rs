@@ -91,7 +91,8 @@ pub struct Plugin {
     pub(crate) call_timeout: Duration,
     pub(crate) caps: Arc<Capabilities>,
     pub(crate) max_requests: u32,
-    pub(crate) fail_open: bool,
+    /// Skip the filter when it fails, rather than failing the request.
+    pub fail_open: bool,
     /// Meters its long-running calls.
     pub(crate) cpu: Arc<CpuShare>,
     /// One permit per call in flight.

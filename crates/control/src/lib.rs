@@ -5,7 +5,11 @@
 //! bound) and only then swapped in atomically. Requests in flight finish on
 //! the gateway they started with; a change that fails changes nothing.
 
+#![deny(missing_docs)]
+
 pub mod admin;
+pub mod config;
+mod server;
 pub mod versions;
 mod watch;
 
@@ -17,16 +21,17 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
+use sluice_filter::metrics::labels;
+use sluice_filter::{Capabilities, FilterEngine, HttpUpstream};
+use sluice_proxy::listener::{ListenerSettings, Listeners, Wanted};
+use sluice_proxy::upstream::Upstream;
+use sluice_proxy::{Gateway, Shared};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError};
-use crate::filter::{Capabilities, FilterEngine};
-use crate::listener::{ListenerSettings, Listeners, Wanted};
-use crate::metrics::labels;
-use crate::proxy::{Gateway, Shared};
-use crate::upstream::Upstream;
 use admin::AdminAccess;
+pub use config::{Config, ConfigError};
+pub use server::Server;
 use versions::{Origin, Versions, sha256};
 
 /// Applied to every configuration after it is read (before it is checked).
@@ -219,7 +224,7 @@ impl Control {
     }
 
     /// The metrics registry.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &sluice_filter::metrics::Metrics {
         &self.shared.metrics
     }
 
@@ -452,6 +457,10 @@ async fn build(
         .iter()
         .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u))))
         .collect();
+    let callable: HashMap<String, Arc<dyn HttpUpstream>> = upstreams
+        .iter()
+        .map(|(name, u)| (name.clone(), u.clone() as Arc<dyn HttpUpstream>))
+        .collect();
     let mut plugins = HashMap::new();
     for (name, plugin) in &config.plugins {
         let version = versions
@@ -460,7 +469,7 @@ async fn build(
         let caps = Capabilities::new(
             name,
             plugin,
-            &upstreams,
+            &callable,
             shared.store.clone(),
             shared.metrics.clone(),
         );
@@ -479,7 +488,9 @@ async fn build(
             })?;
         plugins.insert(name.clone(), Arc::new(loaded));
     }
-    Ok(Gateway::build(config, &plugins, upstreams, shared).await?)
+    Gateway::build(&config.routes, &plugins, upstreams, shared)
+        .await
+        .map_err(|e| src.error(e.at, e.key, e.message).into())
 }
 
 /// Each listener's address, and its TLS acceptor (certificates read now).
@@ -495,7 +506,7 @@ fn wanted_listeners(config: &Config) -> Result<Wanted, ConfigError> {
                 Some(tls) => {
                     let cert = src.dir().join(&tls.get_ref().cert);
                     let key = src.dir().join(&tls.get_ref().key);
-                    let acceptor = crate::tls::acceptor(&cert, &key).map_err(|e| {
+                    let acceptor = sluice_proxy::tls::acceptor(&cert, &key).map_err(|e| {
                         src.error(tls.span().start, format!("listeners[{i}].tls"), e)
                     })?;
                     Some(acceptor)

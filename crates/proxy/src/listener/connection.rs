@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::ListenerSettings;
 use crate::body::{BoxError, ProxyBody};
 use crate::edge::Edge;
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 
 /// What a request knows of the connection it came on.
 #[derive(Debug)]

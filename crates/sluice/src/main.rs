@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sluice::{Config, Server};
+use sluice_control::{Config, Server};
+
+mod demo;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// jemalloc, with background threads that hand freed memory back to the
@@ -91,7 +93,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let loaded = Config::load(&config)?;
-            sluice::control::check(&loaded).await?;
+            sluice_control::check(&loaded).await?;
             println!(
                 "{}: OK ({} routes, {} plugins, {} upstreams)",
                 config.display(),
@@ -103,7 +105,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Demo { config } => {
             let loaded = Config::load(&config)?;
-            let demo = sluice::demo::start(([127, 0, 0, 1], 0).into()).await?;
+            let demo = demo::start(([127, 0, 0, 1], 0).into()).await?;
             // Every upstream is the demo, in this configuration and any reloaded later.
             let hook = std::sync::Arc::new(move |config: &mut Config| {
                 for upstream in config.upstreams.values_mut() {

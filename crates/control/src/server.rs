@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::control::{ConfigHook, Control};
+use crate::{ConfigHook, Control};
 
 /// A gateway with its listeners bound, not yet accepting.
 pub struct Server {

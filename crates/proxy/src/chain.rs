@@ -8,13 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use super::bindings::{auth, cache_policy, http_filter, rate_limit, transform, types};
-use super::engine::Kind;
-use super::error::FilterFailure;
-use super::instance::InstancePool;
+use sluice_filter::exchange::{Exchange, Identity};
+use sluice_filter::state::StateStore;
+use sluice_filter::{
+    FilterFailure, InstancePool, Kind, auth, cache_policy, http_filter, rate_limit, transform,
+    types,
+};
+
 use crate::edge::path::{self, EscapedSlashes, PathRules};
-use crate::exchange::{Exchange, Identity};
-use crate::state::StateStore;
 
 /// A short-circuit answer from a filter.
 #[derive(Debug)]
@@ -235,7 +236,7 @@ impl FilterChain {
 
 /// A fail-open filter failed and is skipped; logged at a bounded rate.
 fn failing_open(failure: &FilterFailure) {
-    crate::log_throttled!(
+    sluice_filter::log_throttled!(
         warn,
         ("failing open", &*failure.plugin),
         plugin = &*failure.plugin,

@@ -1,4 +1,5 @@
 //! The one place the WIT contract is turned into Rust for the host.
+#![allow(missing_docs)] // generated
 
 use wasmtime::component::bindgen;
 
@@ -10,7 +11,7 @@ pub struct RequestHandle;
 pub struct ResponseHandle;
 
 bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "host",
     imports: {
         // These wait on the state store or the network.

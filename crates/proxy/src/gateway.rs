@@ -13,17 +13,16 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::body::{self, ClientBody, ClientBodyError, ProxyBody, Upload};
 use crate::cache::{self, Lookup, ResponseCache};
-use crate::config::{CacheConfig, Config, ConfigError};
+use sluice_filter::exchange::Exchange;
+use sluice_filter::metrics::{Metrics, labels};
+use sluice_filter::state::{MemoryStore, StateStore};
+use sluice_filter::{FilterFailure, InstancePool, Plugin, PluginError};
+
+use crate::chain::{FilterChain, Reply, RequestOutcome, StoreDecision};
+use crate::config::{CacheConfig, RouteConfig};
 use crate::edge::strip_hop_by_hop;
-use crate::exchange::Exchange;
-use crate::filter::{
-    FilterChain, FilterFailure, InstancePool, Plugin, PluginError, Reply, RequestOutcome,
-    StoreDecision,
-};
 use crate::listener::ConnectionInfo;
-use crate::metrics::{Metrics, labels};
 use crate::router::{Matcher, RouteTable};
-use crate::state::{MemoryStore, StateStore};
 use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Largest body buffered for filters that asked for bodies.
@@ -83,6 +82,19 @@ impl Shared {
     }
 }
 
+/// Why routes could not be built: a part of the configuration, at byte
+/// offset `at` of its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct BuildError {
+    /// Where in the configuration file.
+    pub at: usize,
+    /// The key at fault, dotted.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
 /// Everything needed to serve requests, built from one configuration.
 pub struct Gateway {
     routes: RouteTable<Route>,
@@ -96,21 +108,18 @@ impl Gateway {
     /// configuration). Errors name the configuration file and line, the
     /// route and the plugin.
     pub async fn build(
-        config: &Config,
+        configured: &[RouteConfig],
         plugins: &HashMap<String, Arc<Plugin>>,
         upstreams: HashMap<String, Arc<Upstream>>,
         shared: &Shared,
-    ) -> Result<Gateway, ConfigError> {
-        let src = &config.source;
-        let mut routes = Vec::with_capacity(config.routes.len());
-        for (i, route) in config.routes.iter().enumerate() {
-            let name: Arc<str> = config.route_name(i).into();
-            let matcher = Matcher::new(&route.matcher).map_err(|e| {
-                src.error(
-                    route.upstream.span().start,
-                    format!("routes[{i}].match"),
-                    e.to_string(),
-                )
+    ) -> Result<Gateway, BuildError> {
+        let mut routes = Vec::with_capacity(configured.len());
+        for (i, route) in configured.iter().enumerate() {
+            let name: Arc<str> = route.name(i).into();
+            let matcher = Matcher::new(&route.matcher).map_err(|e| BuildError {
+                at: route.upstream.span().start,
+                key: format!("routes[{i}].match"),
+                message: e.to_string(),
             })?;
             let mut filters = Vec::with_capacity(route.filters.len());
             for (j, filter) in route.filters.iter().enumerate() {
@@ -118,14 +127,17 @@ impl Gateway {
                 let json = serde_json::to_string(&filter.config)
                     .expect("TOML values are JSON-representable");
                 let pool = InstancePool::new(plugin, json, filter.body).await.map_err(|e| {
-                    let key = format!("routes[{i}].filters[{j}]");
                     let message = match e {
                         PluginError::Rejected { plugin, message } => {
                             format!("route `{name}`: plugin `{plugin}` rejected its configuration: {message}")
                         }
                         other => format!("route `{name}`: {other}"),
                     };
-                    src.error(filter.plugin.span().start, key, message)
+                    BuildError {
+                        at: filter.plugin.span().start,
+                        key: format!("routes[{i}].filters[{j}]"),
+                        message,
+                    }
                 })?;
                 filters.push(pool);
             }
@@ -190,7 +202,7 @@ impl Gateway {
             .requests_refused
             .get_or_create(&labels([("reason", code)]))
             .inc();
-        crate::log_throttled!(
+        sluice_filter::log_throttled!(
             info,
             ("refused", code),
             client = %conn.client_ip,
@@ -492,7 +504,7 @@ impl Gateway {
                     }
                     _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
                 };
-                crate::log_throttled!(
+                sluice_filter::log_throttled!(
                     warn,
                     ("upstream", &upstream.name, code),
                     route = &*route.name,
@@ -507,7 +519,7 @@ impl Gateway {
 /// The answer when a fail-closed filter failed in `phase`: 500, or 503
 /// when the plugin had no free slot; logged at a bounded rate per plugin.
 fn filter_failed(route: &Route, phase: &str, failure: &FilterFailure) -> Response<ProxyBody> {
-    crate::log_throttled!(
+    sluice_filter::log_throttled!(
         error,
         ("filter failed", &*failure.plugin, failure.busy),
         route = &*route.name,

@@ -23,10 +23,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerConfig;
 use crate::edge::Edge;
-use crate::metrics::labels;
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 pub use connection::ConnectionInfo;
 use limits::ConnectionCounts;
+use sluice_filter::metrics::labels;
 
 /// Connection limits and timeouts of one listener.
 #[derive(Debug, Clone)]
@@ -91,7 +91,7 @@ impl ListenerSettings {
 }
 
 /// The listeners a configuration wants: each address and its settings.
-pub(crate) type Wanted = Vec<(SocketAddr, Arc<ListenerSettings>)>;
+pub type Wanted = Vec<(SocketAddr, Arc<ListenerSettings>)>;
 
 /// One configured address: bound, and accepting once serving has started.
 struct Slot {
@@ -105,7 +105,7 @@ struct Slot {
 }
 
 /// The client listeners, in configuration order, under one lock.
-pub(crate) struct Listeners {
+pub struct Listeners {
     gateway: Arc<ArcSwap<Gateway>>,
     inner: Mutex<Inner>,
 }
@@ -140,23 +140,24 @@ impl Inner {
 }
 
 /// What is left to wait for once listeners stop accepting.
-pub(crate) struct Draining(watch::Sender<bool>);
+pub struct Draining(watch::Sender<bool>);
 
 impl Draining {
     /// Connections still open.
-    pub(crate) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.0.receiver_count()
     }
 
     /// Ask every connection to finish its requests and close, and wait until all have.
-    pub(crate) async fn shutdown(self) {
+    pub async fn shutdown(self) {
         let _ = self.0.send(true);
         self.0.closed().await;
     }
 }
 
 impl Listeners {
-    pub(crate) fn new(gateway: Arc<ArcSwap<Gateway>>) -> Listeners {
+    /// No listeners yet; those added will serve the gateway `gateway` holds.
+    pub fn new(gateway: Arc<ArcSwap<Gateway>>) -> Listeners {
         Listeners {
             gateway,
             inner: Mutex::new(Inner {
@@ -173,7 +174,7 @@ impl Listeners {
 
     /// Bind the addresses in `wanted` that are not open yet. Nothing changes
     /// until [`Listeners::commit`], so a failed reload leaves them as they were.
-    pub(crate) fn open(&self, wanted: &Wanted) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
+    pub fn open(&self, wanted: &Wanted) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
         let inner = self.lock();
         let mut opened = Vec::new();
         for (addr, _) in wanted {
@@ -192,7 +193,7 @@ impl Listeners {
     /// Make `wanted` the listeners: add those `opened`, give every one its
     /// (possibly new) settings, and stop accepting on the others (their
     /// connections finish on their own).
-    pub(crate) fn commit(&self, wanted: &Wanted, mut opened: Vec<(SocketAddr, TcpListener)>) {
+    pub fn commit(&self, wanted: &Wanted, mut opened: Vec<(SocketAddr, TcpListener)>) {
         let mut inner = self.lock();
         let mut old = std::mem::take(&mut inner.slots);
         for (addr, settings) in wanted {
@@ -242,7 +243,7 @@ impl Listeners {
     }
 
     /// Start accepting on every listener, now and on those added later.
-    pub(crate) fn start(&self) {
+    pub fn start(&self) {
         let mut inner = self.lock();
         inner.serving = true;
         let mut slots = std::mem::take(&mut inner.slots);
@@ -254,7 +255,7 @@ impl Listeners {
 
     /// Stop accepting everywhere, for good, and hand back what drains the
     /// open connections.
-    pub(crate) async fn stop(&self) -> Draining {
+    pub async fn stop(&self) -> Draining {
         let (tasks, drain) = {
             let mut inner = self.lock();
             inner.serving = false;
@@ -273,7 +274,7 @@ impl Listeners {
     }
 
     /// Stop accepting at once (serving was dropped, not shut down).
-    pub(crate) fn abort(&self) {
+    pub fn abort(&self) {
         let mut inner = self.lock();
         inner.serving = false;
         for (_, slot) in &mut inner.slots {
@@ -283,7 +284,8 @@ impl Listeners {
         }
     }
 
-    pub(crate) fn local_addrs(&self) -> Vec<SocketAddr> {
+    /// The addresses bound, port 0 resolved, in configuration order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.lock().slots.iter().map(|(_, s)| s.local).collect()
     }
 }
@@ -303,7 +305,7 @@ async fn accept_loop(
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: back off rather than spin.
-                crate::log_throttled!(
+                sluice_filter::log_throttled!(
                     warn,
                     ("accept", &local),
                     "accept failed on {local}: {error}"
@@ -328,7 +330,7 @@ async fn accept_loop(
                     .connections_refused
                     .get_or_create(&labels([("listener", &local), ("reason", reason)]))
                     .inc();
-                crate::log_throttled!(
+                sluice_filter::log_throttled!(
                     warn,
                     ("connection refused", &local, reason),
                     client = %peer.ip(),

@@ -1,0 +1,123 @@
+//! A plugin's configuration: its component, the limits it runs under, its
+//! failure policy and the capabilities it is granted.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A WebAssembly component and the limits it runs under.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path to the `.wasm` component, relative to the configuration file.
+    pub path: Spanned<PathBuf>,
+    /// Most linear memory one instance may have, in MiB.
+    #[serde(default = "defaults::memory_limit_mib")]
+    pub memory_limit_mib: u32,
+    /// Most wall time one call into the plugin may take before it is stopped.
+    #[serde(default = "defaults::call_timeout", with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Requests one instance serves before it is replaced by a fresh one.
+    #[serde(default = "defaults::max_requests_per_instance")]
+    pub max_requests_per_instance: u32,
+    /// What a failing call (trap, timeout, limit) means for the request.
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+    /// The share of the gateway's worker threads this plugin's long-running
+    /// calls (past 5 ms) may use together; they pause to stay within it.
+    #[serde(default = "defaults::cpu_share")]
+    pub cpu_share: f64,
+    /// Most calls into this plugin in flight at once (each holds an
+    /// instance); more wait up to `call_timeout`, then fail.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: u32,
+    /// Host capabilities beyond logging and the clock: `kv`, `metrics`, and
+    /// `http:<upstream>` per upstream it may call. Anything else is denied.
+    #[serde(default)]
+    pub grants: Vec<Spanned<String>>,
+    /// The longest an outbound HTTP call may take.
+    #[serde(default = "defaults::outbound_timeout", with = "humantime_serde")]
+    pub outbound_timeout: Duration,
+}
+
+/// A host capability a plugin may be granted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Grant {
+    /// The key-value store, counters and token buckets (`kv`).
+    Kv,
+    /// Defining metrics (`metrics`).
+    Metrics,
+    /// Outbound HTTP to one named upstream (`http:<name>`).
+    Http(String),
+}
+
+impl std::str::FromStr for Grant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Grant, String> {
+        match s {
+            "kv" => Ok(Grant::Kv),
+            "metrics" => Ok(Grant::Metrics),
+            _ => match s.strip_prefix("http:") {
+                Some(upstream) if !upstream.is_empty() => Ok(Grant::Http(upstream.to_owned())),
+                _ => Err(format!(
+                    "unknown grant `{s}`; grants are `kv`, `metrics` and `http:<upstream>`"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Grant::Kv => f.write_str("kv"),
+            Grant::Metrics => f.write_str("metrics"),
+            Grant::Http(upstream) => write!(f, "http:{upstream}"),
+        }
+    }
+}
+
+impl PluginConfig {
+    /// The parsed grants; they were checked when the configuration was loaded.
+    pub fn grants(&self) -> impl Iterator<Item = Grant> + '_ {
+        self.grants.iter().filter_map(|g| g.get_ref().parse().ok())
+    }
+}
+
+/// What happens to a request when one of its filters fails.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Answer 500 with a clear error code (the default).
+    #[default]
+    Closed,
+    /// Skip the filter and carry on.
+    Open,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn memory_limit_mib() -> u32 {
+        64
+    }
+    pub fn call_timeout() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn outbound_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn cpu_share() -> f64 {
+        0.1
+    }
+    pub fn max_concurrency() -> u32 {
+        500
+    }
+    pub fn max_requests_per_instance() -> u32 {
+        100_000
+    }
+}
