@@ -33,6 +33,17 @@ class Build:
 
     def __init__(self, binary, plugins):
         self.binary, self.plugins = pathlib.Path(binary), pathlib.Path(plugins)
+        self._limits = None
+
+    def knows_listener_limits(self):
+        """Whether this build takes listener limits (builds before them refuse the keys)."""
+        if self._limits is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                conf = pathlib.Path(tmp) / "probe.toml"
+                conf.write_text('[[listeners]]\naddress = "127.0.0.1:0"\nmax_connections = 1\n')
+                self._limits = subprocess.run([str(self.binary), "check", "--config", str(conf)],
+                                              capture_output=True).returncode == 0
+        return self._limits
 
 
 CURRENT = Build(ROOT / "target/release/sluice", ROOT / "target/wasm/wasm32-wasip2/release")
@@ -236,9 +247,12 @@ def sluice(workdir, workers, toml_for_port, name="sluice", build=None):
     conf = workdir / f"{name}.toml"
     _building = build  # plugin() paths in the configuration are this build's
     try:
-        conf.write_text(toml_for_port(port))
+        text = toml_for_port(port)
     finally:
         _building = CURRENT
+    if not build.knows_listener_limits():
+        text = "\n".join(l for l in text.splitlines() if not l.startswith("max_connections"))
+    conf.write_text(text)
     argv = [str(build.binary), "--workers", str(workers), "run", "--config", str(conf)]
     env_log = os.environ.get("RUST_LOG")
     os.environ["RUST_LOG"] = "warn"
@@ -576,9 +590,17 @@ def scenario_isolation(args, workdir, up):
     limit, against the same route undisturbed."""
     runs = {"undisturbed": [], "4 clients on a looping plugin": [], "4 clients on a memory hog": []}
     disturbers = {"4 clients on a looping plugin": "/f/spin", "4 clients on a memory hog": "/f/hog"}
+    builds = {"": CURRENT}
+    if BASELINE:
+        builds["baseline: "] = BASELINE
+        for name in list(runs):
+            runs["baseline: " + name] = []
+            if name in disturbers:
+                disturbers["baseline: " + name] = disturbers[name]
     for _ in range(args.rounds):
         for name in runs:
-            with sluice(workdir, args.workers, lambda p: isolation_toml(p, up.port)) as s:
+            build = builds["baseline: " if name.startswith("baseline: ") else ""]
+            with sluice(workdir, args.workers, lambda p: isolation_toml(p, up.port), build=build) as s:
                 wrk(s.port, 2, 64)
                 side = {}
                 path = disturbers.get(name)
@@ -591,10 +613,10 @@ def scenario_isolation(args, workdir, up):
                     thread.join()
                     result["side"] = side["requests"]
                 runs[name].append(result)
-    base = median(runs["undisturbed"], "rps")
     lines = ["\n### 6. Isolation: an unrelated route while plugins misbehave\n",
              "| | req/s | vs undisturbed | p99 ms | errors | misbehaving requests answered |", "|---|---|---|---|---|---|"]
     for name, rows in runs.items():
+        base = median(runs["baseline: undisturbed" if name.startswith("baseline: ") else "undisturbed"], "rps")
         side = median(rows, "side") if name in disturbers else float("nan")
         lines.append(f"| {name} | {median(rows, 'rps'):,.0f} | {median(rows, 'rps') / base:.2f}× | {median(rows, 'p99'):.2f} | "
                      f"{median(rows, 'errors'):.0f} | {'' if side != side else f'{side:,.0f}'} |")

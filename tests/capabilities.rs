@@ -128,6 +128,8 @@ upstream = "a"
             error.contains(&format!("`{grant}` is not granted")),
             "{path}: {error}"
         );
+        // Typed: a plugin can tell a missing grant from a failing service.
+        assert_eq!(reply.json()["kind"], "not-granted", "{path}");
     }
     assert_eq!(up.hits(), 0, "no refused call reached an upstream");
     // The gateway serves everything else as before.
@@ -199,6 +201,7 @@ targets = ["{up}"]
     assert_eq!(reply.status, 500);
     let error = reply.json()["error"].as_str().unwrap().to_owned();
     assert!(error.contains("timed out after 200ms"), "{error}");
+    assert_eq!(reply.json()["kind"], "timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

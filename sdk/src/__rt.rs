@@ -1,124 +1,58 @@
-//! Glue between the generated bindings and the SDK's traits, called by
+//! Glue between the generated bindings and the SDK's traits, used by
 //! [`export!`](crate::export). Not part of the public API.
+//!
+//! [`Export<P>`] implements each kind's generated `Guest` trait for a
+//! plugin type `P` of that kind; `export!` hands it to the kind's
+//! generated export macro. The plugin itself lives in a slot of this
+//! (single-threaded) instance, created by `init`.
 
-use std::cell::Cell;
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
 
 use crate::bindings::imports::sluice::filter::types as raw;
-use crate::bindings::{
-    auth_world, cache_policy_world, general_world, rate_limit_world, routing_world, transform_world,
-};
+use crate::bindings::{auth, cache_policy, http_filter, rate_limit, routing, transform};
 use crate::{
     Action, Auth, AuthDecision, CacheLookup, CachePolicy, CacheStore, HttpFilter, Plugin,
     RateLimit, Request, Response, Routing, Transform, Verdict,
 };
 
-use auth_world::exports::sluice::filter::auth as wit_auth;
-use cache_policy_world::exports::sluice::filter::cache_policy as wit_cache;
-use general_world::exports::sluice::filter::http_filter as wit_filter;
-use rate_limit_world::exports::sluice::filter::rate_limit as wit_rate;
-use routing_world::exports::sluice::filter::routing as wit_routing;
-use transform_world::exports::sluice::filter::transform as wit_transform;
+use auth::exports::sluice::filter::auth as wit_auth;
+use cache_policy::exports::sluice::filter::cache_policy as wit_cache;
+use http_filter::exports::sluice::filter::http_filter as wit_filter;
+use rate_limit::exports::sluice::filter::rate_limit as wit_rate;
+use routing::exports::sluice::filter::routing as wit_routing;
+use transform::exports::sluice::filter::transform as wit_transform;
 
-/// Deserialize the JSON configuration and build the plugin.
-pub fn init<P: Plugin>(config: &str) -> Result<P, String> {
-    let config: P::Config =
-        serde_json::from_str(config).map_err(|e| format!("invalid configuration: {e}"))?;
-    P::new(config)
-}
-
-pub fn authenticate<P: Auth>(plugin: &P, req: &raw::Request) -> wit_auth::AuthDecision {
-    match plugin.authenticate(&Request::from_raw(req)) {
-        AuthDecision::Allow(identity) => wit_auth::AuthDecision::Allow(raw::Identity {
-            subject: identity.subject,
-            claims: identity.claims,
-        }),
-        AuthDecision::Pass => wit_auth::AuthDecision::Pass,
-        AuthDecision::Deny(reply) => wit_auth::AuthDecision::Deny(reply.into_raw()),
-    }
-}
-
-pub fn check<P: RateLimit>(plugin: &P, req: &raw::Request) -> Option<wit_rate::Limit> {
-    plugin
-        .check(&Request::from_raw(req))
-        .map(|limit| wit_rate::Limit {
-            key: limit.key,
-            cost: limit.cost,
-            capacity: limit.capacity,
-            window_millis: limit.window.as_millis() as u64,
-        })
-}
-
-pub fn transform_request<P: Transform>(
-    plugin: &P,
-    req: &raw::Request,
-) -> wit_transform::RequestAction {
-    match plugin.on_request(&Request::from_raw(req)) {
-        Action::Forward => wit_transform::RequestAction::Forward,
-        Action::Rewrite(path) => wit_transform::RequestAction::Rewrite(path),
-        Action::Respond(reply) => wit_transform::RequestAction::Respond(reply.into_raw()),
-    }
-}
-
-pub fn transform_response<P: Transform>(
-    plugin: &P,
-    req: &raw::Request,
-    resp: &raw::Response,
-) -> raw::ResponsePhase {
-    observe_response_phase(|| {
-        plugin.on_response(&Request::from_raw(req), &Response::from_raw(resp))
-    })
-}
-
-pub fn select<P: Routing>(plugin: &P, req: &raw::Request) -> Option<wit_routing::RouteDecision> {
-    plugin
-        .select(&Request::from_raw(req))
-        .map(|to| wit_routing::RouteDecision {
-            upstream: to.upstream,
-            rewrite: to.rewrite,
-        })
-}
-
-pub fn cache_lookup<P: CachePolicy>(plugin: &P, req: &raw::Request) -> wit_cache::Lookup {
-    match plugin.lookup(&Request::from_raw(req)) {
-        CacheLookup::Bypass => wit_cache::Lookup::Bypass,
-        CacheLookup::Key(key) => wit_cache::Lookup::Key(key),
-    }
-}
-
-pub fn cache_store<P: CachePolicy>(
-    plugin: &P,
-    req: &raw::Request,
-    resp: &raw::Response,
-) -> wit_cache::Store {
-    match plugin.store(&Request::from_raw(req), &Response::from_raw(resp)) {
-        CacheStore::FollowUpstream => wit_cache::Store::FollowUpstream,
-        CacheStore::Skip => wit_cache::Store::Skip,
-        CacheStore::Ttl(ttl) => {
-            wit_cache::Store::Ttl(ttl.as_secs().min(u64::from(u32::MAX)) as u32)
-        }
-    }
-}
-
-pub fn filter_request<P: HttpFilter>(plugin: &P, req: &raw::Request) -> wit_filter::Verdict {
-    match plugin.on_request(&Request::from_raw(req)) {
-        Verdict::Forward => wit_filter::Verdict::Forward,
-        Verdict::Respond(reply) => wit_filter::Verdict::Respond(reply.into_raw()),
-    }
-}
-
-pub fn filter_response<P: HttpFilter>(
-    plugin: &P,
-    req: &raw::Request,
-    resp: &raw::Response,
-) -> raw::ResponsePhase {
-    observe_response_phase(|| {
-        plugin.on_response(&Request::from_raw(req), &Response::from_raw(resp))
-    })
-}
+/// A plugin of type `P`, as the component's exports.
+pub struct Export<P>(PhantomData<P>);
 
 thread_local! {
+    /// The plugin, once `init` built it.
+    static PLUGIN: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     /// Set by the default `on_response`: the plugin left it out.
     static RESPONSE_PHASE_UNUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Deserialize the JSON configuration, build the plugin and keep it.
+fn init<P: Plugin>(config: &str) -> Result<(), String> {
+    let config: P::Config =
+        serde_json::from_str(config).map_err(|e| format!("invalid configuration: {e}"))?;
+    let plugin = P::new(config)?;
+    PLUGIN.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
+    Ok(())
+}
+
+/// Call `f` with the plugin.
+fn with<P: 'static, R>(f: impl FnOnce(&P) -> R) -> R {
+    PLUGIN.with(|slot| {
+        let slot = slot.borrow();
+        let plugin = slot
+            .as_ref()
+            .and_then(|p| p.downcast_ref::<P>())
+            .expect("sluice calls init before anything else");
+        f(plugin)
+    })
 }
 
 /// Called by the traits' default `on_response`.
@@ -133,5 +67,112 @@ fn observe_response_phase(call: impl FnOnce()) -> raw::ResponsePhase {
     match RESPONSE_PHASE_UNUSED.replace(false) {
         true => raw::ResponsePhase::Unused,
         false => raw::ResponsePhase::Used,
+    }
+}
+
+impl<P: Auth> wit_auth::Guest for Export<P> {
+    fn init(config: String) -> Result<(), String> {
+        init::<P>(&config)
+    }
+
+    fn authenticate(req: &raw::Request) -> wit_auth::AuthDecision {
+        match with(|p: &P| p.authenticate(&Request::from_raw(req))) {
+            AuthDecision::Allow(identity) => wit_auth::AuthDecision::Allow(raw::Identity {
+                subject: identity.subject,
+                claims: identity.claims,
+            }),
+            AuthDecision::Pass => wit_auth::AuthDecision::Pass,
+            AuthDecision::Deny(reply) => wit_auth::AuthDecision::Deny(reply.into_raw()),
+        }
+    }
+}
+
+impl<P: RateLimit> wit_rate::Guest for Export<P> {
+    fn init(config: String) -> Result<(), String> {
+        init::<P>(&config)
+    }
+
+    fn check(req: &raw::Request) -> Option<wit_rate::Limit> {
+        with(|p: &P| p.check(&Request::from_raw(req))).map(|limit| wit_rate::Limit {
+            key: limit.key,
+            cost: limit.cost,
+            capacity: limit.capacity,
+            window_millis: limit.window.as_millis() as u64,
+        })
+    }
+}
+
+impl<P: Transform> wit_transform::Guest for Export<P> {
+    fn init(config: String) -> Result<(), String> {
+        init::<P>(&config)
+    }
+
+    fn on_request(req: &raw::Request) -> wit_transform::RequestAction {
+        match with(|p: &P| p.on_request(&Request::from_raw(req))) {
+            Action::Forward => wit_transform::RequestAction::Forward,
+            Action::Rewrite(path) => wit_transform::RequestAction::Rewrite(path),
+            Action::Respond(reply) => wit_transform::RequestAction::Respond(reply.into_raw()),
+        }
+    }
+
+    fn on_response(req: &raw::Request, resp: &raw::Response) -> raw::ResponsePhase {
+        observe_response_phase(|| {
+            with(|p: &P| p.on_response(&Request::from_raw(req), &Response::from_raw(resp)))
+        })
+    }
+}
+
+impl<P: Routing> wit_routing::Guest for Export<P> {
+    fn init(config: String) -> Result<(), String> {
+        init::<P>(&config)
+    }
+
+    fn select(req: &raw::Request) -> Option<wit_routing::RouteDecision> {
+        with(|p: &P| p.select(&Request::from_raw(req))).map(|to| wit_routing::RouteDecision {
+            upstream: to.upstream,
+            rewrite: to.rewrite,
+        })
+    }
+}
+
+impl<P: CachePolicy> wit_cache::Guest for Export<P> {
+    fn init(config: String) -> Result<(), String> {
+        init::<P>(&config)
+    }
+
+    fn on_request(req: &raw::Request) -> wit_cache::Lookup {
+        match with(|p: &P| p.lookup(&Request::from_raw(req))) {
+            CacheLookup::Bypass => wit_cache::Lookup::Bypass,
+            CacheLookup::Key(key) => wit_cache::Lookup::Key(key),
+        }
+    }
+
+    fn on_response(req: &raw::Request, resp: &raw::Response) -> wit_cache::Store {
+        match with(|p: &P| p.store(&Request::from_raw(req), &Response::from_raw(resp))) {
+            CacheStore::FollowUpstream => wit_cache::Store::FollowUpstream,
+            CacheStore::Skip => wit_cache::Store::Skip,
+            CacheStore::Ttl(ttl) => {
+                wit_cache::Store::Ttl(ttl.as_secs().min(u64::from(u32::MAX)) as u32)
+            }
+        }
+    }
+}
+
+impl<P: HttpFilter> wit_filter::Guest for Export<P> {
+    fn init(config: String) -> Result<(), String> {
+        init::<P>(&config)
+    }
+
+    fn on_request(req: &raw::Request) -> wit_filter::Verdict {
+        match with(|p: &P| p.on_request(&Request::from_raw(req))) {
+            Verdict::Forward => wit_filter::Verdict::Forward,
+            Verdict::Respond(reply) => wit_filter::Verdict::Respond(reply.into_raw()),
+        }
+    }
+
+    fn on_response(req: &raw::Request, resp: &raw::Response) -> raw::ResponsePhase {
+        observe_response_phase(|| {
+            with(|p: &P| p.on_response(&Request::from_raw(req), &Response::from_raw(resp)))
+        })
     }
 }

@@ -2,8 +2,10 @@
 //! All of it stays in the gateway: these are handles, and each call fetches
 //! only what it asks for.
 
-use std::cell::OnceCell;
+use std::any::Any;
+use std::cell::{OnceCell, RefCell};
 
+use crate::Error;
 use crate::bindings::imports::sluice::filter::types as raw;
 
 /// Header fields of a request or response. Names are case-insensitive.
@@ -25,14 +27,16 @@ impl Headers {
         self.0.has(name)
     }
 
-    /// Replace the values of `name`. Fails on an invalid name or value.
-    pub fn set(&self, name: &str, value: &str) -> Result<(), String> {
-        self.0.set(name, value)
+    /// Replace the values of `name`. Fails on an invalid name or value, and
+    /// for headers the gateway keeps right itself (`content-length`,
+    /// `transfer-encoding`, `host`, `connection`, ...).
+    pub fn set(&self, name: &str, value: &str) -> Result<(), Error> {
+        Ok(self.0.set(name, value)?)
     }
 
-    /// Add a value to `name`. Fails on an invalid name or value.
-    pub fn append(&self, name: &str, value: &str) -> Result<(), String> {
-        self.0.append(name, value)
+    /// Add a value to `name`. Fails as [`Headers::set`] does.
+    pub fn append(&self, name: &str, value: &str) -> Result<(), Error> {
+        Ok(self.0.append(name, value)?)
     }
 
     /// Remove every value of `name`.
@@ -94,6 +98,29 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// This request's number: unique while it runs, the same in
+    /// `on_request` and `on_response`.
+    pub fn id(&self) -> u64 {
+        self.raw.id()
+    }
+
+    /// Keep `value` for this request's `on_response` (see [`Request::kept`]).
+    /// The gateway runs both calls of one request in the same instance, with
+    /// no other request in between, so a filter can time or correlate.
+    pub fn keep<T: 'static>(&self, value: T) {
+        KEPT.with(|kept| *kept.borrow_mut() = Some((self.id(), Box::new(value))));
+    }
+
+    /// What `on_request` kept for this request, if it kept a `T`.
+    pub fn kept<T: 'static>(&self) -> Option<T> {
+        let id = self.id();
+        let (kept_for, value) = KEPT.with(|kept| kept.borrow_mut().take())?;
+        match kept_for == id {
+            true => value.downcast().ok().map(|v| *v),
+            false => None,
+        }
+    }
+
     /// The method, such as `GET`.
     pub fn method(&self) -> String {
         self.raw.method()
@@ -152,14 +179,19 @@ impl<'a> Request<'a> {
     }
 
     /// The whole body; only for filters configured with `body = true`.
-    pub fn body(&self) -> Result<Vec<u8>, String> {
-        self.raw.body()
+    pub fn body(&self) -> Result<Vec<u8>, Error> {
+        Ok(self.raw.body()?)
     }
 
     /// Replace the body; the gateway keeps `Content-Length` right.
-    pub fn set_body(&self, body: impl Into<Vec<u8>>) -> Result<(), String> {
-        self.raw.set_body(&body.into())
+    pub fn set_body(&self, body: impl Into<Vec<u8>>) -> Result<(), Error> {
+        Ok(self.raw.set_body(&body.into())?)
     }
+}
+
+thread_local! {
+    /// What `Request::keep` kept, and for which request.
+    static KEPT: RefCell<Option<(u64, Box<dyn Any>)>> = const { RefCell::new(None) };
 }
 
 /// The response on its way back to the client.
@@ -183,8 +215,8 @@ impl<'a> Response<'a> {
     }
 
     /// Change the status code.
-    pub fn set_status(&self, status: u16) -> Result<(), String> {
-        self.raw.set_status(status)
+    pub fn set_status(&self, status: u16) -> Result<(), Error> {
+        Ok(self.raw.set_status(status)?)
     }
 
     /// The response's headers.
@@ -198,13 +230,13 @@ impl<'a> Response<'a> {
     }
 
     /// The whole body; only for filters configured with `body = true`.
-    pub fn body(&self) -> Result<Vec<u8>, String> {
-        self.raw.body()
+    pub fn body(&self) -> Result<Vec<u8>, Error> {
+        Ok(self.raw.body()?)
     }
 
     /// Replace the body; the gateway keeps `Content-Length` right.
-    pub fn set_body(&self, body: impl Into<Vec<u8>>) -> Result<(), String> {
-        self.raw.set_body(&body.into())
+    pub fn set_body(&self, body: impl Into<Vec<u8>>) -> Result<(), Error> {
+        Ok(self.raw.set_body(&body.into())?)
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::Error;
 use crate::bindings::imports::sluice::filter::kv as raw;
 
 fn millis(ttl: Option<Duration>) -> Option<u64> {
@@ -12,25 +13,25 @@ fn millis(ttl: Option<Duration>) -> Option<u64> {
 }
 
 /// The value of `key`, if set and not expired.
-pub fn get(key: &str) -> Result<Option<Vec<u8>>, String> {
-    raw::get(key)
+pub fn get(key: &str) -> Result<Option<Vec<u8>>, Error> {
+    Ok(raw::get(key)?)
 }
 
 /// Set `key`, expiring after `ttl` if given.
-pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), String> {
-    raw::set(key, value, millis(ttl))
+pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
+    Ok(raw::set(key, value, millis(ttl))?)
 }
 
 /// Remove `key`.
-pub fn delete(key: &str) -> Result<(), String> {
-    raw::delete(key)
+pub fn delete(key: &str) -> Result<(), Error> {
+    Ok(raw::delete(key)?)
 }
 
 /// Add `delta` to counter `key` atomically, across all instances, and return
 /// the new value. A new counter starts at 0 and expires `ttl` after it was
 /// created, if given (a fixed window).
-pub fn increment(key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, String> {
-    raw::increment(key, delta, millis(ttl))
+pub fn increment(key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, Error> {
+    Ok(raw::increment(key, delta, millis(ttl))?)
 }
 
 /// A token bucket's answer.
@@ -46,7 +47,7 @@ pub struct Bucket {
 
 /// Take `cost` tokens from bucket `key`, which holds `capacity` tokens and
 /// refills completely over `window`.
-pub fn take(key: &str, cost: u32, capacity: u32, window: Duration) -> Result<Bucket, String> {
+pub fn take(key: &str, cost: u32, capacity: u32, window: Duration) -> Result<Bucket, Error> {
     let state = raw::take(key, cost, capacity, millis(Some(window)).unwrap_or(0))?;
     Ok(Bucket {
         allowed: state.allowed,

@@ -52,6 +52,7 @@
 
 #[doc(hidden)]
 pub mod bindings;
+mod error;
 mod http;
 pub mod kv;
 pub mod log;
@@ -59,115 +60,41 @@ pub mod metrics;
 pub mod outbound;
 mod policy;
 
+pub use error::Error;
 pub use http::{Headers, Identity, Reply, Request, Response};
 pub use policy::{
     Action, Auth, AuthDecision, CacheLookup, CachePolicy, CacheStore, HttpFilter, Limit, Plugin,
     RateLimit, RouteTo, Routing, Transform, Verdict,
 };
 
-/// Export a type as a Sluice filter of one kind:
-/// `export!(auth: MyAuth)`, `export!(rate_limit: ..)`, `export!(transform: ..)`,
-/// `export!(routing: ..)`, `export!(cache_policy: ..)` or `export!(http_filter: ..)`.
-#[macro_export]
-macro_rules! export {
-    (auth: $ty:ty) => {
-        $crate::__export_world!($ty, auth_world, auth, {
-                fn authenticate(
-                    req: &$crate::bindings::imports::sluice::filter::types::Request,
-                ) -> $crate::bindings::auth_world::exports::sluice::filter::auth::AuthDecision {
-                    __with(|p| $crate::__rt::authenticate(p, req))
-                }});
-    };
-    (rate_limit: $ty:ty) => {
-        $crate::__export_world!($ty, rate_limit_world, rate_limit, {
-                fn check(
-                    req: &$crate::bindings::imports::sluice::filter::types::Request,
-                ) -> Option<$crate::bindings::rate_limit_world::exports::sluice::filter::rate_limit::Limit> {
-                    __with(|p| $crate::__rt::check(p, req))
-                }});
-    };
-    (transform: $ty:ty) => {
-        $crate::__export_world!($ty, transform_world, transform, {
-                fn on_request(
-                    req: &$crate::bindings::imports::sluice::filter::types::Request,
-                ) -> $crate::bindings::transform_world::exports::sluice::filter::transform::RequestAction {
-                    __with(|p| $crate::__rt::transform_request(p, req))
-                }
-                fn on_response(
-                    req: &$crate::bindings::imports::sluice::filter::types::Request,
-                    resp: &$crate::bindings::imports::sluice::filter::types::Response,
-                ) -> $crate::bindings::imports::sluice::filter::types::ResponsePhase {
-                    __with(|p| $crate::__rt::transform_response(p, req, resp))
-                }});
-    };
-    (routing: $ty:ty) => {
-        $crate::__export_world!($ty, routing_world, routing, {
-                fn select(
-                    req: &$crate::bindings::imports::sluice::filter::types::Request,
-                ) -> Option<$crate::bindings::routing_world::exports::sluice::filter::routing::RouteDecision> {
-                    __with(|p| $crate::__rt::select(p, req))
-                }});
-    };
-    (cache_policy: $ty:ty) => {
-        $crate::__export_world!($ty, cache_policy_world, cache_policy, {
-                fn on_request(
-                    req: &$crate::bindings::imports::sluice::filter::types::Request,
-                ) -> $crate::bindings::cache_policy_world::exports::sluice::filter::cache_policy::Lookup {
-                    __with(|p| $crate::__rt::cache_lookup(p, req))
-                }
-                fn on_response(
-                    req: &$crate::bindings::imports::sluice::filter::types::Request,
-                    resp: &$crate::bindings::imports::sluice::filter::types::Response,
-                ) -> $crate::bindings::cache_policy_world::exports::sluice::filter::cache_policy::Store {
-                    __with(|p| $crate::__rt::cache_store(p, req, resp))
-                }});
-    };
-    (http_filter: $ty:ty) => {
-        $crate::__export_world!($ty, general_world, http_filter, {
-                fn on_request(
-                    req: &$crate::bindings::imports::sluice::filter::types::Request,
-                ) -> $crate::bindings::general_world::exports::sluice::filter::http_filter::Verdict {
-                    __with(|p| $crate::__rt::filter_request(p, req))
-                }
-                fn on_response(
-                    req: &$crate::bindings::imports::sluice::filter::types::Request,
-                    resp: &$crate::bindings::imports::sluice::filter::types::Response,
-                ) -> $crate::bindings::imports::sluice::filter::types::ResponsePhase {
-                    __with(|p| $crate::__rt::filter_response(p, req, resp))
-                }});
+/// Defines [`export!`] with one arm per policy kind, from the kinds table.
+macro_rules! define_export {
+    ($d:tt $( $Kind:ident $snake:ident $interface:literal $world:literal
+        request: $request:ident $call_request:ident
+        response: [$($response:ident $call_response:ident)?]; )*) => {
+        /// Export a type as a Sluice filter of one kind, naming the kind by
+        /// its trait in snake case: `export!(auth: MyAuth)`,
+        /// `export!(rate_limit: ..)`, `export!(transform: ..)`,
+        /// `export!(http_filter: ..)`, `export!(routing: ..)` or
+        /// `export!(cache_policy: ..)`.
+        #[macro_export]
+        macro_rules! export {
+            $(
+                ($snake: $d ty:ty) => {
+                    const _: () = {
+                        type __SluiceExport = $d crate::__rt::Export<$d ty>;
+                        $d crate::bindings::$snake::export!(
+                            __SluiceExport with_types_in $d crate::bindings::$snake
+                        );
+                    };
+                };
+            )*
+        }
     };
 }
 
-/// The part of [`export!`] every kind shares: the instance slot and `init`.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __export_world {
-    ($ty:ty, $world:ident, $interface:ident, { $($methods:tt)* }) => {
-        const _: () = {
-            struct __SluiceExport;
-
-            ::std::thread_local! {
-                static __PLUGIN: ::std::cell::RefCell<::std::option::Option<$ty>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
-            }
-
-            fn __with<R>(f: impl FnOnce(&$ty) -> R) -> R {
-                __PLUGIN.with(|slot| f(slot.borrow().as_ref().expect("sluice calls init before anything else")))
-            }
-
-            impl $crate::bindings::$world::exports::sluice::filter::$interface::Guest for __SluiceExport {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    let plugin = $crate::__rt::init::<$ty>(&config)?;
-                    __PLUGIN.with(|slot| *slot.borrow_mut() = ::std::option::Option::Some(plugin));
-                    ::std::result::Result::Ok(())
-                }
-                $($methods)*
-            }
-
-            $crate::bindings::$world::export!(__SluiceExport with_types_in $crate::bindings::$world);
-        };
-    };
-}
+// The `$` lets `define_export` write the matchers of the macro it defines.
+sluice_kinds::for_each_kind!(define_export, $);
 
 #[doc(hidden)]
 pub mod __rt;

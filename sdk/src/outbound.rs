@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::Error;
 use crate::bindings::imports::sluice::filter::outbound as raw;
 
 /// A request to a named upstream.
@@ -62,8 +63,10 @@ impl Outbound {
     }
 
     /// Send it and wait for the whole response.
-    pub fn send(self) -> Result<Answer, String> {
-        raw::send(&self.into_raw()).map(Answer::from_raw)
+    pub fn send(self) -> Result<Answer, Error> {
+        raw::send(&self.into_raw())
+            .map(Answer::from_raw)
+            .map_err(Error::from)
     }
 
     fn into_raw(self) -> raw::OutboundRequest {
@@ -81,11 +84,11 @@ impl Outbound {
 }
 
 /// Send several requests at once; the answers come in the same order.
-pub fn send_all(requests: Vec<Outbound>) -> Vec<Result<Answer, String>> {
+pub fn send_all(requests: Vec<Outbound>) -> Vec<Result<Answer, Error>> {
     let raw: Vec<_> = requests.into_iter().map(Outbound::into_raw).collect();
     raw::send_all(&raw)
         .into_iter()
-        .map(|r| r.map(Answer::from_raw))
+        .map(|r| r.map(Answer::from_raw).map_err(Error::from))
         .collect()
 }
 

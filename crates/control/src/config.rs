@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sluice_filter::config::{Grant, PluginConfig};
+use sluice_filter::Grant;
+use sluice_filter::config::PluginConfig;
 use sluice_proxy::config::{CacheConfig, ListenerConfig, RouteConfig, UpstreamConfig};
 use sluice_proxy::edge::PathRules;
 use sluice_proxy::router::Matcher;
@@ -288,18 +289,15 @@ impl Config {
                 ));
             }
             for grant in &plugin.grants {
-                let key = format!("plugins.{name}.grants");
-                match grant.get_ref().parse::<Grant>() {
-                    Err(message) => return Err(src.error(grant.span().start, key, message)),
-                    Ok(Grant::Http(upstream)) if !self.upstreams.contains_key(&upstream) => {
-                        return Err(src.error(
+                Grant::check(grant.get_ref(), |u| self.upstreams.contains_key(u)).map_err(
+                    |message| {
+                        src.error(
                             grant.span().start,
-                            key,
-                            format!("unknown upstream `{upstream}`"),
-                        ));
-                    }
-                    Ok(_) => {}
-                }
+                            format!("plugins.{name}.grants"),
+                            message,
+                        )
+                    },
+                )?;
             }
         }
         for (i, route) in self.routes.iter().enumerate() {
@@ -385,18 +383,14 @@ mod tests {
     }
 
     #[test]
-    fn grants_are_checked_against_names_and_upstreams() {
+    fn grants_are_reported_at_their_line() {
         let base =
             "[upstreams.auth]\ntargets = [\"127.0.0.1:9\"]\n[plugins.p]\npath = \"p.wasm\"\n";
         let ok = parse(&format!(
             "{base}grants = [\"kv\", \"metrics\", \"http:auth\"]\n"
         ))
         .unwrap();
-        let grants: Vec<Grant> = ok.plugins["p"].grants().collect();
-        assert_eq!(
-            grants,
-            [Grant::Kv, Grant::Metrics, Grant::Http("auth".into())]
-        );
+        assert_eq!(ok.plugins["p"].grants.len(), 3);
 
         let unknown = parse(&format!("{base}grants = [\"kv\", \"fs\"]\n")).unwrap_err();
         assert_eq!(

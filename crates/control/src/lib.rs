@@ -21,8 +21,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-use sluice_filter::metrics::labels;
-use sluice_filter::{Capabilities, FilterEngine, HttpUpstream};
+use sluice_filter::metrics::{FilterMetrics, Registry, counters, labels};
+use sluice_filter::{Capabilities, Compiled, FilterEngine, HttpUpstream, Services};
 use sluice_proxy::listener::{ListenerSettings, Listeners, Wanted};
 use sluice_proxy::upstream::Upstream;
 use sluice_proxy::{Gateway, Shared};
@@ -70,6 +70,10 @@ pub struct PluginInfo {
     pub version: u32,
     /// The sha256 of the active version's bytes.
     pub sha256: String,
+    /// The kind of policy it implements (its WIT interface).
+    pub kind: &'static str,
+    /// The version of `sluice:filter` it was built for.
+    pub contract: &'static str,
     /// Where the active version came from.
     pub origin: Origin,
     /// When the active version was loaded (RFC 3339).
@@ -101,12 +105,30 @@ struct State {
     watch: bool,
 }
 
+/// What outlives every configuration: the engine (and its compiled
+/// plugins), the plugins' state, the response cache and the metrics.
+struct Kept {
+    engine: FilterEngine,
+    shared: Shared,
+    filters: Arc<FilterMetrics>,
+}
+
+impl Kept {
+    fn new(config: &Config) -> anyhow::Result<Kept> {
+        let registry = Registry::new();
+        Ok(Kept {
+            engine: FilterEngine::new(config.engine.cache_dir().as_deref())?,
+            filters: Arc::new(FilterMetrics::new(registry.clone())),
+            shared: Shared::new(&config.cache, registry),
+        })
+    }
+}
+
 /// Owns the current gateway and changes it.
 pub struct Control {
     path: PathBuf,
     hook: Option<ConfigHook>,
-    engine: FilterEngine,
-    shared: Shared,
+    kept: Kept,
     gateway: Arc<ArcSwap<Gateway>>,
     listeners: Listeners,
     admin: std::sync::Mutex<Option<(TcpListener, AdminAccess)>>,
@@ -127,13 +149,12 @@ impl Control {
         if let Some(hook) = &hook {
             hook(&mut config);
         }
-        let engine = FilterEngine::new(config.engine.cache_dir().as_deref())?;
-        let shared = Shared::new(&config.cache);
+        let kept = Kept::new(&config)?;
         let mut versions = Versions::default();
-        sync_files(&config, &engine, &mut versions)
+        sync_files(&config, &kept.engine, &mut versions)
             .await
             .map_err(anyhow::Error::msg)?;
-        let gateway = build(&config, &engine, &shared, &versions).await?;
+        let gateway = build(&config, &kept, &versions).await?;
         let gateway = Arc::new(ArcSwap::from_pointee(gateway));
         let listeners = Listeners::new(gateway.clone());
         let wanted = wanted_listeners(&config)?;
@@ -155,13 +176,12 @@ impl Control {
             }
             None => None,
         };
-        let reloads = |result| {
-            shared
-                .metrics
-                .reloads
-                .get_or_create(&labels([("result", result)]))
-                .clone()
-        };
+        let reloads = counters(
+            &kept.shared.registry,
+            "reloads",
+            "Configuration changes applied or refused",
+        );
+        let reloads = |result| reloads.get_or_create(&labels([("result", result)])).clone();
         let state = State {
             text: config.source.text().to_owned(),
             plugins: plugin_infos(&config, &versions),
@@ -177,8 +197,7 @@ impl Control {
             admin: std::sync::Mutex::new(admin),
             reloads_ok: reloads("ok"),
             reloads_failed: reloads("error"),
-            engine,
-            shared,
+            kept,
             gateway,
             listeners,
             state: tokio::sync::Mutex::new(state),
@@ -220,12 +239,12 @@ impl Control {
 
     /// The engine's on-disk compilation cache: (hits, misses).
     pub fn compile_cache_stats(&self) -> Option<(usize, usize)> {
-        self.engine.cache_stats()
+        self.kept.engine.cache_stats()
     }
 
     /// The metrics registry.
-    pub fn metrics(&self) -> &sluice_filter::metrics::Metrics {
-        &self.shared.metrics
+    pub fn metrics(&self) -> &Registry {
+        &self.kept.shared.registry
     }
 
     /// Read the configuration file and plugin files again and swap in the result.
@@ -322,7 +341,7 @@ impl Control {
         }
         let mut versions = state.versions.clone();
         match change {
-            Change::Reload => sync_files(&config, &self.engine, &mut versions)
+            Change::Reload => sync_files(&config, &self.kept.engine, &mut versions)
                 .await
                 .map_err(|e| invalid(&e))?,
             Change::Upload { plugin, bytes } => {
@@ -330,10 +349,19 @@ impl Control {
                     return Err(ChangeError::UnknownPlugin(plugin));
                 }
                 let sha = sha256(&bytes);
-                let component = compile(&self.engine, bytes)
+                let component = compile(&self.kept.engine, bytes)
                     .await
                     .map_err(|e| invalid(&format!("plugin `{plugin}`: {e}")))?;
-                self.same_kind(&plugin, &versions, &component)?;
+                if let Some(active) = versions.active(&plugin)
+                    && active.compiled.kind != component.kind
+                {
+                    // Another kind would move the plugin to another phase of its routes.
+                    return Err(invalid(&format!(
+                        "plugin `{plugin}`: the upload implements `{}`, but its routes use it as `{}`",
+                        component.kind.interface(),
+                        active.compiled.kind.interface()
+                    )));
+                }
                 versions.uploaded(&plugin, sha, component);
             }
             Change::Rollback { plugin } => {
@@ -346,38 +374,11 @@ impl Control {
             }
         }
         versions.retain(|name| config.plugins.contains_key(name));
-        let gateway = build(&config, &self.engine, &self.shared, &versions)
+        let gateway = build(&config, &self.kept, &versions)
             .await
             .map_err(|e| invalid(&format!("{e:#}")))?;
         let wanted = wanted_listeners(&config).map_err(|e| invalid(&e))?;
         Ok((config, versions, gateway, wanted))
-    }
-}
-
-impl Control {
-    /// Refuse an upload that implements another kind of policy than the
-    /// version its routes were set up with (it would move to another phase).
-    fn same_kind(
-        &self,
-        plugin: &str,
-        versions: &Versions,
-        upload: &wasmtime::component::Component,
-    ) -> Result<(), ChangeError> {
-        let invalid =
-            |message: String| ChangeError::Invalid(format!("plugin `{plugin}`: {message}"));
-        let new = self.engine.kind(upload).map_err(invalid)?;
-        let Some(active) = versions.active(plugin) else {
-            return Ok(());
-        };
-        let old = self.engine.kind(&active.component).map_err(invalid)?;
-        match new == old {
-            true => Ok(()),
-            false => Err(invalid(format!(
-                "the upload implements `{}`, but its routes use it as `{}`",
-                new.interface(),
-                old.interface()
-            ))),
-        }
     }
 }
 
@@ -390,21 +391,17 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
         "{}: no [[listeners]] configured",
         config.source.path.display()
     );
-    let engine = FilterEngine::new(config.engine.cache_dir().as_deref())?;
-    let shared = Shared::new(&config.cache);
+    let kept = Kept::new(config)?;
     let mut versions = Versions::default();
-    sync_files(config, &engine, &mut versions)
+    sync_files(config, &kept.engine, &mut versions)
         .await
         .map_err(anyhow::Error::msg)?;
-    build(config, &engine, &shared, &versions).await?;
+    build(config, &kept, &versions).await?;
     Ok(())
 }
 
 /// Compile on a blocking thread: it takes milliseconds to seconds of CPU.
-async fn compile(
-    engine: &FilterEngine,
-    bytes: Vec<u8>,
-) -> Result<wasmtime::component::Component, String> {
+async fn compile(engine: &FilterEngine, bytes: Vec<u8>) -> Result<Compiled, String> {
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || engine.compile(&bytes))
         .await
@@ -445,40 +442,34 @@ async fn sync_files(
 }
 
 /// A gateway from `config`, with each plugin's active version.
-async fn build(
-    config: &Config,
-    engine: &FilterEngine,
-    shared: &Shared,
-    versions: &Versions,
-) -> anyhow::Result<Gateway> {
+async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Result<Gateway> {
     let src = &config.source;
     let upstreams: HashMap<String, Arc<Upstream>> = config
         .upstreams
         .iter()
         .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u))))
         .collect();
-    let callable: HashMap<String, Arc<dyn HttpUpstream>> = upstreams
-        .iter()
-        .map(|(name, u)| (name.clone(), u.clone() as Arc<dyn HttpUpstream>))
-        .collect();
+    let services = Services {
+        store: kept.shared.store.clone(),
+        upstreams: upstreams
+            .iter()
+            .map(|(name, u)| (name.clone(), u.clone() as Arc<dyn HttpUpstream>))
+            .collect(),
+        metrics: kept.filters.clone(),
+    };
     let mut plugins = HashMap::new();
     for (name, plugin) in &config.plugins {
         let version = versions
             .active(name)
             .ok_or_else(|| anyhow::anyhow!("plugin `{name}` has no version loaded"))?;
-        let caps = Capabilities::new(
-            name,
-            plugin,
-            &callable,
-            shared.store.clone(),
-            shared.metrics.clone(),
-        );
+        let caps = Capabilities::bind(name, plugin, &services);
         let path = match &version.origin {
             Origin::File(path) => path.clone(),
             Origin::Upload => PathBuf::from(format!("upload:{}", version.sha256)),
         };
-        let loaded = engine
-            .load(name, &path, &version.component, plugin, caps)
+        let loaded = kept
+            .engine
+            .load(name, &path, &version.compiled, plugin, caps)
             .map_err(|e| {
                 src.error(
                     plugin.path.span().start,
@@ -488,7 +479,7 @@ async fn build(
             })?;
         plugins.insert(name.clone(), Arc::new(loaded));
     }
-    Gateway::build(&config.routes, &plugins, upstreams, shared)
+    Gateway::build(&config.routes, &plugins, upstreams, &kept.shared)
         .await
         .map_err(|e| src.error(e.at, e.key, e.message).into())
 }
@@ -543,6 +534,8 @@ fn plugin_infos(config: &Config, versions: &Versions) -> Vec<PluginInfo> {
                 name: name.clone(),
                 version: active.number,
                 sha256: active.sha256.clone(),
+                kind: active.compiled.kind.interface(),
+                contract: active.compiled.contract,
                 origin: active.origin.clone(),
                 loaded_at: humantime::format_rfc3339_seconds(active.loaded_at).to_string(),
                 previous: versions.previous(name).map(|v| v.number),

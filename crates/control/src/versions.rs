@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
+use sluice_filter::Compiled;
 
 /// Versions kept per plugin, the active one included.
 const KEEP: usize = 4;
@@ -34,7 +34,7 @@ pub struct Version {
     pub origin: Origin,
     /// When it was first loaded.
     pub loaded_at: SystemTime,
-    pub(crate) component: Component,
+    pub(crate) compiled: Compiled,
 }
 
 #[derive(Clone, Default)]
@@ -82,24 +82,24 @@ impl Versions {
     }
 
     /// A compiled version of `plugin` with content `sha`, if one is kept.
-    pub fn known(&self, plugin: &str, sha: &str) -> Option<Component> {
+    pub fn known(&self, plugin: &str, sha: &str) -> Option<Compiled> {
         let history = self.plugins.get(plugin)?;
         let version = history.versions.iter().find(|v| v.sha256 == sha)?;
-        Some(version.component.clone())
+        Some(version.compiled.clone())
     }
 
     /// The file of `plugin` changed to content `sha`, compiled as `component`:
     /// that version becomes active.
-    pub fn file_read(&mut self, plugin: &str, path: &Path, sha: String, component: Component) {
+    pub fn file_read(&mut self, plugin: &str, path: &Path, sha: String, compiled: Compiled) {
         let history = self.plugins.entry(plugin.to_owned()).or_default();
         history.file_sha = Some(sha.clone());
-        push(history, sha, Origin::File(path.to_owned()), component);
+        push(history, sha, Origin::File(path.to_owned()), compiled);
     }
 
     /// An uploaded version of `plugin` becomes active.
-    pub fn uploaded(&mut self, plugin: &str, sha: String, component: Component) {
+    pub fn uploaded(&mut self, plugin: &str, sha: String, compiled: Compiled) {
         let history = self.plugins.entry(plugin.to_owned()).or_default();
-        push(history, sha, Origin::Upload, component);
+        push(history, sha, Origin::Upload, compiled);
     }
 
     /// Drop the active version of `plugin`, making the one before active.
@@ -119,14 +119,14 @@ impl Versions {
     }
 }
 
-fn push(history: &mut History, sha256: String, origin: Origin, component: Component) {
+fn push(history: &mut History, sha256: String, origin: Origin, compiled: Compiled) {
     history.next += 1;
     history.versions.push(Arc::new(Version {
         number: history.next,
         sha256,
         origin,
         loaded_at: SystemTime::now(),
-        component,
+        compiled,
     }));
     if history.versions.len() > KEEP {
         history.versions.remove(0);

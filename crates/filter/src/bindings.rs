@@ -1,33 +1,51 @@
-//! The one place the WIT contract is turned into Rust for the host.
+//! The one place the WIT contract is turned into Rust for the host: the
+//! current version (`wit/` at the repository root) and the previous one,
+//! which the host still loads (`compat.rs` adapts it). Both map the
+//! contract's resources onto the same host types, entries of the store's
+//! resource table.
 #![allow(missing_docs)] // generated
 
-use wasmtime::component::bindgen;
+/// `sluice:filter@0.2.0`.
+pub mod v2 {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "host",
+        imports: {
+            // These wait on the state store or the network.
+            "sluice:filter/kv": async | trappable,
+            "sluice:filter/outbound": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+        with: {
+            "sluice:filter/types.headers": crate::capability::types::HeadersEntry,
+            "sluice:filter/types.request": crate::capability::types::RequestEntry,
+            "sluice:filter/types.response": crate::capability::types::ResponseEntry,
+        },
+    });
 
-/// Host side of a `headers` handle: rep 0 is the request's, rep 1 the response's.
-pub struct HeadersHandle;
-/// Host side of the `request` handle passed to a call (the current exchange's request).
-pub struct RequestHandle;
-/// Host side of the `response` handle passed to a call (the current exchange's response).
-pub struct ResponseHandle;
+    pub use self::exports::sluice::filter as policies;
+    pub use self::sluice::filter::{clock, kv, log, metrics, outbound, types};
+}
 
-bindgen!({
-    path: "../../wit",
-    world: "host",
-    imports: {
-        // These wait on the state store or the network.
-        "sluice:filter/kv": async | trappable,
-        "sluice:filter/outbound": async | trappable,
-        default: trappable,
-    },
-    exports: { default: async },
-    with: {
-        "sluice:filter/types.headers": HeadersHandle,
-        "sluice:filter/types.request": RequestHandle,
-        "sluice:filter/types.response": ResponseHandle,
-    },
-});
+/// `sluice:filter@0.1.0`, as components built for it import and export it.
+pub mod v1 {
+    wasmtime::component::bindgen!({
+        path: "wit-0.1.0",
+        world: "host",
+        imports: {
+            "sluice:filter/kv": async | trappable,
+            "sluice:filter/outbound": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+        with: {
+            "sluice:filter/types.headers": crate::capability::types::HeadersEntry,
+            "sluice:filter/types.request": crate::capability::types::RequestEntry,
+            "sluice:filter/types.response": crate::capability::types::ResponseEntry,
+        },
+    });
 
-pub use self::exports::sluice::filter::{
-    auth, cache_policy, http_filter, rate_limit, routing, transform,
-};
-pub use self::sluice::filter::{clock, kv, log, metrics, outbound, types};
+    pub use self::exports::sluice::filter as policies;
+    pub use self::sluice::filter::{clock, kv, log, metrics, outbound, types};
+}

@@ -1,7 +1,6 @@
 //! A plugin's configuration: its component, the limits it runs under, its
 //! failure policy and the capabilities it is granted.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,51 +40,6 @@ pub struct PluginConfig {
     /// The longest an outbound HTTP call may take.
     #[serde(default = "defaults::outbound_timeout", with = "humantime_serde")]
     pub outbound_timeout: Duration,
-}
-
-/// A host capability a plugin may be granted.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Grant {
-    /// The key-value store, counters and token buckets (`kv`).
-    Kv,
-    /// Defining metrics (`metrics`).
-    Metrics,
-    /// Outbound HTTP to one named upstream (`http:<name>`).
-    Http(String),
-}
-
-impl std::str::FromStr for Grant {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Grant, String> {
-        match s {
-            "kv" => Ok(Grant::Kv),
-            "metrics" => Ok(Grant::Metrics),
-            _ => match s.strip_prefix("http:") {
-                Some(upstream) if !upstream.is_empty() => Ok(Grant::Http(upstream.to_owned())),
-                _ => Err(format!(
-                    "unknown grant `{s}`; grants are `kv`, `metrics` and `http:<upstream>`"
-                )),
-            },
-        }
-    }
-}
-
-impl fmt::Display for Grant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Grant::Kv => f.write_str("kv"),
-            Grant::Metrics => f.write_str("metrics"),
-            Grant::Http(upstream) => write!(f, "http:{upstream}"),
-        }
-    }
-}
-
-impl PluginConfig {
-    /// The parsed grants; they were checked when the configuration was loaded.
-    pub fn grants(&self) -> impl Iterator<Item = Grant> + '_ {
-        self.grants.iter().filter_map(|g| g.get_ref().parse().ok())
-    }
 }
 
 /// What happens to a request when one of its filters fails.

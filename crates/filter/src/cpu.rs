@@ -105,10 +105,14 @@ impl CallClock {
             .store(nanos_since(self.origin, now), Ordering::Relaxed);
     }
 
-    /// The host waited this long on the guest's behalf.
-    pub fn waited(&mut self, wait: Duration) {
-        self.waited += wait;
-        self.waited_in_call += wait;
+    /// Wait for `work` on the guest's behalf; the wait does not count as its time.
+    pub async fn wait<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let result = work.await;
+        let waited = started.elapsed();
+        self.waited += waited;
+        self.waited_in_call += waited;
+        result
     }
 
     /// An epoch tick reached the running guest: stop it if it is out of

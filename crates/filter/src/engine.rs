@@ -1,102 +1,35 @@
-//! The shared wasmtime engine: compiling plugins once, linking their imports,
-//! and the epoch clock that bounds every call's running time.
+//! The shared wasmtime engine: compiling components once (cached on disk by
+//! their sha256), linking every capability, and the epoch clock that lets a
+//! running call be looked at, yield and be stopped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
 
-use super::bindings::{self, Host_};
-use tokio::sync::Semaphore;
-
-use super::capabilities::Capabilities;
-use super::cpu::CpuShare;
-use super::error::PluginError;
-use super::instance::FilterState;
+use crate::capability::{self, Capabilities};
 use crate::config::PluginConfig;
+use crate::error::PluginError;
+use crate::instance::FilterState;
+use crate::kinds::{Exports, Kind};
+use crate::plugin::Plugin;
 
 /// How often the epoch advances: a running call is looked at (and yields) once a tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// The policy kind a plugin implements, in the order their phases run on a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// Establishes the identity.
-    Auth,
-    /// Picks a token bucket.
-    RateLimit,
-    /// Edits requests and responses.
-    Transform,
-    /// Anything on request and response.
-    HttpFilter,
-    /// Picks the upstream.
-    Routing,
-    /// Steers the response cache.
-    CachePolicy,
-}
-
-impl Kind {
-    /// The WIT interface name, for messages.
-    pub fn interface(self) -> &'static str {
-        match self {
-            Kind::Auth => "auth",
-            Kind::RateLimit => "rate-limit",
-            Kind::Transform => "transform",
-            Kind::HttpFilter => "http-filter",
-            Kind::Routing => "routing",
-            Kind::CachePolicy => "cache-policy",
-        }
-    }
-}
-
-/// Export lookups for each kind, resolved once per plugin.
-pub(crate) enum Exports {
-    Auth(bindings::auth::GuestIndices),
-    RateLimit(bindings::rate_limit::GuestIndices),
-    Transform(bindings::transform::GuestIndices),
-    HttpFilter(bindings::http_filter::GuestIndices),
-    Routing(bindings::routing::GuestIndices),
-    CachePolicy(bindings::cache_policy::GuestIndices),
-}
-
-impl Exports {
-    fn kind(&self) -> Kind {
-        match self {
-            Exports::Auth(_) => Kind::Auth,
-            Exports::RateLimit(_) => Kind::RateLimit,
-            Exports::Transform(_) => Kind::Transform,
-            Exports::HttpFilter(_) => Kind::HttpFilter,
-            Exports::Routing(_) => Kind::Routing,
-            Exports::CachePolicy(_) => Kind::CachePolicy,
-        }
-    }
-}
-
-/// A compiled, linked plugin, ready to be instantiated cheaply.
-pub struct Plugin {
-    /// The name from the configuration.
-    pub name: Arc<str>,
-    /// The component file.
-    pub path: PathBuf,
-    /// Which phase it runs in.
+/// A compiled component that is a Sluice filter, not yet bound to a configuration.
+#[derive(Clone)]
+pub struct Compiled {
+    /// The compiled code.
+    pub component: Component,
+    /// The kind of policy it implements.
     pub kind: Kind,
-    pub(crate) pre: InstancePre<FilterState>,
-    pub(crate) exports: Exports,
-    /// Limits and failure policy from the configuration.
-    pub memory_limit: usize,
-    pub(crate) call_timeout: Duration,
-    pub(crate) caps: Arc<Capabilities>,
-    pub(crate) max_requests: u32,
-    /// Skip the filter when it fails, rather than failing the request.
-    pub fail_open: bool,
-    /// Meters its long-running calls.
-    pub(crate) cpu: Arc<CpuShare>,
-    /// One permit per call in flight.
-    pub(crate) slots: Arc<Semaphore>,
+    /// The version of `sluice:filter` it was built for.
+    pub contract: &'static str,
 }
 
 /// The wasmtime engine and linker shared by every plugin.
@@ -137,9 +70,7 @@ impl FilterEngine {
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        Host_::add_to_linker::<_, HasSelf<FilterState>>(&mut linker, |s| s)
-            .map_err(anyhow::Error::from)?;
+        capability::link(&mut linker).map_err(anyhow::Error::from)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -152,9 +83,23 @@ impl FilterEngine {
         })
     }
 
-    /// Compile a component (or fetch it from the disk cache).
-    pub fn compile(&self, bytes: &[u8]) -> Result<Component, String> {
-        Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))
+    /// Compile a component (or fetch it from the disk cache) and check
+    /// that it is a Sluice filter this gateway can link.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, String> {
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| format!("not a valid component: {e:#}"))?;
+        let exports = Exports::find(&self.pre(&component)?)?;
+        Ok(Compiled {
+            component,
+            kind: exports.kind(),
+            contract: exports.version(),
+        })
+    }
+
+    fn pre(&self, component: &Component) -> Result<InstancePre<FilterState>, String> {
+        self.linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("imports something Sluice does not offer: {e:#}"))
     }
 
     /// Compilations answered from the disk cache, and those that were not.
@@ -164,22 +109,13 @@ impl FilterEngine {
             .map(|c| (c.cache_hits(), c.cache_misses()))
     }
 
-    /// The kind of policy a compiled component implements.
-    pub fn kind(&self, component: &Component) -> Result<Kind, String> {
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| format!("imports something Sluice does not offer: {e:#}"))?;
-        Ok(find_exports(&pre)?.kind())
-    }
-
     /// Link a compiled plugin (from `path`, for messages) and find its kind;
     /// `caps` are the capabilities its configuration grants.
     pub fn load(
         &self,
         name: &str,
         path: &Path,
-        component: &Component,
+        compiled: &Compiled,
         config: &PluginConfig,
         caps: Capabilities,
     ) -> Result<Plugin, PluginError> {
@@ -188,60 +124,10 @@ impl FilterEngine {
             path: path.to_owned(),
             reason,
         };
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| err(format!("imports something Sluice does not offer: {e:#}")))?;
-        let exports = find_exports(&pre).map_err(err)?;
-        let kind = exports.kind();
-        Ok(Plugin {
-            name: name.into(),
-            path: path.to_owned(),
-            kind,
-            pre,
-            exports,
-            memory_limit: (config.memory_limit_mib as usize) << 20,
-            call_timeout: config.call_timeout,
-            caps: Arc::new(caps),
-            max_requests: config.max_requests_per_instance.max(1),
-            fail_open: config.on_failure == crate::config::FailurePolicy::Open,
-            cpu: Arc::new(CpuShare::new(config.cpu_share, workers())),
-            slots: Arc::new(Semaphore::new(config.max_concurrency as usize)),
-        })
+        let pre = self.pre(&compiled.component).map_err(err)?;
+        let exports = Exports::find(&pre).map_err(err)?;
+        Ok(Plugin::new(name, path, pre, exports, config, caps))
     }
-}
-
-/// Exactly one policy interface must be exported; it decides the plugin's phase.
-fn find_exports(pre: &InstancePre<FilterState>) -> Result<Exports, String> {
-    let mut found = Vec::new();
-    if let Ok(i) = bindings::auth::GuestIndices::new(pre) {
-        found.push(Exports::Auth(i));
-    }
-    if let Ok(i) = bindings::rate_limit::GuestIndices::new(pre) {
-        found.push(Exports::RateLimit(i));
-    }
-    if let Ok(i) = bindings::transform::GuestIndices::new(pre) {
-        found.push(Exports::Transform(i));
-    }
-    if let Ok(i) = bindings::http_filter::GuestIndices::new(pre) {
-        found.push(Exports::HttpFilter(i));
-    }
-    if let Ok(i) = bindings::routing::GuestIndices::new(pre) {
-        found.push(Exports::Routing(i));
-    }
-    if let Ok(i) = bindings::cache_policy::GuestIndices::new(pre) {
-        found.push(Exports::CachePolicy(i));
-    }
-    match found.len() {
-        1 => Ok(found.pop().expect("one export")),
-        0 => Err("exports no `sluice:filter` policy interface (auth, rate-limit, transform, routing, cache-policy, http-filter); is it built with the Sluice SDK?".into()),
-        _ => Err("exports more than one policy interface; a plugin implements one kind".into()),
-    }
-}
-
-/// The threads serving requests: what a plugin's `cpu_share` is a share of.
-fn workers() -> usize {
-    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers())
 }
 
 /// Holds the engine weakly, so the thread ends when the last gateway using it is gone.

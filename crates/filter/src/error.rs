@@ -1,4 +1,5 @@
-//! What can go wrong with a plugin, at load time and per call.
+//! What can go wrong with a plugin: at load time, per call, and inside a
+//! call to a host capability.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub enum PluginError {
 pub struct FilterFailure {
     /// The plugin's name.
     pub plugin: Arc<str>,
-    /// A trap, a timeout, a limit, or an instantiation error.
+    /// A trap, a timeout, a limit, an invalid answer, or an instantiation error.
     pub reason: String,
     /// The plugin had its `max_concurrency` calls in flight for a whole
     /// `call_timeout`: an overload (503), not a fault.
@@ -66,4 +67,25 @@ impl FilterFailure {
             busy: true,
         }
     }
+}
+
+/// Why a host call made by a plugin failed: the WIT `error` variant, which
+/// contract 0.1.0 plugins receive as its text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// The configuration does not grant the capability.
+    #[error("{0}")]
+    NotGranted(String),
+    /// The service behind it could not answer.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The arguments were refused.
+    #[error("{0}")]
+    Invalid(String),
+    /// It took too long.
+    #[error("{0}")]
+    Timeout(String),
+    /// A limit was reached.
+    #[error("{0}")]
+    Limit(String),
 }

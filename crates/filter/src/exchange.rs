@@ -1,13 +1,11 @@
-//! What one request carries through the phases: the request head, what the
-//! filters learned, and later the response head. Filters reach it through
-//! handles while they run; the proxy owns it the rest of the time.
+//! What one request carries through the filters: the request head, what
+//! the filters learned, and later the response head. A filter reaches it
+//! through handles while it runs; the proxy owns it the rest of the time.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-
-use crate::ratelimit::Admission;
 
 /// Who a request is from, as set by an auth filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,9 +16,11 @@ pub struct Identity {
     pub claims: Vec<(String, String)>,
 }
 
-/// The state of one request as it passes through a route's chain.
+/// The state of one request as it passes through a route's filters.
 #[derive(Debug)]
 pub struct Exchange {
+    /// The request's number, unique while it runs (`request.id` in the WIT).
+    pub id: u64,
     /// The request head as it will be sent upstream (filters may edit it).
     pub request: http::request::Parts,
     /// The client's address.
@@ -31,22 +31,26 @@ pub struct Exchange {
     pub route: Arc<str>,
     /// Set by an auth filter.
     pub identity: Option<Identity>,
-    /// The buffered request body, when a filter in the chain asked for bodies.
+    /// The buffered request body, when a filter on the route asked for bodies.
     pub request_body: Option<Bytes>,
     /// The response head, during the response phases.
     pub response: Option<http::response::Parts>,
-    /// The buffered response body, when a filter in the chain asked for bodies.
+    /// The buffered response body, when a filter on the route asked for bodies.
     pub response_body: Option<Bytes>,
     /// Whether the filter running now may read and replace bodies.
-    pub body_access: bool,
-    /// The last rate-limit decision, reported in `RateLimit-*` response headers.
-    pub rate_limit: Option<Admission>,
+    pub(crate) body_access: bool,
 }
 
 impl Exchange {
-    /// A fresh exchange for a request that took `route`.
-    pub fn new(request: http::request::Parts, client_ip: IpAddr, route: Arc<str>) -> Exchange {
+    /// A fresh exchange, number `id`, for a request that took `route`.
+    pub fn new(
+        id: u64,
+        request: http::request::Parts,
+        client_ip: IpAddr,
+        route: Arc<str>,
+    ) -> Exchange {
         Exchange {
+            id,
             request,
             client_ip,
             secure: false,
@@ -56,8 +60,18 @@ impl Exchange {
             response: None,
             response_body: None,
             body_access: false,
-            rate_limit: None,
         }
+    }
+
+    /// An empty exchange, to hold a place while the real one is lent to a call.
+    pub(crate) fn placeholder() -> Box<Exchange> {
+        let (request, ()) = http::Request::new(()).into_parts();
+        Box::new(Exchange::new(
+            0,
+            request,
+            IpAddr::from([0, 0, 0, 0]),
+            Arc::from(""),
+        ))
     }
 
     /// The host the client asked for (the edge put it in `Host`, whatever the protocol).

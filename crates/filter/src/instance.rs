@@ -1,44 +1,71 @@
-//! Instances of one plugin with one route's configuration, pooled and reused
-//! across requests: a call into a warm instance is ~1.5 µs, a fresh one ~25 µs.
-//! An instance that fails is thrown away; one that served enough requests or
-//! grew its memory too far is recycled.
+//! One instance of a plugin: its store (the host data every import borrows
+//! a view of), its exports, and the calls into it with an exchange lent.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
-use tokio::sync::OwnedSemaphorePermit;
-use wasmtime::component::Resource;
+use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{auth, cache_policy, http_filter, rate_limit, routing, transform, types};
-use super::capabilities::Capabilities;
-use super::cpu::{CallClock, WallLimit};
-use super::engine::{Exports, Kind, Plugin};
-use super::error::{FilterFailure, PluginError};
+use crate::answer::{Answer, ResponseAnswer};
+use crate::capability::Capabilities;
+use crate::capability::basics::BasicsView;
+use crate::capability::kv::KvView;
+use crate::capability::outbound::OutboundView;
+use crate::capability::types::{self, TypesView};
+use crate::cpu::{CallClock, WallLimit};
+use crate::error::PluginError;
 use crate::exchange::Exchange;
+use crate::kinds::Guest;
+use crate::plugin::Plugin;
 
 /// The guest's panic messages land here; kept small, read when a call fails.
 const STDERR_CAPACITY: usize = 16 << 10;
-/// Idle instances kept per pool; more are created under load and dropped after.
-const MAX_IDLE: usize = 64;
 
-/// The host data of one plugin instance's store.
-pub struct FilterState {
-    pub(crate) plugin: Arc<str>,
-    /// The request being filtered, moved in for the length of one call.
-    pub(crate) exchange: Option<Box<Exchange>>,
-    pub(crate) started: Instant,
+/// The host data of one instance's store. Each capability borrows a view
+/// of what it needs (see `capability`).
+pub(crate) struct FilterState {
+    /// The request, response and headers handles, and WASI's.
+    table: ResourceTable,
+    wasi: WasiCtx,
     pub(crate) caps: Arc<Capabilities>,
     /// Only the guest's own time counts against `call_timeout`.
-    pub(crate) clock: CallClock,
+    clock: CallClock,
     memory: MemoryLimit,
-    wasi: WasiCtx,
-    table: ResourceTable,
     stderr: MemoryOutputPipe,
+    started: Instant,
+}
+
+impl FilterState {
+    pub(crate) fn types(&mut self) -> TypesView<'_> {
+        TypesView {
+            table: &mut self.table,
+            refusals: &self.caps.refusals,
+        }
+    }
+
+    pub(crate) fn basics(&mut self) -> BasicsView<'_> {
+        BasicsView {
+            plugin: &self.caps.plugin,
+            started: self.started,
+        }
+    }
+
+    pub(crate) fn kv(&mut self) -> KvView<'_> {
+        KvView {
+            kv: &self.caps.kv,
+            clock: &mut self.clock,
+        }
+    }
+
+    pub(crate) fn outbound(&mut self) -> OutboundView<'_> {
+        OutboundView {
+            outbound: &self.caps.outbound,
+            clock: &mut self.clock,
+        }
+    }
 }
 
 impl WasiView for FilterState {
@@ -80,242 +107,20 @@ impl ResourceLimiter for MemoryLimit {
     }
 }
 
-/// The exports of one instance, for its plugin's kind.
-enum Guest {
-    Auth(auth::Guest),
-    RateLimit(rate_limit::Guest),
-    Transform(transform::Guest),
-    HttpFilter(http_filter::Guest),
-    Routing(routing::Guest),
-    CachePolicy(cache_policy::Guest),
-}
-
-struct Instance {
+/// A live, initialised instance.
+pub(crate) struct Instance {
     store: Store<FilterState>,
     guest: Guest,
-    uses: u32,
-}
-
-/// Warm instances of one plugin, each initialised with the same configuration.
-pub struct InstancePool {
-    /// The plugin the instances run.
-    pub plugin: Arc<Plugin>,
-    /// The route's configuration for it, as JSON.
-    config: String,
-    /// Whether calls may read and replace bodies.
-    pub body_access: bool,
-    /// Whether `on-response` is worth calling: cleared when the plugin says it
-    /// does nothing, so a filter without a response phase costs one call, not two.
-    response_phase: AtomicBool,
-    /// Calls made, request phase then response phase.
-    calls: [Counter; 2],
-    idle: Mutex<Vec<Instance>>,
-}
-
-/// Which of a pool's call counters a call adds to.
-#[derive(Clone, Copy)]
-enum Phase {
-    Request = 0,
-    Response = 1,
-}
-
-impl InstancePool {
-    /// A pool for `plugin` with `config`; creates one instance now, so a plugin
-    /// that rejects its configuration is reported at load time.
-    pub async fn new(
-        plugin: Arc<Plugin>,
-        config: String,
-        body_access: bool,
-    ) -> Result<InstancePool, PluginError> {
-        let first = Instance::new(&plugin, &config).await?;
-        let response_phase = matches!(plugin.kind, Kind::Transform | Kind::HttpFilter);
-        let calls = ["request", "response"].map(|phase| plugin.caps.calls(phase));
-        Ok(InstancePool {
-            plugin,
-            config,
-            body_access,
-            response_phase: AtomicBool::new(response_phase),
-            calls,
-            idle: Mutex::new(vec![first]),
-        })
-    }
-
-    /// Whether the plugin has a response phase that may act.
-    pub fn has_response_phase(&self) -> bool {
-        self.response_phase.load(Ordering::Relaxed)
-    }
-
-    /// Note what `on-response` said about itself.
-    fn observe(&self, phase: types::ResponsePhase) {
-        if phase == types::ResponsePhase::Unused
-            && self.response_phase.swap(false, Ordering::Relaxed)
-        {
-            tracing::debug!(
-                plugin = &*self.plugin.name,
-                "no response phase: no longer called"
-            );
-        }
-    }
-
-    /// An instance for one call, and the plugin's permit for a call in flight.
-    async fn checkout(&self) -> Result<(Instance, OwnedSemaphorePermit), FilterFailure> {
-        let plugin = &self.plugin;
-        let slot = match plugin.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                tokio::time::timeout(plugin.call_timeout, plugin.slots.clone().acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .ok_or_else(|| FilterFailure::busy(plugin.name.clone()))?
-            }
-        };
-        let idle = self.idle.lock().expect("pool lock").pop();
-        let instance = match idle {
-            Some(instance) => instance,
-            None => Instance::new(plugin, &self.config)
-                .await
-                .map_err(|e| FilterFailure::new(plugin.name.clone(), e.to_string()))?,
-        };
-        Ok((instance, slot))
-    }
-
-    /// Returns a healthy instance to the pool; a failed one is dropped and reported.
-    fn finish<R>(
-        &self,
-        mut instance: Instance,
-        result: wasmtime::Result<R>,
-    ) -> Result<R, FilterFailure> {
-        match result {
-            Ok(value) => {
-                instance.uses += 1;
-                let state = instance.store.data();
-                let bloated = state.memory.peak > state.memory.limit / 2;
-                if instance.uses < self.plugin.max_requests && !bloated {
-                    let mut idle = self.idle.lock().expect("pool lock");
-                    if idle.len() < MAX_IDLE {
-                        idle.push(instance);
-                    }
-                }
-                Ok(value)
-            }
-            Err(error) => {
-                let reason = describe_failure(&error, &instance.store.data().stderr.contents());
-                self.plugin.caps.count_failure();
-                tracing::debug!(
-                    plugin = &*self.plugin.name,
-                    "filter failed, instance replaced: {reason}"
-                );
-                Err(FilterFailure::new(self.plugin.name.clone(), reason))
-            }
-        }
-    }
-}
-
-/// Runs one export of a pooled instance with the exchange moved into its store,
-/// and hands the exchange back whatever happens.
-macro_rules! call_guest {
-    ($pool:expr, $ex:expr, $phase:ident, $kind:ident, |$guest:ident, $store:ident, $req:ident| $call:expr) => {{
-        let pool: &InstancePool = $pool;
-        let mut ex: Box<Exchange> = $ex;
-        let (mut instance, _slot) = match pool.checkout().await {
-            Ok(checked_out) => checked_out,
-            Err(failure) => return (ex, Err(failure)),
-        };
-        pool.calls[Phase::$phase as usize].inc();
-        ex.body_access = pool.body_access;
-        let state = instance.store.data_mut();
-        state.exchange = Some(ex);
-        state.clock.start();
-        instance.store.set_epoch_deadline(1);
-        let result = match &instance.guest {
-            Guest::$kind($guest) => {
-                let $store = &mut instance.store;
-                let $req = Resource::new_borrow(0);
-                $call.await
-            }
-            _ => unreachable!("the pool's plugin kind decides its guest"),
-        };
-        let mut ex = instance
-            .store
-            .data_mut()
-            .exchange
-            .take()
-            .expect("the exchange stays in the store during a call");
-        ex.body_access = false;
-        (ex, pool.finish(instance, result))
-    }};
-}
-
-/// What a call returns: the exchange back, and the filter's answer or its failure.
-pub type CallResult<T> = (Box<Exchange>, Result<T, FilterFailure>);
-
-impl InstancePool {
-    /// `auth.authenticate`
-    pub async fn authenticate(&self, ex: Box<Exchange>) -> CallResult<auth::AuthDecision> {
-        call_guest!(self, ex, Request, Auth, |g, store, req| g
-            .call_authenticate(store, req))
-    }
-
-    /// `rate-limit.check`
-    pub async fn rate_limit(&self, ex: Box<Exchange>) -> CallResult<Option<rate_limit::Limit>> {
-        call_guest!(self, ex, Request, RateLimit, |g, store, req| g
-            .call_check(store, req))
-    }
-
-    /// `transform.on-request`
-    pub async fn transform_request(
-        &self,
-        ex: Box<Exchange>,
-    ) -> CallResult<transform::RequestAction> {
-        call_guest!(self, ex, Request, Transform, |g, store, req| g
-            .call_on_request(store, req))
-    }
-
-    /// `transform.on-response`
-    pub async fn transform_response(&self, ex: Box<Exchange>) -> CallResult<()> {
-        let (ex, phase) = call_guest!(self, ex, Response, Transform, |g, store, req| g
-            .call_on_response(store, req, Resource::new_borrow(0)));
-        (ex, phase.map(|phase| self.observe(phase)))
-    }
-
-    /// `http-filter.on-request`
-    pub async fn http_request(&self, ex: Box<Exchange>) -> CallResult<http_filter::Verdict> {
-        call_guest!(self, ex, Request, HttpFilter, |g, store, req| g
-            .call_on_request(store, req))
-    }
-
-    /// `http-filter.on-response`
-    pub async fn http_response(&self, ex: Box<Exchange>) -> CallResult<()> {
-        let (ex, phase) = call_guest!(self, ex, Response, HttpFilter, |g, store, req| g
-            .call_on_response(store, req, Resource::new_borrow(0)));
-        (ex, phase.map(|phase| self.observe(phase)))
-    }
-
-    /// `cache-policy.on-request`
-    pub async fn cache_lookup(&self, ex: Box<Exchange>) -> CallResult<cache_policy::Lookup> {
-        call_guest!(self, ex, Request, CachePolicy, |g, store, req| g
-            .call_on_request(store, req))
-    }
-
-    /// `cache-policy.on-response`
-    pub async fn cache_store(&self, ex: Box<Exchange>) -> CallResult<cache_policy::Store> {
-        call_guest!(self, ex, Response, CachePolicy, |g, store, req| g
-            .call_on_response(store, req, Resource::new_borrow(0)))
-    }
-
-    /// `routing.select`
-    pub async fn select_route(
-        &self,
-        ex: Box<Exchange>,
-    ) -> CallResult<Option<routing::RouteDecision>> {
-        call_guest!(self, ex, Request, Routing, |g, store, req| g
-            .call_select(store, req))
-    }
+    /// Holds the exchange's place while the exchange is lent to a call.
+    spare: Option<Box<Exchange>>,
+    pub(crate) uses: u32,
+    /// Set when a call left it unfit for another (a handle kept past its call).
+    pub(crate) spoiled: bool,
 }
 
 impl Instance {
-    async fn new(plugin: &Plugin, config: &str) -> Result<Instance, PluginError> {
+    /// Instantiate `plugin` and initialise it with `config` (JSON).
+    pub(crate) async fn new(plugin: &Plugin, config: &str) -> Result<Instance, PluginError> {
         let fail = |e: wasmtime::Error, stderr: &MemoryOutputPipe| PluginError::Instantiate {
             plugin: plugin.name.to_string(),
             reason: describe_failure(&e, &stderr.contents()),
@@ -325,18 +130,16 @@ impl Instance {
         // that standard libraries start; their capabilities are all withheld.
         let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
         let state = FilterState {
-            plugin: plugin.name.clone(),
-            exchange: None,
-            started: Instant::now(),
+            table: ResourceTable::new(),
+            wasi,
             caps: plugin.caps.clone(),
             clock: CallClock::new(plugin.call_timeout, plugin.cpu.clone()),
             memory: MemoryLimit {
                 limit: plugin.memory_limit,
                 peak: 0,
             },
-            wasi,
-            table: ResourceTable::new(),
             stderr: stderr.clone(),
+            started: Instant::now(),
         };
         let mut store = Store::new(plugin.pre.engine(), state);
         store.limiter(|s| &mut s.memory);
@@ -349,16 +152,11 @@ impl Instance {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| fail(e, &stderr))?;
-        let guest =
-            load_guest(&plugin.exports, &mut store, &instance).map_err(|e| fail(e, &stderr))?;
-        let verdict = match &guest {
-            Guest::Auth(g) => g.call_init(&mut store, config).await,
-            Guest::RateLimit(g) => g.call_init(&mut store, config).await,
-            Guest::Transform(g) => g.call_init(&mut store, config).await,
-            Guest::HttpFilter(g) => g.call_init(&mut store, config).await,
-            Guest::Routing(g) => g.call_init(&mut store, config).await,
-            Guest::CachePolicy(g) => g.call_init(&mut store, config).await,
-        };
+        let guest = plugin
+            .exports
+            .load(&mut store, &instance)
+            .map_err(|e| fail(e, &stderr))?;
+        let verdict = guest.init(&mut store, config).await;
         if let Err(message) = verdict.map_err(|e| fail(e, &stderr))? {
             return Err(PluginError::Rejected {
                 plugin: plugin.name.to_string(),
@@ -368,24 +166,86 @@ impl Instance {
         Ok(Instance {
             store,
             guest,
+            spare: Some(Exchange::placeholder()),
             uses: 0,
+            spoiled: false,
         })
     }
-}
 
-fn load_guest(
-    exports: &Exports,
-    store: &mut Store<FilterState>,
-    instance: &wasmtime::component::Instance,
-) -> wasmtime::Result<Guest> {
-    Ok(match exports {
-        Exports::Auth(i) => Guest::Auth(i.load(&mut *store, instance)?),
-        Exports::RateLimit(i) => Guest::RateLimit(i.load(&mut *store, instance)?),
-        Exports::Transform(i) => Guest::Transform(i.load(&mut *store, instance)?),
-        Exports::HttpFilter(i) => Guest::HttpFilter(i.load(&mut *store, instance)?),
-        Exports::Routing(i) => Guest::Routing(i.load(&mut *store, instance)?),
-        Exports::CachePolicy(i) => Guest::CachePolicy(i.load(&mut *store, instance)?),
-    })
+    /// The kind's request call, with `exchange` lent to it.
+    pub(crate) async fn request(
+        &mut self,
+        exchange: &mut Box<Exchange>,
+        body_access: bool,
+    ) -> wasmtime::Result<Answer> {
+        let (request, _) = self.lend(exchange, body_access, false)?;
+        let borrowed = wasmtime::component::Resource::new_borrow(request.rep());
+        let answer = self.guest.request(&mut self.store, borrowed).await;
+        self.take_back(exchange, request, None);
+        answer
+    }
+
+    /// The kind's response call, with `exchange` (its response head set) lent to it.
+    pub(crate) async fn response(
+        &mut self,
+        exchange: &mut Box<Exchange>,
+        body_access: bool,
+    ) -> wasmtime::Result<ResponseAnswer> {
+        let (request, response) = self.lend(exchange, body_access, true)?;
+        let response = response.expect("lent with a response");
+        let req = wasmtime::component::Resource::new_borrow(request.rep());
+        let resp = wasmtime::component::Resource::new_borrow(response.rep());
+        let answer = self.guest.response(&mut self.store, req, resp).await;
+        self.take_back(exchange, request, Some(response));
+        answer
+    }
+
+    /// Move the exchange into the store's table for a call (a spare box
+    /// holds its place) and start the call's clock.
+    fn lend(
+        &mut self,
+        exchange: &mut Box<Exchange>,
+        body_access: bool,
+        response: bool,
+    ) -> wasmtime::Result<(
+        wasmtime::component::Resource<types::RequestEntry>,
+        Option<wasmtime::component::Resource<types::ResponseEntry>>,
+    )> {
+        let table = &mut self.store.data_mut().table;
+        let (request, response) = types::open(table, response)?;
+        let spare = self.spare.take().expect("a spare between calls");
+        let mut lent = std::mem::replace(exchange, spare);
+        lent.body_access = body_access;
+        types::fill(table, &request, lent);
+        self.store.data_mut().clock.start();
+        self.store.set_epoch_deadline(1);
+        Ok((request, response))
+    }
+
+    /// Put the exchange back where it was lent from.
+    fn take_back(
+        &mut self,
+        exchange: &mut Box<Exchange>,
+        request: wasmtime::component::Resource<types::RequestEntry>,
+        response: Option<wasmtime::component::Resource<types::ResponseEntry>>,
+    ) {
+        let (mut back, clean) =
+            types::take_back(&mut self.store.data_mut().table, request, response);
+        back.body_access = false;
+        self.spare = Some(std::mem::replace(exchange, back));
+        self.spoiled |= !clean;
+    }
+
+    /// Whether its memory grew past half its limit (recycle it).
+    pub(crate) fn bloated(&self) -> bool {
+        let memory = &self.store.data().memory;
+        memory.peak > memory.limit / 2
+    }
+
+    /// What went wrong in a failed call, in a line.
+    pub(crate) fn describe(&self, error: &wasmtime::Error) -> String {
+        describe_failure(error, &self.store.data().stderr.contents())
+    }
 }
 
 /// A one-line reason: the trap kind, and the guest's last words on stderr if any.

@@ -1,16 +1,17 @@
-//! Metrics in Prometheus' text format: the gateway's own (requests, filter
-//! failures, refused capabilities) and those plugins define, exported on the
-//! admin listener's `/metrics`.
+//! Metrics in Prometheus' text format: the registry every part of the
+//! gateway registers in, the filter runtime's own metrics (calls, failures,
+//! refused capabilities) and those plugins define, exported on the admin
+//! listener's `/metrics`.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Metric;
 
 /// A metric's labels, as name/value pairs.
 pub type Labels = Vec<(String, String)>;
@@ -57,92 +58,87 @@ impl PluginMetric {
     }
 }
 
-/// The gateway's metrics registry.
-pub struct Metrics {
-    registry: Mutex<Registry>,
-    plugin_metrics: DashMap<String, PluginMetric>,
-    /// Responses by route and status class (`2xx`, ...).
-    pub responses: Family<Labels, Counter>,
-    /// Filter calls, by plugin and phase (`request`, `response`).
-    pub filter_calls: Family<Labels, Counter>,
-    /// Failed filter calls, by plugin.
-    pub filter_failures: Family<Labels, Counter>,
-    /// Capability calls refused for want of a grant, by plugin and grant.
-    pub capability_denied: Family<Labels, Counter>,
-    /// Configuration changes (reloads, uploads, rollbacks), by result.
-    pub reloads: Family<Labels, Counter>,
-    /// Requests refused before routing or by a route's limits, by reason.
-    pub requests_refused: Family<Labels, Counter>,
-    /// Connections closed at once for a listener's limits, by listener and limit.
-    pub connections_refused: Family<Labels, Counter>,
-}
+/// The gateway's metrics, registered by each part of it (the filter
+/// runtime, the proxy, the control plane) and rendered together on the
+/// admin listener's `/metrics`. Plugins' own metrics are registered as
+/// they first use them, hence the lock.
+#[derive(Default)]
+pub struct Registry(Mutex<prometheus_client::registry::Registry>);
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("sluice");
-        let responses = Family::default();
-        let filter_calls = Family::default();
-        let filter_failures = Family::default();
-        let capability_denied = Family::default();
-        let reloads = Family::default();
-        let requests_refused = Family::default();
-        let connections_refused = Family::default();
-        registry.register(
-            "requests_refused",
-            "Requests refused at the edge or for a route's limits, by reason",
-            requests_refused.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections closed on arrival for a listener's limits",
-            connections_refused.clone(),
-        );
-        registry.register(
-            "responses",
-            "Responses by route and status class",
-            responses.clone(),
-        );
-        registry.register(
-            "filter_calls",
-            "Calls into filters, by plugin and phase",
-            filter_calls.clone(),
-        );
-        registry.register(
-            "filter_failures",
-            "Filter calls that trapped, timed out or hit a limit",
-            filter_failures.clone(),
-        );
-        registry.register(
-            "capability_denied",
-            "Capability calls refused because the plugin lacks the grant",
-            capability_denied.clone(),
-        );
-        registry.register(
-            "reloads",
-            "Configuration changes applied or refused",
-            reloads.clone(),
-        );
-        Metrics {
-            reloads,
-            requests_refused,
-            connections_refused,
-            registry: Mutex::new(registry),
-            plugin_metrics: DashMap::new(),
-            responses,
-            filter_calls,
-            filter_failures,
-            capability_denied,
-        }
+impl Registry {
+    /// An empty registry; every metric is named `sluice_*`.
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry(Mutex::new(
+            prometheus_client::registry::Registry::with_prefix("sluice"),
+        )))
     }
-}
 
-impl Metrics {
+    /// Register `metric` as `sluice_<name>`.
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.lock().register(name, help, metric);
+    }
+
     /// Everything, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut text = String::new();
-        encode(&mut text, &self.registry.lock().expect("registry lock"))
-            .expect("writing to a String cannot fail");
+        encode(&mut text, &self.lock()).expect("writing to a String cannot fail");
         text
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, prometheus_client::registry::Registry> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A counter family registered under `name`.
+pub fn counters(registry: &Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The filter runtime's metrics: calls, failures and refused capabilities
+/// per plugin, and the metrics plugins define.
+pub struct FilterMetrics {
+    registry: Arc<Registry>,
+    plugin_metrics: DashMap<String, PluginMetric>,
+    /// Filter calls, by plugin and phase (`request`, `response`).
+    pub(crate) calls: Family<Labels, Counter>,
+    /// Failed filter calls, by plugin.
+    pub(crate) failures: Family<Labels, Counter>,
+    /// Capability calls refused for want of a grant, by plugin and grant.
+    pub(crate) denied: Family<Labels, Counter>,
+    /// Edits of headers the gateway keeps itself, refused, by plugin and header.
+    pub(crate) refused_edits: Family<Labels, Counter>,
+}
+
+impl FilterMetrics {
+    /// The filter runtime's metrics, registered in `registry`.
+    pub fn new(registry: Arc<Registry>) -> FilterMetrics {
+        FilterMetrics {
+            calls: counters(
+                &registry,
+                "filter_calls",
+                "Calls into filters, by plugin and phase",
+            ),
+            failures: counters(
+                &registry,
+                "filter_failures",
+                "Filter calls that trapped, timed out or hit a limit",
+            ),
+            denied: counters(
+                &registry,
+                "capability_denied",
+                "Capability calls refused because the plugin lacks the grant",
+            ),
+            refused_edits: counters(
+                &registry,
+                "filter_refused_edits",
+                "Edits of headers the gateway keeps itself (content-length, host, ...), refused",
+            ),
+            plugin_metrics: DashMap::new(),
+            registry,
+        }
     }
 
     /// Add to plugin `plugin`'s counter `name`.
@@ -207,18 +203,17 @@ impl Metrics {
             .plugin_metrics
             .entry(name.to_owned())
             .or_insert_with(|| {
-                let mut registry = self.registry.lock().expect("registry lock");
                 let full = format!("plugin_{name}");
                 let help = "Defined by a plugin";
                 let family = if counter {
                     let family = Family::default();
-                    registry.register(full, help, family.clone());
+                    self.registry.register(&full, help, family.clone());
                     Kind::Counter(family)
                 } else {
                     let family: HistogramFamily = Family::new_with_constructor(|| {
                         Histogram::new(exponential_buckets(0.001, 2.0, 16))
                     });
-                    registry.register(full, help, family.clone());
+                    self.registry.register(&full, help, family.clone());
                     Kind::Histogram(family)
                 };
                 PluginMetric {
@@ -251,7 +246,8 @@ mod tests {
 
     #[test]
     fn plugin_metrics_render_with_their_plugin() {
-        let metrics = Metrics::default();
+        let registry = Registry::new();
+        let metrics = FilterMetrics::new(registry.clone());
         let l = labels([("result", "ok")]);
         metrics
             .plugin_counter("jwt", "checks", l.clone(), 2)
@@ -266,7 +262,7 @@ mod tests {
                 .plugin_counter("jwt", "Bad-Name", vec![], 1)
                 .is_err()
         );
-        let text = metrics.render();
+        let text = registry.render();
         assert!(
             text.contains(r#"sluice_plugin_checks_total{plugin="jwt",result="ok"} 2"#),
             "{text}"

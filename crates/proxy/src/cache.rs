@@ -44,21 +44,21 @@ impl CachedResponse {
 }
 
 /// What a lookup found.
-pub enum Lookup<'a> {
+pub enum Lookup {
     /// A fresh response.
     Hit(Arc<CachedResponse>),
     /// Nothing usable; fetch upstream. With a guard, this request is the one
     /// fetching for the key, and others wait until it is dropped.
-    Miss(Option<FillGuard<'a>>),
+    Miss(Option<FillGuard>),
 }
 
 /// Held by the one request fetching a key; dropping it wakes the waiters.
-pub struct FillGuard<'a> {
-    cache: &'a ResponseCache,
+pub struct FillGuard {
+    cache: Arc<ResponseCache>,
     key: String,
 }
 
-impl Drop for FillGuard<'_> {
+impl Drop for FillGuard {
     fn drop(&mut self) {
         // Dropping the sender ends every waiter's `changed()`.
         self.cache
@@ -114,7 +114,7 @@ impl ResponseCache {
 
     /// Look `key` up for a request with `request` headers. On a miss, the first
     /// request becomes the one that fetches; the others wait for it once.
-    pub async fn lookup(&self, key: &str, request: &HeaderMap) -> Lookup<'_> {
+    pub async fn lookup(self: &Arc<Self>, key: &str, request: &HeaderMap) -> Lookup {
         if let Some(hit) = self.fresh(key, request) {
             return Lookup::Hit(hit);
         }
@@ -125,7 +125,7 @@ impl ResponseCache {
                 None => {
                     fills.insert(key.to_owned(), watch::channel(()).0);
                     return Lookup::Miss(Some(FillGuard {
-                        cache: self,
+                        cache: self.clone(),
                         key: key.to_owned(),
                     }));
                 }

@@ -1,17 +1,18 @@
 //! Sluice's data path, one module per stage:
 //! [`listener`] → [`edge`] (one view of each request) → [`router`] → the
-//! route's filter [`chain`] → [`upstream`] (or the [`cache`]) → back
-//! through the chain → client. [`gateway`] ties them together per request;
-//! [`config`] describes it all.
+//! route's [`phases`] (its filters, then the [`cache`]) → [`upstream`] →
+//! back through the phases → client. [`gateway`] takes one request along
+//! it; [`config`] describes it all.
 #![deny(missing_docs)]
 
 pub mod body;
 pub mod cache;
-pub mod chain;
 pub mod config;
 pub mod edge;
 pub mod gateway;
 pub mod listener;
+pub mod metrics;
+pub mod phases;
 pub mod router;
 pub mod tls;
 pub mod upstream;

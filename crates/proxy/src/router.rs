@@ -157,3 +157,93 @@ impl<T> RouteTable<T> {
             .map(|(_, t)| t)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(toml: &str) -> Matcher {
+        Matcher::new(&toml::from_str::<MatchConfig>(toml).unwrap()).unwrap()
+    }
+
+    fn table(routes: &[&str]) -> RouteTable<usize> {
+        RouteTable::new(
+            routes
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (matcher(m), i))
+                .collect(),
+        )
+    }
+
+    fn find(table: &RouteTable<usize>, host: &str, path: &str, method: &str) -> Option<usize> {
+        let headers = HeaderMap::new();
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let host = (!host.is_empty()).then_some(host);
+        table.find(host, path, &method, &headers).copied()
+    }
+
+    #[test]
+    fn the_most_specific_route_wins_whatever_the_order() {
+        let routes = table(&[
+            "",
+            "path_prefix = \"/api\"",
+            "path_prefix = \"/api/v2\"",
+            "path = \"/api/v2/special\"",
+            "host = \"*.example.com\"",
+            "host = \"shop.example.com\"",
+            "path_prefix = \"/api\"\nmethods = [\"POST\"]",
+        ]);
+        assert_eq!(find(&routes, "", "/", "GET"), Some(0));
+        assert_eq!(find(&routes, "", "/api/x", "GET"), Some(1));
+        assert_eq!(find(&routes, "", "/api/v2/x", "GET"), Some(2));
+        assert_eq!(find(&routes, "", "/api/v2/special", "GET"), Some(3));
+        assert_eq!(
+            find(&routes, "a.example.com", "/api/v2/special", "GET"),
+            Some(4)
+        );
+        assert_eq!(find(&routes, "shop.example.com", "/", "GET"), Some(5));
+        assert_eq!(find(&routes, "", "/api/x", "POST"), Some(6));
+    }
+
+    #[test]
+    fn prefixes_end_on_segment_boundaries() {
+        let routes = table(&["path_prefix = \"/api/\""]);
+        assert_eq!(find(&routes, "", "/api", "GET"), Some(0));
+        assert_eq!(find(&routes, "", "/api/", "GET"), Some(0));
+        assert_eq!(find(&routes, "", "/api/x", "GET"), Some(0));
+        assert_eq!(find(&routes, "", "/apix", "GET"), None);
+        assert_eq!(find(&routes, "", "/", "GET"), None);
+    }
+
+    #[test]
+    fn hosts_methods_and_headers_narrow_a_route() {
+        let wildcard = matcher("host = \"*.Example.com\"");
+        let get = Method::GET;
+        let none = HeaderMap::new();
+        assert!(wildcard.matches(Some("a.example.com"), "/", &get, &none));
+        assert!(!wildcard.matches(Some("example.com"), "/", &get, &none));
+        assert!(!wildcard.matches(None, "/", &get, &none));
+        let tenant = matcher("headers = { x-tenant = \"blue\" }\nmethods = [\"get\", \"HEAD\"]");
+        let mut blue = HeaderMap::new();
+        blue.append("x-tenant", HeaderValue::from_static("red"));
+        blue.append("x-tenant", HeaderValue::from_static("blue"));
+        assert!(tenant.matches(None, "/", &get, &blue));
+        assert!(!tenant.matches(None, "/", &get, &none));
+        assert!(!tenant.matches(None, "/", &Method::POST, &blue));
+    }
+
+    #[test]
+    fn equally_specific_routes_keep_their_order_and_equal_ones_compare_equal() {
+        let routes = table(&[
+            "path_prefix = \"/a\"",
+            "path_prefix = \"/b\"",
+            "path_prefix = \"/c\"",
+        ]);
+        assert_eq!(find(&routes, "", "/b/x", "GET"), Some(1));
+        assert_eq!(
+            matcher("methods = [\"POST\", \"get\"]\npath_prefix = \"/x/\""),
+            matcher("path_prefix = \"/x\"\nmethods = [\"GET\", \"POST\"]")
+        );
+    }
+}

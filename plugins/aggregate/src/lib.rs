@@ -117,10 +117,12 @@ impl HttpFilter for Aggregate {
 
         let mut merged = Map::new();
         for (source, answer) in self.config.sources.iter().zip(answers) {
-            let part = answer.and_then(|a| match a.is_success() {
-                true => a.json::<Value>(),
-                false => Err(format!("status {}", a.status)),
-            });
+            let part = answer
+                .map_err(|e| e.to_string())
+                .and_then(|a| match a.is_success() {
+                    true => a.json::<Value>(),
+                    false => Err(format!("status {}", a.status)),
+                });
             let part = match (part, &self.config.on_error) {
                 (Ok(value), _) => value,
                 (Err(e), OnError::Null) => {

@@ -124,7 +124,7 @@ impl ExtAuth {
         let answer = match answer {
             Ok(answer) if answer.status < 500 => answer,
             Ok(answer) => return Err(self.unavailable(&format!("status {}", answer.status))),
-            Err(error) => return Err(self.unavailable(&error)),
+            Err(error) => return Err(self.unavailable(&error.to_string())),
         };
         if !answer.is_success() {
             self.count("denied");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_sdk::outbound::Outbound;
-use sluice_sdk::{HttpFilter, Plugin, Reply, Request, Verdict, kv, metrics};
+use sluice_sdk::{Error, HttpFilter, Plugin, Reply, Request, Verdict, kv, metrics};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +40,7 @@ impl Plugin for Probe {
 }
 
 impl Probe {
-    fn run(&self, req: &Request) -> Result<Value, String> {
+    fn run(&self, req: &Request) -> Result<Value, Error> {
         Ok(match self.config.op.as_str() {
             "count" => json!({ "count": kv::increment("hits", 1, None)? }),
             "kv" if req.method() == "PUT" => {
@@ -72,7 +72,10 @@ impl HttpFilter for Probe {
     fn on_request(&self, req: &Request) -> Verdict {
         Verdict::Respond(match self.run(req) {
             Ok(value) => Reply::json(200, &value),
-            Err(error) => Reply::json(500, &BTreeMap::from([("error", error)])),
+            Err(error) => Reply::json(
+                500,
+                &BTreeMap::from([("error", error.to_string()), ("kind", error.kind().into())]),
+            ),
         })
     }
 }

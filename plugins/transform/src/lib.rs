@@ -267,8 +267,8 @@ fn set_pointer(doc: &mut Value, pointer: &str, value: Value) {
 fn edit_body(
     edits: &JsonEdits,
     limit: usize,
-    get: impl FnOnce() -> Result<Vec<u8>, String>,
-    put: impl FnOnce(Vec<u8>) -> Result<(), String>,
+    get: impl FnOnce() -> Result<Vec<u8>, sluice_sdk::Error>,
+    put: impl FnOnce(Vec<u8>) -> Result<(), sluice_sdk::Error>,
 ) -> Result<(), Reply> {
     if edits.is_empty() {
         return Ok(());

@@ -9,12 +9,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use crate::ratelimit::{Admission, TokenBuckets};
+use crate::buckets::{Admission, TokenBuckets};
 
-/// A store that could not answer (a shared store that is down, say).
+/// Why the store did not do what was asked.
 #[derive(Debug, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// It could not answer (a shared store that is down, say).
+    #[error("state store: {0}")]
+    Unavailable(String),
+    /// The key holds another kind of value (a counter asked of bytes).
+    #[error("{0}")]
+    WrongType(String),
+}
 
 /// Where plugin state is kept. Keys arrive namespaced (`plugin\0key`).
 #[async_trait::async_trait]
@@ -125,7 +131,7 @@ impl StateStore for MemoryStore {
                 *n
             }
             Value::Bytes(_) => {
-                return Err(StoreError(format!(
+                return Err(StoreError::WrongType(format!(
                     "`{}` holds a value, not a counter",
                     key.rsplit('\0').next().unwrap_or(key)
                 )));

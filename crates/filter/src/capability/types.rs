@@ -1,0 +1,477 @@
+//! The handles a filter reads and edits the traffic through: `request`,
+//! `response` and `headers`, entries of the instance's resource table. The
+//! exchange is lent to a call as a request entry, the response and any
+//! headers handles are its children, and the exchange is taken back when
+//! the call returns.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+use crate::bindings::{v1, v2};
+use crate::error::HostError;
+use crate::exchange::{Exchange, Identity};
+use crate::instance::FilterState;
+
+/// A `request` handle: the exchange, lent for one call.
+pub struct RequestEntry {
+    exchange: Option<Box<Exchange>>,
+}
+
+/// A `response` handle: names the request entry it belongs to.
+pub struct ResponseEntry {
+    request: u32,
+}
+
+/// A `headers` handle: the request's or the response's.
+pub struct HeadersEntry {
+    request: u32,
+    response: bool,
+}
+
+/// Headers a filter may not set, add or remove: they describe the message
+/// on the wire, which the gateway keeps right (`content-length` follows
+/// `set-body`), or the connection, or the host the request was routed by.
+const FORBIDDEN: [HeaderName; 8] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// Open the entries a call gets: the request handle and, with
+/// `response`, the response handle. The exchange goes in with [`fill`]
+/// once they exist, so nothing is moved if the table refuses them.
+pub(crate) fn open(
+    table: &mut ResourceTable,
+    response: bool,
+) -> wasmtime::Result<(Resource<RequestEntry>, Option<Resource<ResponseEntry>>)> {
+    let request = table.push(RequestEntry { exchange: None })?;
+    if !response {
+        return Ok((request, None));
+    }
+    match table.push_child(
+        ResponseEntry {
+            request: request.rep(),
+        },
+        &request,
+    ) {
+        Ok(response) => Ok((request, Some(response))),
+        Err(error) => {
+            let _ = table.delete(request);
+            Err(error.into())
+        }
+    }
+}
+
+/// Lend `exchange` to the call whose request entry is `request`.
+pub(crate) fn fill(
+    table: &mut ResourceTable,
+    request: &Resource<RequestEntry>,
+    exchange: Box<Exchange>,
+) {
+    table
+        .get_mut(request)
+        .expect("the entry was just opened")
+        .exchange = Some(exchange);
+}
+
+/// Take the exchange back after a call, and whether the call left the table
+/// clean (a guest that keeps a headers handle past the call leaves it not).
+pub(crate) fn take_back(
+    table: &mut ResourceTable,
+    request: Resource<RequestEntry>,
+    response: Option<Resource<ResponseEntry>>,
+) -> (Box<Exchange>, bool) {
+    let mut clean = response.is_none_or(|r| table.delete(r).is_ok());
+    let exchange = table
+        .get_mut(&request)
+        .ok()
+        .and_then(|entry| entry.exchange.take())
+        .expect("the request entry holds the exchange until it is taken back");
+    clean &= table.delete(request).is_ok();
+    (exchange, clean)
+}
+
+/// What the types handles borrow from the instance's store data.
+pub(crate) struct TypesView<'a> {
+    pub(crate) table: &'a mut ResourceTable,
+    /// Where refused edits are reported.
+    pub(crate) refusals: &'a super::Refusals,
+}
+
+struct TypesData;
+
+impl HasData for TypesData {
+    type Data<'a> = TypesView<'a>;
+}
+
+pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
+    v2::types::add_to_linker::<_, TypesData>(linker, FilterState::types)?;
+    v1::types::add_to_linker::<_, TypesData>(linker, FilterState::types)
+}
+
+fn request_of(rep: u32) -> Resource<RequestEntry> {
+    Resource::new_borrow(rep)
+}
+
+impl TypesView<'_> {
+    fn exchange(&self, request: u32) -> wasmtime::Result<&Exchange> {
+        let entry = self.table.get(&request_of(request))?;
+        entry
+            .exchange
+            .as_deref()
+            .ok_or_else(|| wasmtime::format_err!("a handle was used outside its call"))
+    }
+
+    fn exchange_mut(&mut self, request: u32) -> wasmtime::Result<&mut Exchange> {
+        let entry = self.table.get_mut(&request_of(request))?;
+        entry
+            .exchange
+            .as_deref_mut()
+            .ok_or_else(|| wasmtime::format_err!("a handle was used outside its call"))
+    }
+
+    fn response_of(&self, response: &Resource<ResponseEntry>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(response)?.request)
+    }
+
+    fn headers(&self, h: &Resource<HeadersEntry>) -> wasmtime::Result<&HeaderMap> {
+        let &HeadersEntry { request, response } = self.table.get(h)?;
+        let exchange = self.exchange(request)?;
+        match response {
+            false => Ok(&exchange.request.headers),
+            true => exchange
+                .response
+                .as_ref()
+                .map(|r| &r.headers)
+                .ok_or_else(|| wasmtime::format_err!("no response yet")),
+        }
+    }
+
+    fn headers_mut(&mut self, h: &Resource<HeadersEntry>) -> wasmtime::Result<&mut HeaderMap> {
+        let &HeadersEntry { request, response } = self.table.get(h)?;
+        let exchange = self.exchange_mut(request)?;
+        match response {
+            false => Ok(&mut exchange.request.headers),
+            true => exchange
+                .response
+                .as_mut()
+                .map(|r| &mut r.headers)
+                .ok_or_else(|| wasmtime::format_err!("no response yet")),
+        }
+    }
+
+    /// A new headers handle, a child of the request entry.
+    fn headers_handle(
+        &mut self,
+        request: u32,
+        response: bool,
+    ) -> wasmtime::Result<Resource<HeadersEntry>> {
+        Ok(self
+            .table
+            .push_child(HeadersEntry { request, response }, &request_of(request))?)
+    }
+
+    fn edit(
+        &mut self,
+        h: &Resource<HeadersEntry>,
+        name: &str,
+        value: Option<&str>,
+        append: bool,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        let Ok(name) = HeaderName::try_from(name) else {
+            return Ok(Err(HostError::Invalid(format!(
+                "invalid header name `{name}`"
+            ))));
+        };
+        if FORBIDDEN.contains(&name) {
+            return Ok(Err(self.refusals.refuse_edit(&name)));
+        }
+        let headers = self.headers_mut(h)?;
+        let Some(value) = value else {
+            headers.remove(&name);
+            return Ok(Ok(()));
+        };
+        let Ok(value) = HeaderValue::try_from(value) else {
+            return Ok(Err(HostError::Invalid(format!(
+                "invalid value for header `{name}`"
+            ))));
+        };
+        match append {
+            true => headers.append(name, value),
+            false => headers.insert(name, value).is_some(),
+        };
+        Ok(Ok(()))
+    }
+
+    /// The body of the request or response, if this filter may see it.
+    fn body(&self, request: u32, response: bool) -> wasmtime::Result<Result<Vec<u8>, HostError>> {
+        let exchange = self.exchange(request)?;
+        if !exchange.body_access {
+            return Ok(Err(HostError::Invalid(
+                "bodies are opt-in: set `body = true` on this filter".into(),
+            )));
+        }
+        let body = match response {
+            true => &exchange.response_body,
+            false => &exchange.request_body,
+        };
+        Ok(body
+            .as_ref()
+            .map(|b| b.to_vec())
+            .ok_or_else(|| HostError::Invalid("the body was not buffered".into())))
+    }
+
+    fn set_body(
+        &mut self,
+        request: u32,
+        response: bool,
+        body: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        let exchange = self.exchange_mut(request)?;
+        if !exchange.body_access {
+            return Ok(Err(HostError::Invalid(
+                "bodies are opt-in: set `body = true` on this filter".into(),
+            )));
+        }
+        let length = HeaderValue::from(body.len());
+        let (slot, headers) = match response {
+            true => {
+                let Some(parts) = exchange.response.as_mut() else {
+                    return Ok(Err(HostError::Invalid("no response yet".into())));
+                };
+                (&mut exchange.response_body, &mut parts.headers)
+            }
+            false => (&mut exchange.request_body, &mut exchange.request.headers),
+        };
+        *slot = Some(Bytes::from(body));
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.insert(header::CONTENT_LENGTH, length);
+        Ok(Ok(()))
+    }
+
+    fn set_status(
+        &mut self,
+        response: u32,
+        status: u16,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        let Ok(status) = http::StatusCode::from_u16(status) else {
+            return Ok(Err(HostError::Invalid(format!("invalid status {status}"))));
+        };
+        match self.exchange_mut(response)?.response.as_mut() {
+            Some(head) => head.status = status,
+            None => return Ok(Err(HostError::Invalid("no response yet".into()))),
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// Both versions' imports: the same functions, errors as the WIT `error`
+/// or as its text.
+macro_rules! types_host {
+    ($v:ident, $error:ty, $convert:expr) => {
+        impl $v::types::Host for TypesView<'_> {}
+
+        impl $v::types::HostHeaders for TypesView<'_> {
+            fn get(
+                &mut self,
+                h: Resource<HeadersEntry>,
+                name: String,
+            ) -> wasmtime::Result<Option<String>> {
+                Ok(self
+                    .headers(&h)?
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned))
+            }
+
+            fn get_all(
+                &mut self,
+                h: Resource<HeadersEntry>,
+                name: String,
+            ) -> wasmtime::Result<Vec<String>> {
+                Ok(self
+                    .headers(&h)?
+                    .get_all(name.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok().map(str::to_owned))
+                    .collect())
+            }
+
+            fn has(&mut self, h: Resource<HeadersEntry>, name: String) -> wasmtime::Result<bool> {
+                Ok(self.headers(&h)?.contains_key(name.as_str()))
+            }
+
+            fn set(
+                &mut self,
+                h: Resource<HeadersEntry>,
+                name: String,
+                value: String,
+            ) -> wasmtime::Result<Result<(), $error>> {
+                Ok(self.edit(&h, &name, Some(&value), false)?.map_err($convert))
+            }
+
+            fn append(
+                &mut self,
+                h: Resource<HeadersEntry>,
+                name: String,
+                value: String,
+            ) -> wasmtime::Result<Result<(), $error>> {
+                Ok(self.edit(&h, &name, Some(&value), true)?.map_err($convert))
+            }
+
+            fn remove(&mut self, h: Resource<HeadersEntry>, name: String) -> wasmtime::Result<()> {
+                // Removing what a filter may not change is refused quietly, as
+                // `remove` has no error to report.
+                let _ = self.edit(&h, &name, None, false)?;
+                Ok(())
+            }
+
+            fn entries(
+                &mut self,
+                h: Resource<HeadersEntry>,
+            ) -> wasmtime::Result<Vec<(String, String)>> {
+                Ok(self
+                    .headers(&h)?
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                    .collect())
+            }
+
+            fn drop(&mut self, h: Resource<HeadersEntry>) -> wasmtime::Result<()> {
+                self.table.delete(h)?;
+                Ok(())
+            }
+        }
+
+        impl $v::types::HostRequest for TypesView<'_> {
+            fn method(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<String> {
+                Ok(self.exchange(r.rep())?.request.method.as_str().to_owned())
+            }
+
+            fn path(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<String> {
+                Ok(self.exchange(r.rep())?.request.uri.path().to_owned())
+            }
+
+            fn query(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<Option<String>> {
+                Ok(self.exchange(r.rep())?.request.uri.query().map(str::to_owned))
+            }
+
+            fn authority(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<Option<String>> {
+                Ok(self.exchange(r.rep())?.authority().map(str::to_owned))
+            }
+
+            fn client_ip(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<String> {
+                Ok(self.exchange(r.rep())?.client_ip.to_string())
+            }
+
+            fn headers(
+                &mut self,
+                r: Resource<RequestEntry>,
+            ) -> wasmtime::Result<Resource<HeadersEntry>> {
+                self.headers_handle(r.rep(), false)
+            }
+
+            fn identity(
+                &mut self,
+                r: Resource<RequestEntry>,
+            ) -> wasmtime::Result<Option<$v::types::Identity>> {
+                Ok(self
+                    .exchange(r.rep())?
+                    .identity
+                    .clone()
+                    .map(|Identity { subject, claims }| $v::types::Identity { subject, claims }))
+            }
+
+            fn route(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<String> {
+                Ok(self.exchange(r.rep())?.route.to_string())
+            }
+
+            fn body(
+                &mut self,
+                r: Resource<RequestEntry>,
+            ) -> wasmtime::Result<Result<Vec<u8>, $error>> {
+                Ok(TypesView::body(self, r.rep(), false)?.map_err($convert))
+            }
+
+            fn set_body(
+                &mut self,
+                r: Resource<RequestEntry>,
+                body: Vec<u8>,
+            ) -> wasmtime::Result<Result<(), $error>> {
+                Ok(TypesView::set_body(self, r.rep(), false, body)?.map_err($convert))
+            }
+
+            // Requests are lent as borrows; there is no owned handle to drop.
+            fn drop(&mut self, _: Resource<RequestEntry>) -> wasmtime::Result<()> {
+                Ok(())
+            }
+
+            types_host!(@id $v);
+        }
+
+        impl $v::types::HostResponse for TypesView<'_> {
+            fn status(&mut self, r: Resource<ResponseEntry>) -> wasmtime::Result<u16> {
+                let request = self.response_of(&r)?;
+                Ok(self
+                    .exchange(request)?
+                    .response
+                    .as_ref()
+                    .map_or(0, |head| head.status.as_u16()))
+            }
+
+            fn set_status(
+                &mut self,
+                r: Resource<ResponseEntry>,
+                status: u16,
+            ) -> wasmtime::Result<Result<(), $error>> {
+                let request = self.response_of(&r)?;
+                Ok(TypesView::set_status(self, request, status)?.map_err($convert))
+            }
+
+            fn headers(
+                &mut self,
+                r: Resource<ResponseEntry>,
+            ) -> wasmtime::Result<Resource<HeadersEntry>> {
+                let request = self.response_of(&r)?;
+                self.headers_handle(request, true)
+            }
+
+            fn body(
+                &mut self,
+                r: Resource<ResponseEntry>,
+            ) -> wasmtime::Result<Result<Vec<u8>, $error>> {
+                let request = self.response_of(&r)?;
+                Ok(TypesView::body(self, request, true)?.map_err($convert))
+            }
+
+            fn set_body(
+                &mut self,
+                r: Resource<ResponseEntry>,
+                body: Vec<u8>,
+            ) -> wasmtime::Result<Result<(), $error>> {
+                let request = self.response_of(&r)?;
+                Ok(TypesView::set_body(self, request, true, body)?.map_err($convert))
+            }
+
+            fn drop(&mut self, _: Resource<ResponseEntry>) -> wasmtime::Result<()> {
+                Ok(())
+            }
+        }
+    };
+    // `request.id` is new in 0.2.0.
+    (@id v2) => {
+        fn id(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<u64> {
+            Ok(self.exchange(r.rep())?.id)
+        }
+    };
+    (@id v1) => {};
+}
+
+types_host!(v2, v2::types::Error, v2::types::Error::from);
+types_host!(v1, String, |e: HostError| e.to_string());

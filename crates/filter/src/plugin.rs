@@ -1,0 +1,71 @@
+//! A compiled, linked plugin: its kind and contract version, its limits,
+//! and the capabilities its configuration grants.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use wasmtime::component::InstancePre;
+
+use crate::capability::Capabilities;
+use crate::config::{FailurePolicy, PluginConfig};
+use crate::cpu::CpuShare;
+use crate::instance::FilterState;
+use crate::kinds::{Exports, Kind};
+
+/// A plugin ready to be instantiated cheaply.
+pub struct Plugin {
+    /// The name from the configuration.
+    pub name: Arc<str>,
+    /// The component file.
+    pub path: PathBuf,
+    /// Which phase it runs in.
+    pub kind: Kind,
+    /// The version of `sluice:filter` it was built for.
+    pub contract: &'static str,
+    /// Skip the filter when it fails, rather than failing the request.
+    pub fail_open: bool,
+    pub(crate) pre: InstancePre<FilterState>,
+    pub(crate) exports: Exports,
+    pub(crate) memory_limit: usize,
+    pub(crate) call_timeout: Duration,
+    pub(crate) caps: Arc<Capabilities>,
+    pub(crate) max_requests: u32,
+    /// Meters its long-running calls.
+    pub(crate) cpu: Arc<CpuShare>,
+    /// One permit per call in flight.
+    pub(crate) slots: Arc<Semaphore>,
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        name: &str,
+        path: &Path,
+        pre: InstancePre<FilterState>,
+        exports: Exports,
+        config: &PluginConfig,
+        caps: Capabilities,
+    ) -> Plugin {
+        Plugin {
+            name: name.into(),
+            path: path.to_owned(),
+            kind: exports.kind(),
+            contract: exports.version(),
+            fail_open: config.on_failure == FailurePolicy::Open,
+            pre,
+            exports,
+            memory_limit: (config.memory_limit_mib as usize) << 20,
+            call_timeout: config.call_timeout,
+            caps: Arc::new(caps),
+            max_requests: config.max_requests_per_instance.max(1),
+            cpu: Arc::new(CpuShare::new(config.cpu_share, workers())),
+            slots: Arc::new(Semaphore::new(config.max_concurrency as usize)),
+        }
+    }
+}
+
+/// The threads serving requests: what a plugin's `cpu_share` is a share of.
+fn workers() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers())
+}

@@ -1,0 +1,137 @@
+//! The response cache as a phase. On the way in, a `GET` with a key (from
+//! a cache-policy filter) is answered from the cache when it can be, and of
+//! concurrent misses only one goes upstream. On the way out, the
+//! cache-policy filter says whether and how long to keep the upstream's
+//! response, which is stored before the other filters see it.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+use sluice_filter::{Filter, ResponseAnswer, StoreDecision};
+
+use super::{FilterChain, Flow, Phase, PhaseError, RequestCtx};
+use crate::body;
+use crate::cache::{self, Lookup, ResponseCache};
+
+/// A route's use of the response cache.
+pub struct CachePhase {
+    cache: Arc<ResponseCache>,
+    /// The cache-policy filter that decides what to store, and its place in the chain.
+    policy: Option<(usize, Arc<Filter>)>,
+}
+
+impl CachePhase {
+    /// The cache phase of a route with `chain`.
+    pub fn new(cache: Arc<ResponseCache>, chain: &FilterChain) -> CachePhase {
+        CachePhase {
+            cache,
+            policy: chain.cache_policy(),
+        }
+    }
+
+    /// Whether this request goes through the cache (and so whether the
+    /// response half has anything to do).
+    pub fn applies(&self, ctx: &RequestCtx) -> bool {
+        ctx.cache_key.is_some()
+    }
+
+    /// What the cache-policy filter says about the response in `ctx`.
+    async fn decide(&self, ctx: &mut RequestCtx) -> Result<StoreDecision, PhaseError> {
+        let Some((i, filter)) = &self.policy else {
+            return Ok(StoreDecision::FollowUpstream);
+        };
+        let lease = ctx.leases[*i].take();
+        match filter.on_response(&mut ctx.exchange, lease).await {
+            Ok(ResponseAnswer::Store(decision)) => Ok(decision),
+            Ok(_) => Ok(StoreDecision::FollowUpstream),
+            Err(failure) if filter.plugin().fail_open => {
+                sluice_filter::log_throttled!(
+                    warn,
+                    ("failing open", &*failure.plugin),
+                    plugin = &*failure.plugin,
+                    "failing open: {}",
+                    failure.reason
+                );
+                Ok(StoreDecision::Skip)
+            }
+            Err(failure) => Err(failure.into()),
+        }
+    }
+}
+
+impl Phase for CachePhase {
+    async fn request(&self, ctx: &mut RequestCtx) -> Result<Flow, PhaseError> {
+        // Only GET is served from the cache: other methods change things or have no body.
+        if ctx.exchange.request.method != Method::GET {
+            ctx.cache_key = None;
+        }
+        let Some(key) = &ctx.cache_key else {
+            return Ok(Flow::Next);
+        };
+        match self.cache.lookup(key, &ctx.exchange.request.headers).await {
+            Lookup::Hit(hit) => {
+                let (mut head, ()) = http::Response::new(()).into_parts();
+                head.status = hit.status;
+                head.headers = hit.headers.clone();
+                head.headers
+                    .insert("x-cache", HeaderValue::from_static("HIT"));
+                head.headers
+                    .insert(http::header::AGE, HeaderValue::from(hit.age()));
+                ctx.set_response(head, hit.body.clone());
+                // Nothing to store on the way out.
+                ctx.cache_key = None;
+                Ok(Flow::Answered)
+            }
+            // Held until the response is stored, so concurrent misses wait for this fetch.
+            Lookup::Miss(guard) => {
+                ctx.filling = guard;
+                Ok(Flow::Next)
+            }
+        }
+    }
+
+    async fn response(&self, ctx: &mut RequestCtx) -> Result<(), PhaseError> {
+        let Some(key) = ctx.cache_key.take() else {
+            return Ok(());
+        };
+        let decision = self.decide(ctx).await?;
+        let head = ctx
+            .exchange
+            .response
+            .as_mut()
+            .expect("the response phases run with a response");
+        let ttl = match decision {
+            StoreDecision::FollowUpstream => cache::upstream_ttl(head.status, &head.headers),
+            StoreDecision::Skip => None,
+            StoreDecision::Ttl(ttl) => Some(ttl),
+        };
+        // Only a body whose length is known to fit is buffered; others stream past.
+        let length = head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let fits = length.is_some_and(|l| l <= self.cache.max_entry());
+        if let (Some(ttl), true, Some(stream)) = (ttl, fits, ctx.stream.take()) {
+            let bytes = body::collect(stream, self.cache.max_entry())
+                .await
+                .map_err(|e| PhaseError::UpstreamBody(e.to_string()))?;
+            let head = ctx.exchange.response.as_ref().expect("checked above");
+            self.cache.store(
+                key,
+                &ctx.exchange.request.headers,
+                head.status,
+                head.headers.clone(),
+                bytes.clone(),
+                ttl,
+            );
+            ctx.exchange.response_body = Some(bytes);
+        }
+        if let Some(head) = ctx.exchange.response.as_mut() {
+            head.headers
+                .insert("x-cache", HeaderValue::from_static("MISS"));
+        }
+        // Stored or not: those waiting for this fetch may go on.
+        ctx.filling = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,53 @@
+//! Rate limiting, the host's half: a rate-limit filter names a token bucket
+//! and its size; the host takes the tokens (exactly, under concurrency, in
+//! the shared store), answers 429 with `Retry-After` when there are none,
+//! and reports the last decision in `RateLimit-*` response headers.
+
+use http::{HeaderMap, HeaderValue};
+use sluice_filter::store::StateStore;
+use sluice_filter::{Filter, Limit, Reply};
+
+use super::filters::into_response;
+use super::{Flow, PhaseError, RequestCtx};
+
+/// Take `limit`'s tokens for this request; answer 429 if there are none.
+pub(super) async fn admit(
+    ctx: &mut RequestCtx,
+    filter: &Filter,
+    limit: Limit,
+    store: &dyn StateStore,
+) -> Result<Flow, PhaseError> {
+    // Buckets are namespaced by plugin, like its key-value entries.
+    let key = format!("{}\0{}", filter.plugin().name, limit.key);
+    let admission = store
+        .take(&key, limit.cost, limit.capacity, limit.window)
+        .await
+        .map_err(|e| PhaseError::Store(e.to_string()))?;
+    ctx.rate_limit = Some(admission);
+    if admission.allowed {
+        return Ok(Flow::Next);
+    }
+    let reply = Reply {
+        status: 429,
+        headers: vec![(
+            "retry-after".into(),
+            admission.retry_after_secs().to_string(),
+        )],
+        body: b"rate limit exceeded\n".to_vec(),
+    };
+    let (head, body) = into_response(reply, filter)?;
+    ctx.set_response(head, body);
+    Ok(Flow::Answered)
+}
+
+/// `RateLimit-*` headers for the last decision taken on this request.
+pub(crate) fn annotate(ctx: &RequestCtx, headers: &mut HeaderMap) {
+    if let Some(admission) = ctx.rate_limit {
+        headers.insert("ratelimit-limit", HeaderValue::from(admission.limit));
+        headers.insert(
+            "ratelimit-remaining",
+            HeaderValue::from(admission.remaining),
+        );
+        headers.insert("ratelimit-reset", HeaderValue::from(admission.reset_secs));
+    }
+}

@@ -1,0 +1,136 @@
+//! The contract, `sluice:filter@0.2.0`: state kept from a request to its
+//! response, typed capability errors, headers a filter may not change; and
+//! components built for 0.1.0, which still load and run.
+
+use sluice_tests::{Gateway, Upstream, get, plugin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_keeps_state_from_a_request_to_its_response() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&format!(
+        r#"[plugins.server-timing]
+path = "{}"
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+upstream = "a"
+filters = [{{ plugin = "server-timing" }}]
+"#,
+        plugin("server-timing"),
+        up.addr
+    ))
+    .await
+    .unwrap();
+    // Slow and fast requests at once, so instances would mix them up if a
+    // response could reach another request's instance.
+    let requests = (0..40).map(|i| {
+        let url = gw.url(&format!("/delay?ms={}", if i % 2 == 0 { 150 } else { 0 }));
+        async move { (i, get(&url, &[]).await) }
+    });
+    let mut ids = std::collections::HashSet::new();
+    for (i, reply) in futures_util::future::join_all(requests).await {
+        assert_eq!(reply.status, 200);
+        let timing = reply.header("server-timing");
+        let millis: f64 = timing
+            .split_once("dur=")
+            .and_then(|(_, rest)| rest.split(';').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("request {i}: no duration in `{timing}`"));
+        match i % 2 == 0 {
+            true => assert!(millis >= 150.0, "slow request {i} measured {millis} ms"),
+            false => assert!(millis < 150.0, "fast request {i} measured {millis} ms"),
+        }
+        let id = timing.split_once("desc=\"request ").unwrap().1;
+        assert!(ids.insert(id.to_owned()), "request ids are unique: {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_built_for_0_1_0_still_load_and_run() {
+    let up = Upstream::start("a").await;
+    let config = |grants: &str| {
+        format!(
+            r#"[admin]
+address = "127.0.0.1:0"
+token = "test-admin-token"
+
+[plugins.legacy]
+path = "{}"
+grants = [{grants}]
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+upstream = "a"
+filters = [{{ plugin = "legacy" }}]
+"#,
+            plugin("legacy-counter"),
+            up.addr
+        )
+    };
+    let gw = Gateway::start(&config("\"kv\"")).await.unwrap();
+    for n in 1..=3 {
+        let reply = get(&gw.url("/"), &[]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.echoed("x-legacy-count"), [n.to_string()]);
+        assert_eq!(reply.header("x-legacy"), "sluice:filter@0.1.0");
+    }
+    // Without the grant, 0.1.0's error is the text of 0.2.0's `not-granted`.
+    let ungranted = Gateway::start(&config("")).await.unwrap();
+    let reply = get(&ungranted.url("/"), &[]).await;
+    let error = reply.echoed("x-legacy-error");
+    assert!(
+        error[0].starts_with("capability refused: `kv` is not granted"),
+        "{error:?}"
+    );
+    let listed = ungranted.admin("GET", "/plugins", "").await.json();
+    let legacy = &listed["plugins"][0];
+    assert_eq!(
+        (&legacy["kind"], &legacy["contract"]),
+        (&"transform".into(), &"0.1.0".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_may_not_change_the_headers_the_gateway_keeps() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&format!(
+        r#"[admin]
+address = "127.0.0.1:0"
+token = "test-admin-token"
+
+[plugins.headers]
+path = "{}"
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+upstream = "a"
+filters = [{{ plugin = "headers", config = {{ request = {{ set = {{ host = "evil.test", content-length = "1", transfer-encoding = "chunked", x-fine = "yes" }} }} }} }}]
+"#,
+        plugin("headers"),
+        up.addr
+    ))
+    .await
+    .unwrap();
+    let reply = sluice_tests::send_body(
+        "POST",
+        &gw.url("/mirror-not"),
+        &[("host", "shop.test")],
+        "hello",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echoed("host"), ["shop.test"]);
+    assert_eq!(reply.echoed("content-length"), ["5"]);
+    assert!(reply.echoed("transfer-encoding").is_empty());
+    assert_eq!(reply.echoed("x-fine"), ["yes"]);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"sluice_filter_refused_edits_total{plugin="headers",header="host"} 1"#),
+        "{metrics}"
+    );
+}
