@@ -411,28 +411,34 @@ def scenario_cpu(args, workdir, up):
     time is the gateway's own work; system time is mostly the loopback
     network, and grows per request as throughput (and so batching) falls."""
     counts = (0, 1, 5, 10)
-    samples = {n: [] for n in counts}
-    # Rounds interleave the chain lengths, so a noisy moment hits all alike.
+    builds = [("sluice", CURRENT)] + ([("baseline", BASELINE)] if BASELINE else [])
+    samples = {(b, n): [] for b, _ in builds for n in counts}
+    # Rounds interleave the chain lengths (and builds), so a noisy moment hits all alike.
     for _ in range(args.rounds):
         for n in counts:
-            with sluice(workdir, args.workers, lambda p: chain_toml(n)(p, up.port)) as s:
-                wrk(s.port, 2, 64)
-                user0, sys0 = cpu_seconds(s.pid)
-                result = wrk(s.port, args.seconds, 64)
-                user1, sys1 = cpu_seconds(s.pid)
-                samples[n].append(((user1 - user0) / result["requests"] * 1e6, (sys1 - sys0) / result["requests"] * 1e6))
-    rows = {n: (statistics.median(u for u, _ in samples[n]), statistics.median(s for _, s in samples[n])) for n in counts}
+            for label, build in builds:
+                with sluice(workdir, args.workers, lambda p: chain_toml(n)(p, up.port), build=build) as s:
+                    wrk(s.port, 2, 64)
+                    user0, sys0 = cpu_seconds(s.pid)
+                    result = wrk(s.port, args.seconds, 64)
+                    user1, sys1 = cpu_seconds(s.pid)
+                    samples[(label, n)].append(((user1 - user0) / result["requests"] * 1e6,
+                                                (sys1 - sys0) / result["requests"] * 1e6))
     lines = ["\n### 3. CPU per request in the Sluice process\n",
-             "| filters | user µs/request | system µs/request | user µs added per filter |", "|---|---|---|---|"]
-    for n, (user, system) in rows.items():
-        per = "" if n == 0 else f"{(user - rows[0][0]) / n:.2f}"
-        lines.append(f"| {n} | {user:.1f} | {system:.1f} | {per} |")
-    # The slope of a least-squares line through every sample: the cost of one more filter.
-    points = [(n, u + sy) for n in counts for u, sy in samples[n]]
-    user_points = [(n, u) for n in counts for u, _ in samples[n]]
-    lines.append(f"\nFitted over 0–10 filters, one more filter adds {slope(user_points):.2f} µs of user CPU "
-                 f"({slope(points):.2f} µs user + system) per request.")
-    text = "\n".join(lines)
+             "| build | filters | user µs/request | system µs/request | user µs added per filter |", "|---|---|---|---|---|"]
+    fits = []
+    for label, _ in builds:
+        rows = {n: (statistics.median(u for u, _ in samples[(label, n)]), statistics.median(s for _, s in samples[(label, n)]))
+                for n in counts}
+        for n, (user, system) in rows.items():
+            per = "" if n == 0 else f"{(user - rows[0][0]) / n:.2f}"
+            lines.append(f"| {label} | {n} | {user:.1f} | {system:.1f} | {per} |")
+        # The slope of a least-squares line through every sample: the cost of one more filter.
+        points = [(n, u + sy) for n in counts for u, sy in samples[(label, n)]]
+        user_points = [(n, u) for n in counts for u, _ in samples[(label, n)]]
+        fits.append(f"{label}: fitted over 0–10 filters, one more filter adds {slope(user_points):.2f} µs of user CPU "
+                    f"({slope(points):.2f} µs user + system) per request.")
+    text = "\n".join(lines) + "\n\n" + "\n\n".join(fits)
     print(text, flush=True)
     return text
 

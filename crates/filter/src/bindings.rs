@@ -5,47 +5,37 @@
 //! resource table.
 #![allow(missing_docs)] // generated
 
+/// The host's bindings of one version of the contract, at `$path`.
+macro_rules! contract {
+    ($path:literal) => {
+        wasmtime::component::bindgen!({
+            path: $path,
+            world: "host",
+            imports: {
+                // These wait on the state store or the network.
+                "sluice:filter/kv": async | trappable,
+                "sluice:filter/outbound": async | trappable,
+                default: trappable,
+            },
+            exports: { default: async },
+            with: {
+                "sluice:filter/types.headers": crate::capability::types::HeadersEntry,
+                "sluice:filter/types.request": crate::capability::types::RequestEntry,
+                "sluice:filter/types.response": crate::capability::types::ResponseEntry,
+            },
+        });
+
+        pub use self::exports::sluice::filter as policies;
+        pub use self::sluice::filter::{clock, kv, log, metrics, outbound, types};
+    };
+}
+
 /// `sluice:filter@0.2.0`.
 pub mod v2 {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "host",
-        imports: {
-            // These wait on the state store or the network.
-            "sluice:filter/kv": async | trappable,
-            "sluice:filter/outbound": async | trappable,
-            default: trappable,
-        },
-        exports: { default: async },
-        with: {
-            "sluice:filter/types.headers": crate::capability::types::HeadersEntry,
-            "sluice:filter/types.request": crate::capability::types::RequestEntry,
-            "sluice:filter/types.response": crate::capability::types::ResponseEntry,
-        },
-    });
-
-    pub use self::exports::sluice::filter as policies;
-    pub use self::sluice::filter::{clock, kv, log, metrics, outbound, types};
+    contract!("../../wit");
 }
 
 /// `sluice:filter@0.1.0`, as components built for it import and export it.
 pub mod v1 {
-    wasmtime::component::bindgen!({
-        path: "wit-0.1.0",
-        world: "host",
-        imports: {
-            "sluice:filter/kv": async | trappable,
-            "sluice:filter/outbound": async | trappable,
-            default: trappable,
-        },
-        exports: { default: async },
-        with: {
-            "sluice:filter/types.headers": crate::capability::types::HeadersEntry,
-            "sluice:filter/types.request": crate::capability::types::RequestEntry,
-            "sluice:filter/types.response": crate::capability::types::ResponseEntry,
-        },
-    });
-
-    pub use self::exports::sluice::filter as policies;
-    pub use self::sluice::filter::{clock, kv, log, metrics, outbound, types};
+    contract!("wit-0.1.0");
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method};
 use sluice_filter::{Filter, ResponseAnswer, StoreDecision};
 
+use super::filters::failing_open;
 use super::{FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::body;
 use crate::cache::{self, Lookup, ResponseCache};
@@ -45,13 +46,7 @@ impl CachePhase {
             Ok(ResponseAnswer::Store(decision)) => Ok(decision),
             Ok(_) => Ok(StoreDecision::FollowUpstream),
             Err(failure) if filter.plugin().fail_open => {
-                sluice_filter::log_throttled!(
-                    warn,
-                    ("failing open", &*failure.plugin),
-                    plugin = &*failure.plugin,
-                    "failing open: {}",
-                    failure.reason
-                );
+                failing_open(&failure);
                 Ok(StoreDecision::Skip)
             }
             Err(failure) => Err(failure.into()),

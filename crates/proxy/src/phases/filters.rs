@@ -151,7 +151,7 @@ impl FilterChain {
 }
 
 /// A fail-open filter failed and is skipped; logged at a bounded rate.
-fn failing_open(failure: &FilterFailure) {
+pub(super) fn failing_open(failure: &FilterFailure) {
     sluice_filter::log_throttled!(
         warn,
         ("failing open", &*failure.plugin),
