@@ -19,6 +19,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -148,18 +149,18 @@ class Server:
         self.stop()
 
 
-def upstream(workdir):
-    port = free_port()
-    conf = workdir / "upstream.conf"
+def upstream(workdir, name="upstream", port=None):
+    port = port or free_port()
+    conf = workdir / f"{name}.conf"
     conf.write_text(f"""
-daemon off; master_process off; worker_processes 1; error_log stderr warn; pid {workdir}/upstream.pid;
+daemon off; master_process off; worker_processes 1; error_log stderr warn; pid {workdir}/{name}.pid;
 events {{ worker_connections 4096; }}
 http {{
   access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{BODY}"; }} }}
 }}
 """)
-    return Server("upstream", [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
+    return Server(name, [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
 
 
 def nginx(workdir, workers, up, h2=False, tls=False):
@@ -308,12 +309,13 @@ def wrk(port, seconds, conns, headers=(), scheme="http", path="/", threads=2):
         latency[pct] = float(value) * UNITS[unit]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
+    socket_errors = sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1))) if socket_errors else 0
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "p50": latency.get("50"),
         "p99": latency.get("99"),
-        "errors": (int(errors.group(1)) if errors else 0) + (1 if socket_errors else 0),
+        "errors": (int(errors.group(1)) if errors else 0) + socket_errors,
     }
 
 
@@ -631,9 +633,136 @@ def scenario_isolation(args, workdir, up):
     return text
 
 
+def failover_proxies(workdir, workers, a, b):
+    """nginx, HAProxy and Sluice configured alike over two targets: 1 s to
+    connect or answer, a failed try retried on the other target, a target
+    out after 3 failures in a row. HAProxy and Sluice also check actively
+    every second; open-source nginx has only passive checks."""
+    def nginx_two():
+        port = free_port()
+        conf = workdir / "nginx-failover.conf"
+        conf.write_text(f"""
+daemon off; worker_processes {workers}; worker_rlimit_nofile 19000; error_log stderr crit;
+pid {workdir}/nginx-failover.pid;
+events {{ worker_connections 18000; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  upstream u {{
+    server 127.0.0.1:{a} max_fails=3 fail_timeout=5s;
+    server 127.0.0.1:{b} max_fails=3 fail_timeout=5s;
+    keepalive 128;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://u; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_connect_timeout 1s; proxy_read_timeout 1s;
+      proxy_next_upstream error timeout http_502 http_503 http_504; proxy_next_upstream_tries 3;
+    }}
+  }}
+}}
+""")
+        return Server("nginx", [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
+
+    def haproxy_two():
+        port = free_port()
+        conf = workdir / "haproxy-failover.cfg"
+        conf.write_text(f"""
+global
+  nbthread {workers}
+  maxconn {HAPROXY_MAXCONN}
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 300s
+  timeout server 1s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  http-reuse always
+  retries 2
+  option redispatch 1
+  retry-on all-retryable-errors
+frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  balance roundrobin
+  default-server check inter 1s fall 3 rise 2 observe layer7 error-limit 3 on-error mark-down
+  server s1 127.0.0.1:{a}
+  server s2 127.0.0.1:{b}
+""")
+        return Server("haproxy", [HAPROXY, "-f", str(conf)], port, workdir)
+
+    def sluice_two(port):
+        return sluice_toml(port, a).replace(
+            f'targets = ["127.0.0.1:{a}"]',
+            f"""targets = ["127.0.0.1:{a}", "127.0.0.1:{b}"]
+connect_timeout = "1s"
+timeout = "1s"
+retries = 2
+outlier = {{ consecutive_failures = 3, base_ejection = "5s" }}
+health = {{ interval = "1s", timeout = "1s", unhealthy_threshold = 3, healthy_threshold = 2 }}""")
+
+    # No baseline run: builds before the load balancer know none of these settings.
+    return [
+        ("nginx", nginx_two),
+        ("haproxy", haproxy_two),
+        ("sluice", lambda: sluice(workdir, workers, sluice_two)),
+    ]
+
+
+def scenario_failover(args, workdir, up):
+    """Two targets; 64 connections for 12 s; one target is killed (SIGKILL)
+    or hung (SIGSTOP) 3 s in, and restored (restarted, or SIGCONT) 4 s
+    later. Every failed request counts: non-2xx answers and wrk's socket
+    errors (its timeout is 2 s)."""
+    a = upstream(workdir, "target-a")
+    b_port = free_port()
+    lines = ["\n### 7. Failover: one of two targets killed or hung for 4 s of 12\n",
+             "| | how | req/s | vs nginx | p99 ms | failed requests |", "|---|---|---|---|---|---|"]
+    try:
+        for how in ("killed", "hung"):
+            results = {}
+            for name, start in failover_proxies(workdir, args.workers, a.port, b_port):
+                rows = []
+                for _ in range(args.rounds):
+                    b = upstream(workdir, "target-b", b_port)
+                    with start() as proxy:
+                        wrk(proxy.port, 2, 64)
+
+                        def fail():
+                            nonlocal b
+                            time.sleep(3)
+                            if how == "killed":
+                                b.proc.kill()
+                                b.proc.wait()
+                                time.sleep(4)
+                                b.log.close()
+                                b = upstream(workdir, "target-b", b_port)
+                            else:
+                                b.proc.send_signal(signal.SIGSTOP)
+                                time.sleep(4)
+                                b.proc.send_signal(signal.SIGCONT)
+                        thread = threading.Thread(target=fail)
+                        thread.start()
+                        rows.append(wrk(proxy.port, 12, 64))
+                        thread.join()
+                    b.stop()
+                results[name] = rows
+            base = median(results["nginx"], "rps")
+            for name, rows in results.items():
+                lines.append(f"| {name} | {how} | {median(rows, 'rps'):,.0f} | {median(rows, 'rps') / base:.2f}× | "
+                             f"{median(rows, 'p99'):.2f} | {median(rows, 'errors'):,.0f} |")
+    finally:
+        a.stop()
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
 SCENARIOS = {"pass": scenario_pass, "chains": scenario_chains, "cpu": scenario_cpu,
              "h2": scenario_h2, "tls": scenario_tls, "memory": scenario_memory, "reload": scenario_reload,
-             "isolation": scenario_isolation}
+             "isolation": scenario_isolation, "failover": scenario_failover}
 
 
 def main():

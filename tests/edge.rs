@@ -14,7 +14,7 @@ async fn quickstart(up: &Upstream) -> (SocketAddr, tokio::task::JoinHandle<()>) 
     let target = up.addr.to_string();
     let hook = std::sync::Arc::new(move |config: &mut sluice_control::Config| {
         for upstream in config.upstreams.values_mut() {
-            *upstream.targets.get_mut() = vec![target.clone()];
+            *upstream.targets.get_mut() = vec![target.clone().into()];
         }
         config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
     });

@@ -228,7 +228,7 @@ async fn the_example_configurations_load_and_the_api_gateway_one_works() {
     let target = up.addr.to_string();
     let hook = std::sync::Arc::new(move |config: &mut sluice_control::Config| {
         for upstream in config.upstreams.values_mut() {
-            *upstream.targets.get_mut() = vec![target.clone()];
+            *upstream.targets.get_mut() = vec![target.clone().into()];
         }
         config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
         config.admin = None;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,6 +49,9 @@ pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    hung: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -59,7 +62,7 @@ pub type Handler =
 impl Upstream {
     /// Start one, named `id`.
     pub async fn start(id: &'static str) -> Upstream {
-        Self::serve(id, None).await
+        Self::serve(id, None, None, None).await
     }
 
     /// Start one that answers with `handler` (an auth service, say).
@@ -70,37 +73,88 @@ impl Upstream {
         + Sync
         + 'static,
     ) -> Upstream {
-        Self::serve(id, Some(Arc::new(handler))).await
+        Self::serve(id, Some(Arc::new(handler)), None, None).await
     }
 
-    async fn serve(id: &'static str, handler: Option<Arc<Handler>>) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+    /// Start one on `addr` (a killed one's, to bring it back).
+    pub async fn start_at(id: &'static str, addr: SocketAddr) -> Upstream {
+        Self::serve(id, None, Some(addr), None).await
+    }
+
+    /// Start one that speaks TLS with `tls`.
+    pub async fn start_tls(id: &'static str, tls: tokio_rustls::TlsAcceptor) -> Upstream {
+        Self::serve(id, None, None, Some(tls)).await
+    }
+
+    async fn serve(
+        id: &'static str,
+        handler: Option<Arc<Handler>>,
+        addr: Option<SocketAddr>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
+        let addr = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("address"));
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
+        let hung = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delaying = delay_ms.clone();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let counter = hits.clone();
         let accepted = connections.clone();
+        let hanging = hung.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let counter = counter.clone();
                 let handler = handler.clone();
+                let hanging = hanging.clone();
+                let delaying = delaying.clone();
+                let mut stopped = stopped.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let handler = handler.clone();
+                        let hanging = hanging.clone();
+                        let delay = Duration::from_millis(delaying.load(Ordering::SeqCst));
                         async move {
+                            if hanging.load(Ordering::SeqCst) {
+                                std::future::pending::<()>().await;
+                            }
+                            tokio::time::sleep(delay).await;
                             Ok::<_, Infallible>(match handler {
                                 Some(handler) => custom(id, &*handler, req),
                                 None => answer(id, req).await,
                             })
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let served = async {
+                        match tls {
+                            None => {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                            Some(tls) => {
+                                if let Ok(stream) = tls.accept(stream).await {
+                                    let _ = builder
+                                        .serve_connection_with_upgrades(
+                                            TokioIo::new(stream),
+                                            service,
+                                        )
+                                        .await;
+                                }
+                            }
+                        }
+                    };
+                    // Killed: the connection is dropped, mid-exchange or not.
+                    tokio::select! {
+                        () = served => {}
+                        _ = stopped.wait_for(|stop| *stop) => {}
+                    }
                 });
             }
         });
@@ -108,6 +162,9 @@ impl Upstream {
             addr,
             hits,
             connections,
+            hung,
+            delay_ms,
+            stop,
             task,
         }
     }
@@ -121,11 +178,29 @@ impl Upstream {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// Stop answering (as a process stopped with SIGSTOP): connections are
+    /// still accepted, requests never answered. `false` resumes.
+    pub fn hang(&self, hung: bool) {
+        self.hung.store(hung, Ordering::SeqCst);
+    }
+
+    /// Answer every request `delay` late from now on.
+    pub fn delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Stop listening and drop every connection, as a killed process would.
+    pub fn kill(&self) {
+        self.task.abort();
+        let _ = self.stop.send(true);
+    }
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        self.task.abort();
+        self.kill();
     }
 }
 
@@ -214,6 +289,7 @@ async fn answer(id: &'static str, req: Request<Incoming>) -> Response<TestBody> 
             let echo = serde_json::json!({
                 "upstream": id,
                 "method": head.method.as_str(),
+                "version": format!("{:?}", head.version),
                 "uri": head.uri.to_string(),
                 "headers": headers,
             });

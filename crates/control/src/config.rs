@@ -258,13 +258,28 @@ impl Config {
                 ));
             }
             for target in upstream.targets.get_ref() {
-                if target.parse::<http::uri::Authority>().is_err() || !target.contains(':') {
+                let address = target.address();
+                if address.parse::<http::uri::Authority>().is_err() || !address.contains(':') {
                     return Err(src.error(
                         upstream.targets.span().start,
                         key,
-                        format!("`{target}` is not a `host:port`"),
+                        format!("`{address}` is not a `host:port`"),
                     ));
                 }
+                if target.weight() == 0 {
+                    return Err(src.error(
+                        upstream.targets.span().start,
+                        key,
+                        format!("`{address}`: a weight must be at least 1"),
+                    ));
+                }
+            }
+            if let Err(message) = upstream.check() {
+                return Err(src.error(
+                    upstream.targets.span().start,
+                    format!("upstreams.{name}"),
+                    message,
+                ));
             }
         }
         if let Some(admin) = &self.admin {

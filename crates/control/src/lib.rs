@@ -444,11 +444,14 @@ async fn sync_files(
 /// A gateway from `config`, with each plugin's active version.
 async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Result<Gateway> {
     let src = &config.source;
-    let upstreams: HashMap<String, Arc<Upstream>> = config
-        .upstreams
-        .iter()
-        .map(|(name, u)| (name.clone(), Arc::new(Upstream::new(name, u))))
-        .collect();
+    let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+    for (name, u) in &config.upstreams {
+        let shared = &kept.shared;
+        let upstream = Upstream::build(name, u, &shared.targets, &shared.metrics)
+            .await
+            .map_err(|e| src.error(u.targets.span().start, format!("upstreams.{name}"), e))?;
+        upstreams.insert(name.clone(), upstream);
+    }
     let services = Services {
         store: kept.shared.store.clone(),
         upstreams: upstreams

@@ -78,21 +78,261 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// A group of interchangeable upstream servers.
+/// A group of interchangeable upstream servers, and how requests are spread
+/// over them, checked, retried and carried.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `host:port` of each server, used in round robin.
-    pub targets: Spanned<Vec<String>>,
-    /// How long to wait for a TCP connection.
+    /// The servers: `host:port` (names are resolved, and again every
+    /// `resolve_every`), or `{ address = "host:port", weight = 3 }`.
+    pub targets: Spanned<Vec<TargetConfig>>,
+    /// How a target is picked for a request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// What `balance = "hash"` hashes: `header:<name>`, `cookie:<name>` or `path`.
+    pub hash_on: Option<String>,
+    /// The cookie `balance = "sticky"` sets to keep a client on its target.
+    #[serde(default = "defaults::sticky_cookie")]
+    pub sticky_cookie: String,
+    /// How often host names among the targets are resolved again.
+    #[serde(default = "defaults::resolve_every", with = "humantime_serde")]
+    pub resolve_every: Duration,
+    /// How long to wait for a connection (TCP, and TLS if any).
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// How long to wait for the response head once the request is sent.
+    /// How long one try waits for the response head once the request is sent.
     #[serde(default = "defaults::response_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// The most a request may take to a response head, all tries together.
+    #[serde(default, with = "humantime_serde")]
+    pub overall_timeout: Option<Duration>,
     /// How long an unused keep-alive connection to a target stays open.
     #[serde(default = "defaults::upstream_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How many more tries a request gets, each on another target: any
+    /// request that never reached a target, and idempotent ones that failed
+    /// (connection lost, timed out, or answered with a `retry_on` status).
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    /// Statuses that make an idempotent request try another target.
+    #[serde(default = "defaults::retry_on")]
+    pub retry_on: Vec<u16>,
+    /// Retries earned per request (0.2: at most a fifth more load, over
+    /// time; a saved-up balance and a reserve of ten a second cover bursts),
+    /// so retries do not make an outage worse.
+    #[serde(default = "defaults::retry_budget")]
+    pub retry_budget: f64,
+    /// The protocol to the targets: `http1`, `h2` (HTTP/2; over TLS by ALPN,
+    /// or cleartext with prior knowledge), or `auto` (ALPN over TLS,
+    /// HTTP/1.1 otherwise).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Talk TLS to the targets.
+    pub tls: Option<UpstreamTls>,
+    /// Active health checks; none unless configured.
+    pub health: Option<HealthConfig>,
+    /// Passive outlier detection: targets that keep failing are ejected for a while.
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+}
+
+impl UpstreamConfig {
+    /// What serde cannot check: values' ranges and the settings that go together.
+    pub fn check(&self) -> Result<(), String> {
+        if self.balance == Balance::Hash {
+            match self.hash_on.as_deref().map(HashOn::parse) {
+                Some(Ok(_)) => {}
+                Some(Err(message)) => return Err(message),
+                None => return Err("`balance = \"hash\"` needs `hash_on`".into()),
+            }
+        }
+        if !(0.0..=1.0).contains(&self.retry_budget) {
+            return Err("`retry_budget` is a share of the requests in flight, in [0, 1]".into());
+        }
+        if let Some(tls) = &self.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err("`tls.cert` and `tls.key` go together".into());
+        }
+        if let Some(health) = &self.health
+            && (health.healthy_threshold == 0 || health.unhealthy_threshold == 0)
+        {
+            return Err("health thresholds must be at least 1".into());
+        }
+        if self.outlier.max_ejected_percent > 100 {
+            return Err("`outlier.max_ejected_percent` is at most 100".into());
+        }
+        Ok(())
+    }
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// The (normalised) path.
+    Path,
+}
+
+impl HashOn {
+    /// `header:<name>`, `cookie:<name>` or `path`.
+    pub fn parse(text: &str) -> Result<HashOn, String> {
+        match text.split_once(':') {
+            Some(("header", name)) => http::HeaderName::try_from(name)
+                .map(HashOn::Header)
+                .map_err(|_| format!("`hash_on`: `{name}` is not a header name")),
+            Some(("cookie", name)) if !name.is_empty() => Ok(HashOn::Cookie(name.to_owned())),
+            None if text == "path" => Ok(HashOn::Path),
+            _ => Err(format!(
+                "`hash_on = \"{text}\"`: expected `header:<name>`, `cookie:<name>` or `path`"
+            )),
+        }
+    }
+}
+
+/// One configured target.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TargetConfig {
+    /// `host:port`, weight 1.
+    Address(String),
+    /// With a weight.
+    Weighted {
+        /// `host:port`.
+        address: String,
+        /// Its share relative to the others (default 1).
+        #[serde(default = "defaults::weight")]
+        weight: u32,
+    },
+}
+
+impl TargetConfig {
+    /// `host:port`.
+    pub fn address(&self) -> &str {
+        match self {
+            TargetConfig::Address(address) | TargetConfig::Weighted { address, .. } => address,
+        }
+    }
+
+    /// Its weight.
+    pub fn weight(&self) -> u32 {
+        match self {
+            TargetConfig::Address(_) => 1,
+            TargetConfig::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+impl From<String> for TargetConfig {
+    fn from(address: String) -> TargetConfig {
+        TargetConfig::Address(address)
+    }
+}
+
+/// How a target is picked for a request.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// In turn, as often as their weights say (smooth weighted round robin).
+    #[default]
+    RoundRobin,
+    /// The one with the fewest requests in flight (for its weight).
+    LeastConnections,
+    /// Of two picked at random, the one with the lower expected latency
+    /// (moving average of response times, times requests in flight).
+    LeastTime,
+    /// At random, by weight.
+    Random,
+    /// By the client's IP address (consistent hashing).
+    IpHash,
+    /// By `hash_on` (consistent hashing).
+    Hash,
+    /// In turn at first; then the target a cookie the gateway sets names.
+    Sticky,
+}
+
+/// The protocol spoken to the targets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 on pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2: by ALPN over TLS, prior knowledge (h2c) without.
+    H2,
+    /// HTTP/2 or HTTP/1.1 by ALPN over TLS; HTTP/1.1 without TLS.
+    Auto,
+}
+
+/// TLS to the targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Trust these CA certificates (PEM) instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// The name to ask for (SNI) and to verify; default the target's host.
+    pub server_name: Option<String>,
+    /// A client certificate chain (PEM) for mutual TLS.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+/// Active health checks: each target is asked every `interval`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `GET` this path and expect one of `expect`; without it, a TCP connect is the check.
+    pub path: Option<String>,
+    /// Healthy statuses (default 200-399).
+    #[serde(default)]
+    pub expect: Vec<u16>,
+    /// How often each target is checked.
+    #[serde(default = "defaults::health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long a check may take.
+    #[serde(default = "defaults::health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Passed checks in a row that make an unhealthy target healthy.
+    #[serde(default = "defaults::healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Failed checks in a row that make a healthy target unhealthy.
+    #[serde(default = "defaults::unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+/// Passive outlier detection, as Envoy's: consecutive failures (connection
+/// failures, timeouts, `5xx`) eject a target for a time that grows with
+/// each ejection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject a target (0 turns detection off).
+    #[serde(default = "defaults::consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each next one is longer by as much.
+    #[serde(default = "defaults::base_ejection", with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    #[serde(default = "defaults::max_ejection", with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// The most targets ejected at once, as a percentage of all.
+    #[serde(default = "defaults::max_ejected_percent")]
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: defaults::consecutive_failures(),
+            base_ejection: defaults::base_ejection(),
+            max_ejection: defaults::max_ejection(),
+            max_ejected_percent: defaults::max_ejected_percent(),
+        }
+    }
 }
 
 /// Bounds of the in-memory response cache.
@@ -133,6 +373,24 @@ pub struct RouteConfig {
     /// The largest request body this route takes (413 beyond).
     #[serde(default = "defaults::max_body")]
     pub max_body: ByteSize,
+    /// Compress responses for clients that accept it; off unless set.
+    pub compression: Option<CompressionConfig>,
+}
+
+/// Response compression, negotiated by `Accept-Encoding`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Encodings offered, in the gateway's order of preference among those
+    /// the client accepts equally: `br`, `zstd`, `gzip`.
+    #[serde(default = "defaults::encodings")]
+    pub encodings: Vec<String>,
+    /// Responses known to be smaller are sent as they are.
+    #[serde(default = "defaults::compress_min_size")]
+    pub min_size: ByteSize,
+    /// Media types compressed (`text/*` for a whole family).
+    #[serde(default = "defaults::compress_types")]
+    pub types: Vec<String>,
 }
 
 impl RouteConfig {
@@ -213,6 +471,66 @@ mod defaults {
     }
     pub fn response_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn encodings() -> Vec<String> {
+        ["br", "zstd", "gzip"].map(String::from).to_vec()
+    }
+    pub fn compress_min_size() -> ByteSize {
+        ByteSize::b(1024)
+    }
+    pub fn compress_types() -> Vec<String> {
+        [
+            "text/*",
+            "application/json",
+            "application/javascript",
+            "application/xml",
+            "application/wasm",
+            "image/svg+xml",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    pub fn sticky_cookie() -> String {
+        "sluice-target".into()
+    }
+    pub fn resolve_every() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn retries() -> u32 {
+        2
+    }
+    pub fn retry_on() -> Vec<u16> {
+        vec![502, 503, 504]
+    }
+    pub fn retry_budget() -> f64 {
+        0.2
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn healthy_threshold() -> u32 {
+        2
+    }
+    pub fn unhealthy_threshold() -> u32 {
+        3
+    }
+    pub fn consecutive_failures() -> u32 {
+        5
+    }
+    pub fn base_ejection() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_ejection() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn max_ejected_percent() -> u32 {
+        50
     }
     pub fn upstream_idle_timeout() -> Duration {
         Duration::from_secs(60)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 use sluice_filter::metrics::Registry;
@@ -18,13 +18,15 @@ use sluice_filter::{Exchange, Filter, Plugin, PluginError};
 
 use crate::body::{self, ClientBody, ClientBodyError, ProxyBody, Upload};
 use crate::cache::ResponseCache;
+use crate::compress::{Compression, Encoding};
 use crate::config::{CacheConfig, RouteConfig};
 use crate::edge::strip_hop_by_hop;
 use crate::listener::ConnectionInfo;
 use crate::metrics::{ProxyMetrics, StatusCounters};
 use crate::phases::{CachePhase, FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::router::{Matcher, RouteTable};
-use crate::upstream::{self, Upstream, UpstreamError};
+use crate::upgrade::{self, Upgrade};
+use crate::upstream::{self, Payload, Sending, TargetRegistry, Upstream, UpstreamError};
 
 /// Largest body buffered for filters that asked for bodies.
 pub const MAX_BUFFERED_BODY: usize = 16 << 20;
@@ -38,12 +40,14 @@ pub struct Route {
     cache: CachePhase,
     /// The largest request body it takes.
     max_body: u64,
+    compression: Option<Compression>,
     /// Responses by status class, counted without a lookup per request.
     responses: StatusCounters,
 }
 
 /// What outlives one configuration (and so a reload): the plugins' state
-/// (key-value, counters, rate-limit buckets), the response cache and the metrics.
+/// (key-value, counters, rate-limit buckets), the response cache, upstream
+/// targets (their connections and health) and the metrics.
 #[derive(Clone)]
 pub struct Shared {
     /// Plugin state.
@@ -54,6 +58,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// The proxy's own metrics.
     pub metrics: Arc<ProxyMetrics>,
+    /// Upstream targets, reused by a reload that keeps them.
+    pub targets: Arc<TargetRegistry>,
 }
 
 impl Shared {
@@ -63,6 +69,7 @@ impl Shared {
             store: Arc::new(MemoryStore::default()),
             cache: Arc::new(ResponseCache::new(cache)),
             metrics: Arc::new(ProxyMetrics::new(&registry)),
+            targets: Arc::default(),
             registry,
         }
     }
@@ -130,6 +137,14 @@ impl Gateway {
                 filters.push(built);
             }
             let filters = FilterChain::new(filters, shared.store.clone());
+            let compression = match &route.compression {
+                Some(config) => Some(Compression::new(config).map_err(|message| BuildError {
+                    at: route.upstream.span().start,
+                    key: format!("routes[{i}].compression"),
+                    message,
+                })?),
+                None => None,
+            };
             let route = Route {
                 responses: StatusCounters::new(&shared.metrics, &name),
                 name,
@@ -137,6 +152,7 @@ impl Gateway {
                 cache: CachePhase::new(shared.cache.clone(), &filters),
                 filters,
                 max_body: route.max_body.as_u64(),
+                compression,
             };
             routes.push((matcher, route));
         }
@@ -161,6 +177,7 @@ impl Gateway {
         conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
         let (mut head, incoming) = request.into_parts();
+        let upgrade = upgrade::requested(&mut head);
         if let Err(refusal) = conn.edge.admit(&mut head) {
             return self.refuse(refusal.status(), refusal.code(), &refusal, conn);
         }
@@ -174,7 +191,7 @@ impl Gateway {
             self.unrouted.count(StatusCode::NOT_FOUND);
             return error_response(StatusCode::NOT_FOUND, "no_route");
         };
-        let response = self.serve(route, head, incoming, conn).await;
+        let response = self.serve(route, head, incoming, upgrade, conn).await;
         route.responses.count(response.status());
         response
     }
@@ -204,6 +221,7 @@ impl Gateway {
         route: &Route,
         head: http::request::Parts,
         incoming: Incoming,
+        upgrade: Option<Upgrade>,
         conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
         let declared = head
@@ -217,6 +235,11 @@ impl Gateway {
             );
             return self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &why, conn);
         }
+        let encoding = route
+            .compression
+            .as_ref()
+            .and_then(|c| c.negotiate(&head.headers));
+        let method = encoding.map(|_| head.method.clone());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut exchange = Box::new(Exchange::new(id, head, conn.client_ip, route.name.clone()));
         exchange.secure = conn.secure;
@@ -224,12 +247,14 @@ impl Gateway {
             true => Outgoing {
                 body: None,
                 upload: None,
+                upgrade,
             },
             false => {
                 let (body, upload) = ClientBody::new(incoming, route.max_body, conn.body_timeout);
                 Outgoing {
                     body: Some(body::stream(body)),
                     upload: Some(upload),
+                    upgrade,
                 }
             }
         };
@@ -244,9 +269,15 @@ impl Gateway {
             }
         }
         let mut ctx = RequestCtx::new(exchange, route.filters.len());
-        match self.run(route, &mut ctx, sent, conn).await {
+        let response = match self.run(route, &mut ctx, sent, conn).await {
             Ok(()) => respond(ctx),
             Err(response) => response,
+        };
+        match (&route.compression, encoding, method) {
+            (Some(compression), Some(encoding), Some(method)) => {
+                compress(compression, encoding, &method, response)
+            }
+            _ => response,
         }
     }
 
@@ -306,9 +337,10 @@ impl Gateway {
                 .ok_or_else(|| phase_failed(route, PhaseError::UnknownUpstream(name.clone())))?,
         };
         let exchange = &mut ctx.exchange;
-        let body = match exchange.request_body.take() {
-            Some(bytes) => body::full(bytes),
-            None => sent.body.unwrap_or_else(|| body::full(Bytes::new())),
+        let body = match (exchange.request_body.take(), sent.body) {
+            (Some(bytes), _) => Payload::Bytes(bytes),
+            (None, Some(stream)) => Payload::Stream(stream),
+            (None, None) => Payload::Bytes(Bytes::new()),
         };
         let keep_head = route.filters.has_response_phase(ctx) || route.cache.applies(ctx);
         let exchange = &mut ctx.exchange;
@@ -326,22 +358,36 @@ impl Gateway {
             }
         };
         upstream::prepare_request(&mut request, exchange.client_ip, exchange.secure);
-        match upstream.send(request, sent.upload.as_deref()).await {
-            Ok(response) => {
+        if let Some(upgrade) = &sent.upgrade {
+            upgrade.restore(request.headers_mut());
+        }
+        let sending = Sending {
+            client_ip: exchange.client_ip,
+            upload: sent.upload.as_deref(),
+            upgrade: sent.upgrade.is_some(),
+        };
+        match upstream.send(request, &sending).await {
+            Ok(mut response) => {
+                let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let upgrade = sent.upgrade.filter(|_| switched);
+                let joined = upgrade.map(|upgrade| {
+                    let mut restored = HeaderMap::new();
+                    upgrade.restore(&mut restored);
+                    upgrade.join(&mut response, conn.idle_timeout);
+                    restored
+                });
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
+                if let Some(restored) = joined {
+                    head.headers.extend(restored);
+                }
                 exchange.response = Some(head);
                 ctx.stream = Some(body::stream(incoming));
                 Ok(())
             }
             Err(UpstreamError::ClientBody(error)) => Err(self.client_body_failed(&error, conn)),
             Err(error) => {
-                let (status, code) = match error {
-                    UpstreamError::Timeout { .. } => {
-                        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
-                    }
-                    _ => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
-                };
+                let (status, code) = upstream::failure_status(&error);
                 sluice_filter::log_throttled!(
                     warn,
                     ("upstream", &upstream.name, code),
@@ -379,6 +425,20 @@ impl Gateway {
 struct Outgoing {
     body: Option<ProxyBody>,
     upload: Option<Arc<Upload>>,
+    /// A protocol switch the client asked for.
+    upgrade: Option<Upgrade>,
+}
+
+/// `response`, compressed with `encoding` if it qualifies.
+fn compress(
+    compression: &Compression,
+    encoding: Encoding,
+    method: &http::Method,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let (mut head, body) = response.into_parts();
+    let body = compression.apply(encoding, method, head.status, &mut head.headers, body);
+    Response::from_parts(head, body)
 }
 
 /// The client's response, from the one in the context.

@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod cache;
+pub mod compress;
 pub mod config;
 pub mod edge;
 pub mod gateway;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod phases;
 pub mod router;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
 pub use gateway::{Gateway, Route, Shared};

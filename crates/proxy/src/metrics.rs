@@ -1,9 +1,10 @@
-//! The data path's metrics: responses by route and status class, and what
-//! the edge and the listeners refused.
+//! The data path's metrics: responses by route and status class, what the
+//! edge and the listeners refused, and how upstreams' targets fare.
 
 use http::StatusCode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use sluice_filter::metrics::{Labels, Registry, counters, labels};
 
 /// The proxy's metric families, registered once and kept across reloads.
@@ -14,6 +15,14 @@ pub struct ProxyMetrics {
     pub(crate) requests_refused: Family<Labels, Counter>,
     /// Connections closed on arrival for a listener's limits, by listener and limit.
     pub(crate) connections_refused: Family<Labels, Counter>,
+    /// Tries after the first, by upstream and why.
+    pub(crate) upstream_retries: Family<Labels, Counter>,
+    /// Retries not made because the upstream's retry budget was spent.
+    pub(crate) upstream_retries_refused: Family<Labels, Counter>,
+    /// Targets ejected by outlier detection, by upstream and target.
+    pub(crate) upstream_ejections: Family<Labels, Counter>,
+    /// 1 while active health checks find a target healthy.
+    pub(crate) upstream_healthy: Family<Labels, Gauge>,
 }
 
 impl ProxyMetrics {
@@ -31,6 +40,30 @@ impl ProxyMetrics {
                 "connections_refused",
                 "Connections closed on arrival for a listener's limits",
             ),
+            upstream_retries: counters(
+                registry,
+                "upstream_retries",
+                "Tries after a request's first, by upstream and reason",
+            ),
+            upstream_retries_refused: counters(
+                registry,
+                "upstream_retries_refused",
+                "Retries not made because the upstream's retry budget was spent",
+            ),
+            upstream_ejections: counters(
+                registry,
+                "upstream_ejections",
+                "Targets ejected by outlier detection",
+            ),
+            upstream_healthy: {
+                let family = Family::<Labels, Gauge>::default();
+                registry.register(
+                    "upstream_healthy",
+                    "1 while active health checks find the target healthy",
+                    family.clone(),
+                );
+                family
+            },
         }
     }
 

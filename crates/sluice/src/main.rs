@@ -109,7 +109,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // Every upstream is the demo, in this configuration and any reloaded later.
             let hook = std::sync::Arc::new(move |config: &mut Config| {
                 for upstream in config.upstreams.values_mut() {
-                    *upstream.targets.get_mut() = vec![demo.to_string()];
+                    *upstream.targets.get_mut() = vec![demo.to_string().into()];
                 }
             });
             let server = Server::bind_with_hook(loaded, Some(hook)).await?;

@@ -35,6 +35,8 @@ pub struct ConnectionInfo {
     pub edge: Arc<Edge>,
     /// The longest pause allowed in a request body.
     pub body_timeout: Duration,
+    /// How long a connection may carry nothing (an upgraded one too).
+    pub idle_timeout: Duration,
 }
 
 /// What the connection's watcher reads, kept up to date by its I/O and its requests.

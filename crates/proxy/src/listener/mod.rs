@@ -350,6 +350,7 @@ async fn accept_loop(
                 secure: false,
                 edge: settings.edge.clone(),
                 body_timeout: limits.body_timeout,
+                idle_timeout: limits.idle_timeout,
             };
             let Some(acceptor) = &settings.tls else {
                 connection::serve(stream, false, info, settings, gateway, drain).await;

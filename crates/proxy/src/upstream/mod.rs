@@ -1,23 +1,45 @@
-//! Upstreams: a named group of servers, balanced round robin, over a pool of
-//! keep-alive connections; and the proxy's rules for headers on the way.
+//! Upstreams: a named group of targets, one picked per try by the
+//! upstream's algorithm among those healthy and not ejected; failed tries
+//! retried on another target within a budget; and the proxy's rules for
+//! headers on the way.
+//!
+//! ```text
+//! send ─► balance (pick a target) ─► pool (a connection) ─► connect (TCP, TLS, h1/h2)
+//!            ▲                                       │
+//!            └── retry, another target ◄── failure ──┘  (target: outlier record)
+//! ```
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::body::{BoxError, ClientBodyError, ProxyBody, Upload};
-use crate::config::UpstreamConfig;
+use crate::config::{Balance, HashOn, OutlierConfig, TargetConfig, UpstreamConfig};
 use crate::edge::strip_hop_by_hop;
+use crate::metrics::ProxyMetrics;
+use sluice_filter::metrics::labels;
 
+mod balance;
+mod connect;
+mod health;
 mod pool;
+mod resolve;
+mod retry;
+mod target;
 
-use pool::Pool;
+use balance::{Key, Members};
+use connect::Connector;
 pub use pool::UpstreamBody;
+use resolve::Resolver;
+pub use resolve::TargetRegistry;
+use retry::RetryBudget;
+pub use target::Target;
 
 /// Why an upstream exchange failed, and so which status the client sees.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +49,7 @@ pub enum UpstreamError {
     Unreachable {
         /// The upstream's name.
         upstream: String,
-        /// The server tried.
+        /// The server tried last.
         target: Authority,
         /// What went wrong: connecting, or the exchange.
         source: BoxError,
@@ -40,121 +62,479 @@ pub enum UpstreamError {
     Timeout {
         /// The upstream's name.
         upstream: String,
-        /// The server tried.
+        /// The server tried last.
         target: Authority,
-        /// The configured limit.
+        /// The limit that ran out.
         timeout: Duration,
     },
+    /// Every target is unhealthy or ejected: 503, at once.
+    #[error("upstream `{upstream}` has no healthy target")]
+    NoHealthy {
+        /// The upstream's name.
+        upstream: String,
+    },
+}
+
+/// A request body as the upstream gets it: bytes in hand can be sent again
+/// to another target; a stream only if it never left.
+pub enum Payload {
+    /// Bytes in hand (empty for no body).
+    Bytes(Bytes),
+    /// The client's body, streamed.
+    Stream(ProxyBody),
+}
+
+/// What an upstream needs to know of the request besides itself.
+pub struct Sending<'a> {
+    /// The client's address (for `balance = "ip-hash"`).
+    pub client_ip: IpAddr,
+    /// When the client's body upload ended; per-try timeouts start there.
+    pub upload: Option<&'a Upload>,
+    /// The request switches protocols (WebSocket): a connection of its own.
+    pub upgrade: bool,
+}
+
+/// When to try again, and how long to wait.
+struct Policy {
+    per_try: Duration,
+    overall: Option<Duration>,
+    retries: u32,
+    retry_on: Vec<u16>,
+    outlier: OutlierConfig,
 }
 
 /// A named group of interchangeable servers.
 pub struct Upstream {
     /// The name from the configuration.
     pub name: String,
-    servers: Vec<Arc<Pool>>,
-    next: AtomicUsize,
-    timeout: Duration,
+    balance: Balance,
+    hash_on: Option<HashOn>,
+    sticky_cookie: String,
+    members: ArcSwap<Members>,
+    connector: Arc<Connector>,
+    policy: Policy,
+    budget: RetryBudget,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl Upstream {
-    /// Build from configuration; targets were validated when the config was parsed.
-    pub fn new(name: &str, config: &UpstreamConfig) -> Upstream {
-        Upstream {
+    /// Build from configuration: names resolved, targets that stay taken
+    /// from `registry` with their connections, health checks and name
+    /// lookups started on tasks that end with the upstream.
+    pub async fn build(
+        name: &str,
+        config: &UpstreamConfig,
+        registry: &Arc<TargetRegistry>,
+        metrics: &Arc<ProxyMetrics>,
+    ) -> Result<Arc<Upstream>, String> {
+        let connector = Arc::new(Connector::new(config)?);
+        let resolver = Resolver {
+            registry: registry.clone(),
+            fingerprint: resolve::fingerprint(name, config),
+            connector: connector.clone(),
+            idle_timeout: config.idle_timeout,
+        };
+        let configured = config.targets.get_ref().clone();
+        let targets = resolver.resolve(&configured).await?;
+        let upstream = Arc::new(Upstream {
             name: name.to_owned(),
-            servers: config
-                .targets
-                .get_ref()
-                .iter()
-                .map(|t| {
-                    let target = t.parse().expect("validated in config");
-                    Pool::new(target, config.connect_timeout, config.idle_timeout)
-                })
-                .collect(),
-            next: AtomicUsize::new(0),
-            timeout: config.timeout,
+            balance: config.balance,
+            hash_on: config
+                .hash_on
+                .as_deref()
+                .and_then(|h| HashOn::parse(h).ok()),
+            sticky_cookie: config.sticky_cookie.clone(),
+            members: ArcSwap::from_pointee(Members::new(targets, config.balance)),
+            connector,
+            policy: Policy {
+                per_try: config.timeout,
+                overall: config.overall_timeout,
+                retries: config.retries,
+                retry_on: config.retry_on.clone(),
+                outlier: config.outlier.clone(),
+            },
+            budget: RetryBudget::new(config.retry_budget),
+            metrics: metrics.clone(),
+        });
+        for (target, _) in upstream.members.load().targets.iter() {
+            upstream.metrics_health(target);
         }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if let Some(health) = &config.health {
+                runtime.spawn(health::run(Arc::downgrade(&upstream), health.clone()));
+            }
+            if resolve::has_names(&configured) {
+                let every = config.resolve_every;
+                let weak = Arc::downgrade(&upstream);
+                runtime.spawn(re_resolve(weak, resolver, configured, every));
+            }
+        }
+        Ok(upstream)
     }
 
-    /// The next server, round robin.
-    fn pick(&self) -> &Arc<Pool> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.servers[i % self.servers.len()]
+    /// The targets now, with their weights.
+    pub fn targets(&self) -> Vec<(Arc<Target>, u32)> {
+        self.members.load().targets.clone()
     }
 
-    /// Send `request` (already prepared by [`prepare_request`]) to the next
-    /// server, over HTTP/1.1 on a pooled connection. The response timeout
-    /// runs from the end of the client's `upload`, if there is one: how long
-    /// a client takes to send its body is the body timeout's business.
+    /// Send `request` (already prepared by [`prepare_request`]) to a target
+    /// picked by the upstream's algorithm; a try that fails is tried again
+    /// on another target when it never reached one, or when the request is
+    /// idempotent and its body is in hand, within the retries and the budget.
     pub async fn send(
         &self,
-        mut request: Request<ProxyBody>,
-        upload: Option<&Upload>,
+        request: Request<Payload>,
+        sending: &Sending<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let server = self.pick();
-        // Origin form on the wire; the host travels in its header.
-        if request.uri().authority().is_some() {
-            let path = request
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            *request.uri_mut() = Uri::from(path);
+        let (head, payload) = request.into_parts();
+        let key = self.key(&head.headers, &head.uri, sending.client_ip);
+        // What a retry after the request left needs: a copy of it.
+        let replay = match &payload {
+            Payload::Bytes(bytes)
+                if self.policy.retries > 0 && !sending.upgrade && idempotent(&head.method) =>
+            {
+                Some(Copy::of(&head, bytes.clone()))
+            }
+            _ => None,
+        };
+        let mut next = Some(Request::from_parts(
+            head,
+            match payload {
+                Payload::Bytes(bytes) => crate::body::full(bytes),
+                Payload::Stream(stream) => stream,
+            },
+        ));
+        self.budget.deposit();
+        let started = Instant::now();
+        let members = self.members.load_full();
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last: Option<UpstreamError> = None;
+        loop {
+            let Some(i) = members.pick(self.balance, &key, &tried) else {
+                return Err(last.unwrap_or_else(|| UpstreamError::NoHealthy {
+                    upstream: self.name.clone(),
+                }));
+            };
+            tried.push(i);
+            let target = &members.targets[i].0;
+            let request = match next.take() {
+                Some(request) => request,
+                None => replay.as_ref().expect("retried only with a copy").request(),
+            };
+            let try_started = Instant::now();
+            let outcome = self.try_once(target, request, sending, started).await;
+            // Another try: retries left, another target, the budget allows.
+            let may_retry = |why: &str| {
+                let more = tried.len() <= self.policy.retries as usize
+                    && (0..members.targets.len())
+                        .any(|j| !tried.contains(&j) && members.targets[j].0.available());
+                if !more {
+                    return false;
+                }
+                if !self.budget.withdraw() {
+                    self.metrics
+                        .upstream_retries_refused
+                        .get_or_create(&labels([("upstream", &*self.name)]))
+                        .inc();
+                    return false;
+                }
+                self.metrics
+                    .upstream_retries
+                    .get_or_create(&labels([("upstream", &*self.name), ("reason", why)]))
+                    .inc();
+                true
+            };
+            match outcome {
+                Ok(mut response) => {
+                    let status = response.status();
+                    target.answered(try_started.elapsed());
+                    match status.is_server_error() {
+                        true => self.failed(target),
+                        false => target.succeeded(&self.policy.outlier),
+                    }
+                    if replay.is_some()
+                        && self.policy.retry_on.contains(&status.as_u16())
+                        && may_retry(status.as_str())
+                    {
+                        last = Some(self.unreachable(target, format!("answered {status}").into()));
+                        continue;
+                    }
+                    self.stick(&key, target, response.headers_mut());
+                    return Ok(response);
+                }
+                Err(Failure::ClientBody(error)) => return Err(UpstreamError::ClientBody(error)),
+                Err(Failure::Failed { error, unsent }) => {
+                    self.failed(target);
+                    let why = match &error {
+                        UpstreamError::Timeout { .. } => "timeout",
+                        _ if unsent.is_some() => "connect",
+                        _ => "reset",
+                    };
+                    let again = unsent.is_some() || replay.is_some();
+                    let out_of_time = self.policy.overall.is_some_and(|o| started.elapsed() >= o);
+                    last = Some(error);
+                    if again && !out_of_time && may_retry(why) {
+                        next = unsent.map(|request| *request);
+                        continue;
+                    }
+                    return Err(last.expect("just set"));
+                }
+            }
         }
+    }
+
+    /// One try on `target`, within the per-try timeout (which starts when the
+    /// client's upload ends) and what is left of the overall one.
+    async fn try_once(
+        &self,
+        target: &Arc<Target>,
+        mut request: Request<ProxyBody>,
+        sending: &Sending<'_>,
+        started: Instant,
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        let _in_flight = target.start();
         if !request.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(server.target.as_str())
+            && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
         {
             request.headers_mut().insert(header::HOST, host);
         }
-        let exchange = exchange(server, request);
+        let exchange = exchange(target, request, sending.upgrade);
         tokio::pin!(exchange);
-        let answered = loop {
-            let started = upload
+        let overall = self.policy.overall.map(|o| started + o);
+        let (answered, limit) = loop {
+            let try_started = sending
+                .upload
                 .map_or(Some(Instant::now()), Upload::finished_at)
                 .unwrap_or_else(Instant::now);
-            let deadline = tokio::time::Instant::from_std(started + self.timeout);
+            let mut deadline = try_started + self.policy.per_try;
+            let mut limit = self.policy.per_try;
+            if let Some(overall) = overall.filter(|o| *o < deadline) {
+                deadline = overall;
+                limit = self.policy.overall.expect("set");
+            }
+            let deadline = tokio::time::Instant::from_std(deadline);
             match tokio::time::timeout_at(deadline, &mut exchange).await {
-                Err(_) if upload.is_some_and(|u| u.finished_at().is_none_or(|t| t > started)) => {
+                // The client is still uploading: its time is the body timeout's business.
+                Err(_)
+                    if overall.is_none_or(|o| Instant::now() < o)
+                        && sending
+                            .upload
+                            .is_some_and(|u| u.finished_at().is_none_or(|t| t > try_started)) =>
+                {
                     continue;
                 }
-                answered => break answered,
+                answered => break (answered, limit),
             }
         };
         match answered {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(source)) if ClientBodyError::find(&*source).is_some() => Err(
-                UpstreamError::ClientBody(ClientBodyError::find(&*source).expect("found above")),
-            ),
-            Ok(Err(source)) => Err(UpstreamError::Unreachable {
-                upstream: self.name.clone(),
-                target: server.target.clone(),
-                source,
+            Ok(Err((source, unsent))) => match ClientBodyError::find(&*source) {
+                Some(error) => Err(Failure::ClientBody(error)),
+                None => Err(Failure::Failed {
+                    error: self.unreachable(target, source),
+                    unsent: unsent.map(Box::new),
+                }),
+            },
+            Err(_) => Err(Failure::Failed {
+                error: UpstreamError::Timeout {
+                    upstream: self.name.clone(),
+                    target: target.authority.clone(),
+                    timeout: limit,
+                },
+                unsent: None,
             }),
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: self.name.clone(),
-                target: server.target.clone(),
-                timeout: self.timeout,
-            }),
+        }
+    }
+
+    fn unreachable(&self, target: &Target, source: BoxError) -> UpstreamError {
+        UpstreamError::Unreachable {
+            upstream: self.name.clone(),
+            target: target.authority.clone(),
+            source,
+        }
+    }
+
+    /// Record a failed try; outlier detection may eject the target, as long
+    /// as no more than `max_ejected_percent` of the targets are out.
+    fn failed(&self, target: &Target) {
+        let members = self.members.load();
+        let may_eject = || {
+            let ejected = members.targets.iter().filter(|(t, _)| t.ejected()).count();
+            let cap =
+                members.targets.len() * self.policy.outlier.max_ejected_percent as usize / 100;
+            ejected < cap
+        };
+        if target.failed(&self.policy.outlier, may_eject) {
+            let addr = target.addr.to_string();
+            self.metrics
+                .upstream_ejections
+                .get_or_create(&labels([("upstream", &*self.name), ("target", &addr)]))
+                .inc();
+            sluice_filter::log_throttled!(
+                warn,
+                ("ejected", &self.name, &addr),
+                upstream = &*self.name,
+                target = &*addr,
+                "target ejected after repeated failures"
+            );
+        }
+    }
+
+    /// Export a target's health verdict.
+    fn metrics_health(&self, target: &Target) {
+        let addr = target.addr.to_string();
+        self.metrics
+            .upstream_healthy
+            .get_or_create(&labels([("upstream", &*self.name), ("target", &addr)]))
+            .set(i64::from(target.available()));
+    }
+
+    /// What the algorithm may look at: the client, `hash_on`'s value, the sticky cookie.
+    fn key(&self, headers: &HeaderMap, uri: &Uri, client_ip: IpAddr) -> Key {
+        let hashed = match &self.hash_on {
+            Some(HashOn::Header(name)) => headers.get(name).map(|v| balance::hash(&v.as_bytes())),
+            Some(HashOn::Cookie(name)) => cookie(headers, name).map(|v| balance::hash(&v)),
+            Some(HashOn::Path) => Some(balance::hash(&uri.path())),
+            None => None,
+        };
+        let sticky = match self.balance {
+            Balance::Sticky => {
+                cookie(headers, &self.sticky_cookie).and_then(|v| u64::from_str_radix(v, 16).ok())
+            }
+            _ => None,
+        };
+        Key {
+            client_ip,
+            hashed,
+            sticky,
+        }
+    }
+
+    /// With sticky sessions, a client not yet on `target` gets the cookie that keeps it there.
+    fn stick(&self, key: &Key, target: &Target, headers: &mut HeaderMap) {
+        let id = balance::sticky_id(target);
+        if self.balance != Balance::Sticky || key.sticky == Some(id) {
+            return;
+        }
+        let cookie = format!("{}={id:x}; Path=/; HttpOnly", self.sticky_cookie);
+        if let Ok(value) = HeaderValue::try_from(cookie) {
+            headers.append(header::SET_COOKIE, value);
         }
     }
 }
 
-/// One exchange with `server`. A pooled connection the server closed while
+/// Look up names again every `every`, while the upstream lives; a new set
+/// of addresses replaces the old, and targets that stay keep their connections.
+async fn re_resolve(
+    upstream: Weak<Upstream>,
+    resolver: Resolver,
+    configured: Vec<TargetConfig>,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(upstream) = upstream.upgrade() else {
+            return;
+        };
+        match resolver.resolve(&configured).await {
+            Ok(targets) if !resolve::same(&upstream.members.load().targets, &targets) => {
+                tracing::info!(upstream = %upstream.name, targets = targets.len(), "targets re-resolved");
+                upstream
+                    .members
+                    .store(Arc::new(Members::new(targets, upstream.balance)));
+            }
+            Ok(_) => {}
+            Err(error) => sluice_filter::log_throttled!(
+                warn,
+                ("resolve", &upstream.name),
+                upstream = &*upstream.name,
+                "keeping the last addresses: {error}"
+            ),
+        }
+    }
+}
+
+/// Why a try failed.
+enum Failure {
+    /// The client's body: no other target would do better.
+    ClientBody(ClientBodyError),
+    /// The target's fault; the request, if it never left.
+    Failed {
+        error: UpstreamError,
+        unsent: Option<Box<Request<ProxyBody>>>,
+    },
+}
+
+/// A copy of a request, for sending again.
+struct Copy {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Copy {
+    fn of(head: &http::request::Parts, body: Bytes) -> Copy {
+        Copy {
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            headers: head.headers.clone(),
+            body,
+        }
+    }
+
+    fn request(&self) -> Request<ProxyBody> {
+        let mut request = Request::new(crate::body::full(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Methods a retry cannot make worse (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A cookie's value from the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
+/// One exchange with `target`. A pooled connection the server closed while
 /// idle hands the request back unsent; it is tried once more on a new one.
+/// A request that never left comes back with the error.
 async fn exchange(
-    server: &Arc<Pool>,
+    target: &Arc<Target>,
     request: Request<ProxyBody>,
-) -> Result<Response<UpstreamBody>, BoxError> {
-    let conn = server.checkout().await?;
+    upgrade: bool,
+) -> Result<Response<UpstreamBody>, pool::SendError> {
+    let conn = match upgrade {
+        true => target.pool.connect_upgradable().await,
+        false => target.pool.checkout().await,
+    };
+    let conn = match conn {
+        Ok(conn) => conn,
+        Err(error) => return Err((error, Some(request))),
+    };
     let reused = conn.reused;
     match conn.send(request).await {
-        Ok(response) => Ok(response),
-        Err((_, Some(unsent))) if reused => server
-            .connect()
-            .await?
-            .send(unsent)
-            .await
-            .map_err(|(error, _)| error),
-        Err((error, _)) => Err(error),
+        Err((_, Some(unsent))) if reused => match target.pool.connect().await {
+            Ok(conn) => conn.send(unsent).await,
+            Err(error) => Err((error, Some(unsent))),
+        },
+        sent => sent,
     }
 }
 
@@ -163,9 +543,10 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Make a client's request fit to send upstream: `X-Forwarded-*` set, the
-/// original host kept, HTTP/1.1 on the wire. The client's hop-by-hop
-/// headers went at the edge; any a filter added go now.
-pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr, secure: bool) {
+/// original host kept, origin form, HTTP/1.1 on the wire (HTTP/2 where the
+/// upstream speaks it). The client's hop-by-hop headers went at the edge;
+/// any a filter added go now.
+pub fn prepare_request<B>(request: &mut Request<B>, client_ip: IpAddr, secure: bool) {
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -180,22 +561,42 @@ pub fn prepare_request(request: &mut Request<ProxyBody>, client_ip: IpAddr, secu
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(X_FORWARDED_HOST, host);
     }
+    // Origin form on the wire; the host travels in its header.
+    if request.uri().authority().is_some() {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path);
+    }
     *request.version_mut() = Version::HTTP_11;
 }
 
-/// Plugins granted `http:<name>` call upstreams through the same pools.
+/// The status a failed upstream exchange answers with, and its code.
+pub fn failure_status(error: &UpstreamError) -> (StatusCode, &'static str) {
+    match error {
+        UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        UpstreamError::NoHealthy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_upstream"),
+        UpstreamError::ClientBody(_) => (StatusCode::BAD_REQUEST, "body_incomplete"),
+        UpstreamError::Unreachable { .. } => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+    }
+}
+
+/// Plugins granted `http:<name>` call upstreams through the same targets and pools.
 #[async_trait::async_trait]
 impl sluice_filter::HttpUpstream for Upstream {
     fn name(&self) -> &str {
         &self.name
     }
 
-    async fn send(
-        &self,
-        request: Request<bytes::Bytes>,
-        limit: usize,
-    ) -> Result<Response<bytes::Bytes>, String> {
-        let response = Upstream::send(self, request.map(crate::body::full), None)
+    async fn send(&self, request: Request<Bytes>, limit: usize) -> Result<Response<Bytes>, String> {
+        let sending = Sending {
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            upload: None,
+            upgrade: false,
+        };
+        let response = Upstream::send(self, request.map(Payload::Bytes), &sending)
             .await
             .map_err(|e| e.to_string())?;
         let (head, incoming) = response.into_parts();

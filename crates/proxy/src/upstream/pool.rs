@@ -1,59 +1,70 @@
-//! Keep-alive connections to one upstream server. A connection is checked
-//! out for one exchange and goes back when the response body has been read to
-//! its end; one dropped half-read is closed instead, since HTTP/1.1 cannot
-//! reuse it.
+//! Connections to one target. HTTP/1.1 connections are checked out for one
+//! exchange and go back when the response body has been read to its end
+//! (one dropped half-read is closed instead, since HTTP/1.1 cannot reuse
+//! it); an HTTP/2 connection is shared by every exchange at once.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::client::conn::{http1, http2};
 
+use super::connect::{Connector, Sender};
 use crate::body::{BoxError, ProxyBody};
 
-/// Idle connections kept per server; more are opened under load and closed after.
+/// Idle connections kept per target; more are opened under load and closed after.
 const MAX_IDLE: usize = 256;
 
-/// One server's connections.
+/// One target's connections.
 pub(super) struct Pool {
-    pub(super) target: Authority,
-    connect_timeout: Duration,
+    addr: SocketAddr,
+    /// The target's host name, for TLS.
+    host: String,
+    connector: Arc<Connector>,
     /// An idle connection is closed after this long: servers drop idle
     /// keep-alive connections after a while (nginx: 75 s), and connections
     /// opened for a burst should not hold their buffers forever.
     idle_timeout: Duration,
     /// Most recently used last: reusing warm connections lets cold ones expire.
-    idle: Mutex<Vec<(SendRequest<ProxyBody>, Instant)>>,
+    idle: Mutex<Vec<(http1::SendRequest<ProxyBody>, Instant)>>,
+    /// The HTTP/2 connection, once there is one.
+    shared: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 /// A connection checked out of its pool.
 pub(super) struct Conn {
-    sender: SendRequest<ProxyBody>,
+    sender: Sender,
     pool: Arc<Pool>,
     /// Whether it came from the pool (and so may have been closed by the server meanwhile).
     pub(super) reused: bool,
+    /// Whether it goes back to the pool after the exchange.
+    pooled: bool,
 }
 
 impl Pool {
-    /// A pool for `target`, which closes connections idle for `idle_timeout`
-    /// (looked at by a task of its own for as long as the pool lives).
+    /// A pool for the target at `addr` (named `host`), which closes
+    /// connections idle for `idle_timeout` (looked at by a task of its own
+    /// for as long as the pool lives).
     pub(super) fn new(
-        target: Authority,
-        connect_timeout: Duration,
+        addr: SocketAddr,
+        host: &str,
+        connector: Arc<Connector>,
         idle_timeout: Duration,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
-            target,
-            connect_timeout,
+            addr,
+            host: host.to_owned(),
+            connector,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(Arc::downgrade(&pool)));
@@ -72,8 +83,13 @@ impl Pool {
         idle.drain(..stale);
     }
 
-    /// A ready connection: the most recent idle one that is still open, or a new one.
+    /// A ready connection: the shared HTTP/2 one, the most recent idle one
+    /// that is still open, or a new one.
     pub(super) async fn checkout(self: &Arc<Self>) -> Result<Conn, BoxError> {
+        let shared = self.shared.lock().expect("pool lock").clone();
+        if let Some(sender) = shared.filter(|s| !s.is_closed()) {
+            return Ok(self.conn(Sender::H2(sender), true));
+        }
         loop {
             let idle = self.idle.lock().expect("pool lock").pop();
             let Some((mut sender, since)) = idle else {
@@ -84,39 +100,40 @@ impl Pool {
             }
             // The previous exchange may still be winding down on the connection's task.
             if sender.is_ready() || sender.ready().await.is_ok() {
-                return Ok(Conn {
-                    sender,
-                    pool: self.clone(),
-                    reused: true,
-                });
+                return Ok(self.conn(Sender::H1(sender), true));
             }
         }
         self.connect().await
     }
 
-    /// A new connection, its I/O driven by a task of its own.
+    /// A new connection (HTTP/2 ones are shared from now on).
     pub(super) async fn connect(self: &Arc<Self>) -> Result<Conn, BoxError> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.target.as_str()),
-        )
-        .await
-        .map_err(|_| format!("connect timed out after {:?}", self.connect_timeout))??;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!("upstream connection ended: {error}");
-            }
-        });
+        let sender = self.connector.connect(self.addr, &self.host, false).await?;
+        if let Sender::H2(h2) = &sender {
+            *self.shared.lock().expect("pool lock") = Some(h2.clone());
+        }
+        Ok(self.conn(sender, false))
+    }
+
+    /// A new HTTP/1.1 connection of its own, for a request that may switch protocols.
+    pub(super) async fn connect_upgradable(self: &Arc<Self>) -> Result<Conn, BoxError> {
+        let sender = self.connector.connect(self.addr, &self.host, true).await?;
         Ok(Conn {
-            sender,
-            pool: self.clone(),
-            reused: false,
+            pooled: false,
+            ..self.conn(sender, false)
         })
     }
 
-    fn put(&self, sender: SendRequest<ProxyBody>) {
+    fn conn(self: &Arc<Self>, sender: Sender, reused: bool) -> Conn {
+        Conn {
+            sender,
+            pool: self.clone(),
+            reused,
+            pooled: true,
+        }
+    }
+
+    fn put(&self, sender: http1::SendRequest<ProxyBody>) {
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() < MAX_IDLE {
             idle.push((sender, Instant::now()));
@@ -141,14 +158,24 @@ async fn sweep(pool: std::sync::Weak<Pool>) {
     }
 }
 
+/// The outcome of a send that failed: why, and the request if it never left.
+pub(super) type SendError = (BoxError, Option<Request<ProxyBody>>);
+
 impl Conn {
     /// Send `request`; on failure the request comes back if it never left,
     /// so it can be tried again on another connection.
     pub(super) async fn send(
         mut self,
-        request: http::Request<ProxyBody>,
-    ) -> Result<http::Response<UpstreamBody>, (BoxError, Option<http::Request<ProxyBody>>)> {
-        match self.sender.try_send_request(request).await {
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let sent = match &mut self.sender {
+            Sender::H1(sender) => sender.try_send_request(request).await,
+            Sender::H2(sender) => {
+                self.pool.absolute_uri(&mut request);
+                sender.try_send_request(request).await
+            }
+        };
+        match sent {
             Ok(response) => Ok(response.map(|incoming| UpstreamBody {
                 incoming,
                 conn: Some(self),
@@ -161,7 +188,38 @@ impl Conn {
     }
 }
 
-/// An upstream response body. Once read to its end, its connection returns to the pool.
+impl Pool {
+    /// HTTP/2 carries the scheme and authority in the request line, not in `Host`.
+    fn absolute_uri(&self, request: &mut Request<ProxyBody>) {
+        let host = request.headers_mut().remove(header::HOST);
+        let authority = host
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| Authority::try_from(self.host.as_str()).ok());
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(match self.connector.secure() {
+            true => Scheme::HTTPS,
+            false => Scheme::HTTP,
+        });
+        parts.authority = authority;
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+        *request.version_mut() = Version::HTTP_2;
+        // The edge drops `TE` as hop-by-hop; gRPC servers require `TE: trailers`.
+        let grpc = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            let trailers = http::HeaderValue::from_static("trailers");
+            request.headers_mut().insert(header::TE, trailers);
+        }
+    }
+}
+
+/// An upstream response body. Once read to its end, an HTTP/1.1 connection
+/// returns to the pool.
 pub struct UpstreamBody {
     incoming: Incoming,
     conn: Option<Conn>,
@@ -169,7 +227,13 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     fn release(&mut self) {
-        if let Some(Conn { sender, pool, .. }) = self.conn.take() {
+        if let Some(Conn {
+            sender: Sender::H1(sender),
+            pool,
+            pooled: true,
+            ..
+        }) = self.conn.take()
+        {
             pool.put(sender);
         }
     }

@@ -1,0 +1,121 @@
+//! Opening a connection to a target: TCP with a timeout, TLS if configured
+//! (SNI and verification against the target's host or `server_name`), and
+//! the HTTP handshake: HTTP/1.1, or HTTP/2 by ALPN or prior knowledge.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::config::{UpstreamConfig, UpstreamProtocol};
+
+/// A connection's sending half; its I/O runs on a task of its own.
+pub(super) enum Sender {
+    /// One exchange at a time.
+    H1(http1::SendRequest<ProxyBody>),
+    /// Any number of exchanges at once (cloned per request).
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+/// How connections to one upstream's targets are opened.
+pub(super) struct Connector {
+    timeout: Duration,
+    protocol: UpstreamProtocol,
+    tls: Option<TlsConnector>,
+    /// The name for SNI and verification, instead of each target's host.
+    server_name: Option<String>,
+}
+
+impl Connector {
+    /// From the upstream's configuration; the error names a bad file.
+    pub(super) fn new(config: &UpstreamConfig) -> Result<Connector, String> {
+        let tls = match &config.tls {
+            None => None,
+            Some(tls) => {
+                let alpn: &[&[u8]] = match config.protocol {
+                    UpstreamProtocol::Http1 => &[b"http/1.1"],
+                    UpstreamProtocol::H2 => &[b"h2"],
+                    UpstreamProtocol::Auto => &[b"h2", b"http/1.1"],
+                };
+                let identity = tls.cert.as_deref().zip(tls.key.as_deref());
+                Some(crate::tls::connector(tls.ca.as_deref(), identity, alpn)?)
+            }
+        };
+        Ok(Connector {
+            timeout: config.connect_timeout,
+            protocol: config.protocol,
+            tls,
+            server_name: config.tls.as_ref().and_then(|t| t.server_name.clone()),
+        })
+    }
+
+    /// Whether the targets speak TLS (and so the URI scheme is `https`).
+    pub(super) fn secure(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A connection to `addr`, which is `host`'s. With `upgrades`, an
+    /// HTTP/1.1 connection that may be taken over by a protocol switch.
+    pub(super) async fn connect(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        upgrades: bool,
+    ) -> Result<Sender, BoxError> {
+        let timeout = self.timeout;
+        let opening = async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let Some(tls) = &self.tls else {
+                let h2 = self.protocol == UpstreamProtocol::H2 && !upgrades;
+                return handshake(tcp, h2, upgrades).await;
+            };
+            let name = self.server_name.as_deref().unwrap_or(host);
+            let name = ServerName::try_from(name.to_owned())
+                .map_err(|_| format!("`{name}` is not a valid TLS server name"))?;
+            let stream = tls.connect(name, tcp).await?;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            handshake(stream, h2, upgrades).await
+        };
+        tokio::time::timeout(timeout, opening)
+            .await
+            .map_err(|_| format!("connect timed out after {timeout:?}"))?
+    }
+}
+
+async fn handshake<S>(stream: S, h2: bool, upgrades: bool) -> Result<Sender, BoxError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
+    if h2 {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!("upstream connection ended: {error}");
+            }
+        });
+        return Ok(Sender::H2(sender));
+    }
+    let (sender, connection) = http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let ended = match upgrades {
+            true => connection.with_upgrades().await,
+            false => connection.await,
+        };
+        if let Err(error) = ended {
+            tracing::debug!("upstream connection ended: {error}");
+        }
+    });
+    Ok(Sender::H1(sender))
+}

@@ -1,0 +1,108 @@
+//! Active health checks: every target of an upstream is asked every
+//! `interval` (an HTTP `GET` of a path, or a TCP connect), on a connection of
+//! its own; enough passes or failures in a row flip its state.
+
+use std::sync::{Arc, Weak};
+
+use http::{Request, StatusCode, header};
+use tokio::task::JoinSet;
+
+use super::Upstream;
+use super::connect::Sender;
+use super::target::Target;
+use crate::body;
+use crate::config::HealthConfig;
+
+/// Check `upstream`'s targets until it is dropped.
+pub(super) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
+    loop {
+        let Some(strong) = upstream.upgrade() else {
+            return;
+        };
+        let targets: Vec<Arc<Target>> = strong
+            .members
+            .load()
+            .targets
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut checks = JoinSet::new();
+        for target in targets {
+            let upstream = strong.clone();
+            let config = config.clone();
+            checks.spawn(async move {
+                let passed = check(&upstream, &target, &config).await;
+                let verdict = target.checked(
+                    passed.is_ok(),
+                    config.healthy_threshold,
+                    config.unhealthy_threshold,
+                );
+                match (verdict, passed) {
+                    (Some(true), _) => {
+                        tracing::info!(upstream = %upstream.name, target = %target.addr, "target healthy again");
+                    }
+                    (Some(false), Err(why)) => {
+                        tracing::warn!(upstream = %upstream.name, target = %target.addr, "target unhealthy: {why}");
+                    }
+                    _ => {}
+                }
+                upstream.metrics_health(&target);
+            });
+        }
+        drop(strong);
+        while checks.join_next().await.is_some() {}
+        tokio::time::sleep(config.interval).await;
+    }
+}
+
+/// One check of `target`: its verdict, or why it failed.
+async fn check(upstream: &Upstream, target: &Target, config: &HealthConfig) -> Result<(), String> {
+    let probe = async {
+        let sender = upstream
+            .connector
+            .connect(target.addr, target.authority.host(), false)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let Some(path) = &config.path else {
+            return Ok(());
+        };
+        let mut request = Request::get(path.as_str())
+            .header(header::HOST, target.authority.as_str())
+            .header(header::USER_AGENT, "sluice-health-check")
+            .body(body::full(bytes::Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let status = match sender {
+            Sender::H1(mut sender) => sender.send_request(request).await,
+            Sender::H2(mut sender) => {
+                request.headers_mut().remove(header::HOST);
+                let scheme = if upstream.connector.secure() {
+                    "https"
+                } else {
+                    "http"
+                };
+                *request.uri_mut() = format!("{scheme}://{}{path}", target.authority)
+                    .parse()
+                    .map_err(|_| format!("`{path}` is not a path"))?;
+                *request.version_mut() = http::Version::HTTP_2;
+                sender.send_request(request).await
+            }
+        }
+        .map_err(|e| e.to_string())?
+        .status();
+        match healthy_status(status, &config.expect) {
+            true => Ok(()),
+            false => Err(format!("{path} answered {status}")),
+        }
+    };
+    tokio::time::timeout(config.timeout, probe)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer in {:?}", config.timeout)))
+}
+
+/// One of `expect`, or 2xx/3xx if none are listed.
+fn healthy_status(status: StatusCode, expect: &[u16]) -> bool {
+    match expect.is_empty() {
+        true => status.is_success() || status.is_redirection(),
+        false => expect.contains(&status.as_u16()),
+    }
+}

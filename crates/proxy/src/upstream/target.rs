@@ -1,0 +1,186 @@
+//! One server of an upstream: its connections, what the balancer weighs
+//! (requests in flight, a moving average of response times) and whether it
+//! may be picked (active health checks, outlier ejection).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::uri::Authority;
+
+use super::pool::Pool;
+use crate::config::OutlierConfig;
+
+/// One resolved address of a configured target.
+pub struct Target {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The configured `host:port`: the default `Host` and TLS name.
+    pub authority: Authority,
+    pub(super) pool: Arc<Pool>,
+    in_flight: AtomicU32,
+    /// Moving average of the time to a response head, in microseconds.
+    latency_us: AtomicU64,
+    /// The last active health checks' verdict.
+    healthy: AtomicBool,
+    /// Ejected until this many milliseconds after [`epoch`] (0: not ejected).
+    ejected_until: AtomicU64,
+    outlier: Mutex<Outlier>,
+    checks: Mutex<Checks>,
+}
+
+/// Passive outlier detection's record of a target.
+#[derive(Default)]
+struct Outlier {
+    /// Failures since the last success.
+    failures: u32,
+    /// Ejections so far; each lasts longer. Forgotten after a quiet spell.
+    ejections: u32,
+    last_ejected: Option<Instant>,
+}
+
+/// Active health checks' record: passes or fails in a row.
+#[derive(Default)]
+struct Checks {
+    passed: u32,
+    failed: u32,
+}
+
+/// The instant targets' ejection deadlines count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+impl Target {
+    pub(super) fn new(addr: SocketAddr, authority: Authority, pool: Arc<Pool>) -> Target {
+        Target {
+            addr,
+            authority,
+            pool,
+            in_flight: AtomicU32::new(0),
+            latency_us: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            ejected_until: AtomicU64::new(0),
+            outlier: Mutex::default(),
+            checks: Mutex::default(),
+        }
+    }
+
+    /// Whether requests may go to it now.
+    pub fn available(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.ejected()
+    }
+
+    /// Whether outlier detection has it ejected now.
+    pub fn ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Requests in flight to it.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The expected cost of one more request: average latency times the
+    /// requests it would share the target with.
+    pub(super) fn load_score(&self) -> u64 {
+        (self.latency_us.load(Ordering::Relaxed) + 1) * (u64::from(self.in_flight()) + 1)
+    }
+
+    /// Count a request in flight until the guard drops.
+    pub(super) fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// A response head came after `took`: into the moving average.
+    pub(super) fn answered(&self, took: Duration) {
+        let sample = took.as_micros() as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = match old {
+            0 => sample,
+            _ => (old * 7 + sample * 3) / 10,
+        };
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+
+    /// A success resets the failure count; a long quiet spell forgives ejections.
+    pub(super) fn succeeded(&self, config: &OutlierConfig) {
+        let mut outlier = self.outlier.lock().expect("outlier lock");
+        outlier.failures = 0;
+        if outlier
+            .last_ejected
+            .is_some_and(|at| at.elapsed() > config.max_ejection)
+        {
+            outlier.ejections = 0;
+            outlier.last_ejected = None;
+        }
+    }
+
+    /// A failure (no connection, a timeout, a 5xx): enough in a row eject
+    /// the target, for longer each time, if `may_eject` says the cap allows.
+    /// Returns whether this ejected it.
+    pub(super) fn failed(&self, config: &OutlierConfig, may_eject: impl FnOnce() -> bool) -> bool {
+        if config.consecutive_failures == 0 {
+            return false;
+        }
+        let mut outlier = self.outlier.lock().expect("outlier lock");
+        outlier.failures += 1;
+        if outlier.failures < config.consecutive_failures || self.ejected() || !may_eject() {
+            return false;
+        }
+        outlier.failures = 0;
+        outlier.ejections += 1;
+        outlier.last_ejected = Some(Instant::now());
+        let length = (config.base_ejection * outlier.ejections).min(config.max_ejection);
+        self.ejected_until
+            .store(now_ms() + length.as_millis() as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// An active health check's verdict; returns the new state if it changed.
+    pub(super) fn checked(
+        &self,
+        passed: bool,
+        healthy_after: u32,
+        unhealthy_after: u32,
+    ) -> Option<bool> {
+        let mut checks = self.checks.lock().expect("checks lock");
+        let healthy = self.healthy.load(Ordering::Relaxed);
+        if passed {
+            checks.passed += 1;
+            checks.failed = 0;
+        } else {
+            checks.failed += 1;
+            checks.passed = 0;
+        }
+        let flip = match healthy {
+            true => checks.failed >= unhealthy_after,
+            false => checks.passed >= healthy_after,
+        };
+        if flip {
+            self.healthy.store(!healthy, Ordering::Relaxed);
+            if !healthy {
+                // Back from the dead: outlier detection starts afresh.
+                self.ejected_until.store(0, Ordering::Relaxed);
+            }
+            return Some(!healthy);
+        }
+        None
+    }
+}
+
+/// A request counted in flight to a target.
+pub(super) struct InFlight(Arc<Target>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
