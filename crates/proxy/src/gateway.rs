@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 use sluice_filter::metrics::Registry;
@@ -368,19 +368,13 @@ impl Gateway {
         };
         match upstream.send(request, &sending).await {
             Ok(mut response) => {
+                strip_hop_by_hop(response.headers_mut());
                 let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                let upgrade = sent.upgrade.filter(|_| switched);
-                let joined = upgrade.map(|upgrade| {
-                    let mut restored = HeaderMap::new();
-                    upgrade.restore(&mut restored);
+                if let Some(upgrade) = sent.upgrade.filter(|_| switched) {
+                    upgrade.restore(response.headers_mut());
                     upgrade.join(&mut response, conn.idle_timeout);
-                    restored
-                });
-                let (mut head, incoming) = response.into_parts();
-                strip_hop_by_hop(&mut head.headers);
-                if let Some(restored) = joined {
-                    head.headers.extend(restored);
                 }
+                let (head, incoming) = response.into_parts();
                 exchange.response = Some(head);
                 ctx.stream = Some(body::stream(incoming));
                 Ok(())

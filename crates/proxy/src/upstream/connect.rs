@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,6 +24,51 @@ pub(super) enum Sender {
     H1(http1::SendRequest<ProxyBody>),
     /// Any number of exchanges at once (cloned per request).
     H2(http2::SendRequest<ProxyBody>),
+}
+
+impl Sender {
+    /// Send `request`; on failure the request comes back if it never left.
+    /// Over HTTP/2 the scheme and authority (from `Host`, or `host`) go in
+    /// the request line.
+    pub(super) async fn send(
+        &mut self,
+        mut request: Request<ProxyBody>,
+        secure: bool,
+        host: &str,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+        match self {
+            Sender::H1(sender) => sender.try_send_request(request).await,
+            Sender::H2(sender) => {
+                to_h2(&mut request, secure, host);
+                sender.try_send_request(request).await
+            }
+        }
+    }
+}
+
+/// HTTP/2 carries the scheme and authority in the request line, not in `Host`.
+fn to_h2(request: &mut Request<ProxyBody>, secure: bool, host: &str) {
+    let from_header = request.headers_mut().remove(header::HOST);
+    let authority = from_header
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| Authority::try_from(host).ok());
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(if secure { Scheme::HTTPS } else { Scheme::HTTP });
+    parts.authority = authority;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    *request.version_mut() = Version::HTTP_2;
+    // The edge drops `TE` as hop-by-hop; gRPC servers require `TE: trailers`.
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let trailers = http::HeaderValue::from_static("trailers");
+        request.headers_mut().insert(header::TE, trailers);
+    }
 }
 
 /// How connections to one upstream's targets are opened.

@@ -8,7 +8,6 @@ use http::{Request, StatusCode, header};
 use tokio::task::JoinSet;
 
 use super::Upstream;
-use super::connect::Sender;
 use super::target::Target;
 use crate::body;
 use crate::config::HealthConfig;
@@ -58,7 +57,7 @@ pub(super) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
 /// One check of `target`: its verdict, or why it failed.
 async fn check(upstream: &Upstream, target: &Target, config: &HealthConfig) -> Result<(), String> {
     let probe = async {
-        let sender = upstream
+        let mut sender = upstream
             .connector
             .connect(target.addr, target.authority.host(), false)
             .await
@@ -66,29 +65,17 @@ async fn check(upstream: &Upstream, target: &Target, config: &HealthConfig) -> R
         let Some(path) = &config.path else {
             return Ok(());
         };
-        let mut request = Request::get(path.as_str())
+        let request = Request::get(path.as_str())
             .header(header::HOST, target.authority.as_str())
             .header(header::USER_AGENT, "sluice-health-check")
             .body(body::full(bytes::Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let status = match sender {
-            Sender::H1(mut sender) => sender.send_request(request).await,
-            Sender::H2(mut sender) => {
-                request.headers_mut().remove(header::HOST);
-                let scheme = if upstream.connector.secure() {
-                    "https"
-                } else {
-                    "http"
-                };
-                *request.uri_mut() = format!("{scheme}://{}{path}", target.authority)
-                    .parse()
-                    .map_err(|_| format!("`{path}` is not a path"))?;
-                *request.version_mut() = http::Version::HTTP_2;
-                sender.send_request(request).await
-            }
-        }
-        .map_err(|e| e.to_string())?
-        .status();
+        let secure = upstream.connector.secure();
+        let status = sender
+            .send(request, secure, target.authority.as_str())
+            .await
+            .map_err(|e| e.into_error().to_string())?
+            .status();
         match healthy_status(status, &config.expect) {
             true => Ok(()),
             false => Err(format!("{path} answered {status}")),

@@ -172,11 +172,6 @@ impl Upstream {
         Ok(upstream)
     }
 
-    /// The targets now, with their weights.
-    pub fn targets(&self) -> Vec<(Arc<Target>, u32)> {
-        self.members.load().targets.clone()
-    }
-
     /// Send `request` (already prepared by [`prepare_request`]) to a target
     /// picked by the upstream's algorithm; a try that fails is tried again
     /// on another target when it never reached one, or when the request is
@@ -188,10 +183,15 @@ impl Upstream {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let (head, payload) = request.into_parts();
         let key = self.key(&head.headers, &head.uri, sending.client_ip);
-        // What a retry after the request left needs: a copy of it.
+        let members = self.members.load_full();
+        // What a retry after the request left needs: a copy of it (none
+        // when there is no other target to retry on).
         let replay = match &payload {
             Payload::Bytes(bytes)
-                if self.policy.retries > 0 && !sending.upgrade && idempotent(&head.method) =>
+                if self.policy.retries > 0
+                    && members.targets.len() > 1
+                    && !sending.upgrade
+                    && idempotent(&head.method) =>
             {
                 Some(Copy::of(&head, bytes.clone()))
             }
@@ -206,7 +206,6 @@ impl Upstream {
         ));
         self.budget.deposit();
         let started = Instant::now();
-        let members = self.members.load_full();
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<UpstreamError> = None;
         loop {
@@ -250,7 +249,7 @@ impl Upstream {
                     target.answered(try_started.elapsed());
                     match status.is_server_error() {
                         true => self.failed(target),
-                        false => target.succeeded(&self.policy.outlier),
+                        false => target.succeeded(),
                     }
                     if replay.is_some()
                         && self.policy.retry_on.contains(&status.as_u16())
@@ -412,8 +411,11 @@ impl Upstream {
 
     /// With sticky sessions, a client not yet on `target` gets the cookie that keeps it there.
     fn stick(&self, key: &Key, target: &Target, headers: &mut HeaderMap) {
+        if self.balance != Balance::Sticky {
+            return;
+        }
         let id = balance::sticky_id(target);
-        if self.balance != Balance::Sticky || key.sticky == Some(id) {
+        if key.sticky == Some(id) {
             return;
         }
         let cookie = format!("{}={id:x}; Path=/; HttpOnly", self.sticky_cookie);

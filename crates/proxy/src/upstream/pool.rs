@@ -10,8 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version, header};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -166,16 +165,10 @@ impl Conn {
     /// so it can be tried again on another connection.
     pub(super) async fn send(
         mut self,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let sent = match &mut self.sender {
-            Sender::H1(sender) => sender.try_send_request(request).await,
-            Sender::H2(sender) => {
-                self.pool.absolute_uri(&mut request);
-                sender.try_send_request(request).await
-            }
-        };
-        match sent {
+        let secure = self.pool.connector.secure();
+        match self.sender.send(request, secure, &self.pool.host).await {
             Ok(response) => Ok(response.map(|incoming| UpstreamBody {
                 incoming,
                 conn: Some(self),
@@ -184,36 +177,6 @@ impl Conn {
                 let unsent = error.take_message();
                 Err((error.into_error().into(), unsent))
             }
-        }
-    }
-}
-
-impl Pool {
-    /// HTTP/2 carries the scheme and authority in the request line, not in `Host`.
-    fn absolute_uri(&self, request: &mut Request<ProxyBody>) {
-        let host = request.headers_mut().remove(header::HOST);
-        let authority = host
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-            .or_else(|| Authority::try_from(self.host.as_str()).ok());
-        let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(match self.connector.secure() {
-            true => Scheme::HTTPS,
-            false => Scheme::HTTP,
-        });
-        parts.authority = authority;
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
-        *request.version_mut() = Version::HTTP_2;
-        // The edge drops `TE` as hop-by-hop; gRPC servers require `TE: trailers`.
-        let grpc = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
-        if grpc {
-            let trailers = http::HeaderValue::from_static("trailers");
-            request.headers_mut().insert(header::TE, trailers);
         }
     }
 }

@@ -26,15 +26,15 @@ pub struct Target {
     healthy: AtomicBool,
     /// Ejected until this many milliseconds after [`epoch`] (0: not ejected).
     ejected_until: AtomicU64,
+    /// Failures since the last success (outlier detection).
+    failures: AtomicU32,
     outlier: Mutex<Outlier>,
     checks: Mutex<Checks>,
 }
 
-/// Passive outlier detection's record of a target.
+/// Passive outlier detection's record of a target's ejections.
 #[derive(Default)]
 struct Outlier {
-    /// Failures since the last success.
-    failures: u32,
     /// Ejections so far; each lasts longer. Forgotten after a quiet spell.
     ejections: u32,
     last_ejected: Option<Instant>,
@@ -67,6 +67,7 @@ impl Target {
             latency_us: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             ejected_until: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
             outlier: Mutex::default(),
             checks: Mutex::default(),
         }
@@ -110,32 +111,33 @@ impl Target {
         self.latency_us.store(new, Ordering::Relaxed);
     }
 
-    /// A success resets the failure count; a long quiet spell forgives ejections.
-    pub(super) fn succeeded(&self, config: &OutlierConfig) {
+    /// A success resets the failure count (without a lock: it is every response).
+    pub(super) fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A failure (no connection, a timeout, a 5xx): enough in a row eject
+    /// the target, for longer each time (ejections a quiet spell ago are
+    /// forgotten), if `may_eject` says the cap allows. Returns whether
+    /// this ejected it.
+    pub(super) fn failed(&self, config: &OutlierConfig, may_eject: impl FnOnce() -> bool) -> bool {
+        if config.consecutive_failures == 0 {
+            return false;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < config.consecutive_failures || self.ejected() || !may_eject() {
+            return false;
+        }
+        self.failures.store(0, Ordering::Relaxed);
         let mut outlier = self.outlier.lock().expect("outlier lock");
-        outlier.failures = 0;
         if outlier
             .last_ejected
             .is_some_and(|at| at.elapsed() > config.max_ejection)
         {
             outlier.ejections = 0;
-            outlier.last_ejected = None;
         }
-    }
-
-    /// A failure (no connection, a timeout, a 5xx): enough in a row eject
-    /// the target, for longer each time, if `may_eject` says the cap allows.
-    /// Returns whether this ejected it.
-    pub(super) fn failed(&self, config: &OutlierConfig, may_eject: impl FnOnce() -> bool) -> bool {
-        if config.consecutive_failures == 0 {
-            return false;
-        }
-        let mut outlier = self.outlier.lock().expect("outlier lock");
-        outlier.failures += 1;
-        if outlier.failures < config.consecutive_failures || self.ejected() || !may_eject() {
-            return false;
-        }
-        outlier.failures = 0;
         outlier.ejections += 1;
         outlier.last_ejected = Some(Instant::now());
         let length = (config.base_ejection * outlier.ejections).min(config.max_ejection);
