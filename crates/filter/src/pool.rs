@@ -183,7 +183,9 @@ impl Filter {
             .pop();
         let instance = match idle {
             Some(instance) => instance,
-            None => Instance::new(plugin, &self.config)
+            // Boxed: instantiating takes a kilobyte of future that a call
+            // finding a warm instance (nearly all) should not carry.
+            None => Box::pin(Instance::new(plugin, &self.config))
                 .await
                 .map_err(|e| FilterFailure::new(plugin.name.clone(), e.to_string()))?,
         };

@@ -366,7 +366,9 @@ impl Gateway {
             upload: sent.upload.as_deref(),
             upgrade: sent.upgrade.is_some(),
         };
-        match upstream.send(request, &sending).await {
+        // Boxed: the upstream's retries and connections are kilobytes of
+        // future, which would otherwise be moved at every level above.
+        match Box::pin(upstream.send(request, &sending)).await {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
                 let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;

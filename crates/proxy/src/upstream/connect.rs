@@ -117,7 +117,9 @@ impl Connector {
         upgrades: bool,
     ) -> Result<Sender, BoxError> {
         let timeout = self.timeout;
-        let opening = async {
+        // Boxed: the TCP, TLS and handshake states are kilobytes, and a
+        // request that finds a warm connection should not carry them.
+        let opening = Box::pin(async {
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
             let Some(tls) = &self.tls else {
@@ -130,7 +132,7 @@ impl Connector {
             let stream = tls.connect(name, tcp).await?;
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             handshake(stream, h2, upgrades).await
-        };
+        });
         tokio::time::timeout(timeout, opening)
             .await
             .map_err(|_| format!("connect timed out after {timeout:?}"))?
