@@ -3,7 +3,7 @@
 use crate::bindings::imports::sluice::filter::types as raw;
 
 /// Why a call to the gateway failed: capability calls ([`kv`](crate::kv),
-/// [`outbound`](crate::outbound), [`metrics`](crate::metrics)) and edits
+/// [`outbound`](crate::outbound), [`metrics`](crate::metrics), [`crypto`](crate::crypto)) and edits
 /// answer with one, so a plugin can tell "not granted" from "the store is
 /// down". Its `Display` is the gateway's message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -46,12 +46,14 @@
 //! Beyond [`log`] and the clock, host capabilities must be granted in the
 //! plugin's configuration (`grants = [...]`), or their calls return an error:
 //! [`kv`] (key-value store, counters, token buckets: grant `kv`),
-//! [`metrics`] (grant `metrics`) and [`outbound`] HTTP to named upstreams
+//! [`metrics`] (grant `metrics`), [`crypto`] (digests, HMAC, signatures at
+//! native speed: grant `crypto`) and [`outbound`] HTTP to named upstreams
 //! (grant `http:<upstream>`).
 #![deny(missing_docs)]
 
 #[doc(hidden)]
 pub mod bindings;
+pub mod crypto;
 mod error;
 mod http;
 pub mod kv;

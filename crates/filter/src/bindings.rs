@@ -7,7 +7,7 @@
 
 /// The host's bindings of one version of the contract, at `$path`.
 macro_rules! contract {
-    ($path:literal) => {
+    ($path:literal $(, $extra:literal: $host:ty)* $(; $new:ident)*) => {
         wasmtime::component::bindgen!({
             path: $path,
             world: "host",
@@ -22,17 +22,24 @@ macro_rules! contract {
                 "sluice:filter/types.headers": crate::capability::types::HeadersEntry,
                 "sluice:filter/types.request": crate::capability::types::RequestEntry,
                 "sluice:filter/types.response": crate::capability::types::ResponseEntry,
+                $($extra: $host,)*
             },
         });
 
         pub use self::exports::sluice::filter as policies;
-        pub use self::sluice::filter::{clock, kv, log, metrics, outbound, types};
+        pub use self::sluice::filter::{clock, kv, log, metrics, outbound, types $(, $new)*};
     };
 }
 
-/// `sluice:filter@0.2.0`.
+/// `sluice:filter@0.2.1`, which also loads components built for 0.2.0
+/// (wasmtime matches semver-compatible names; 0.2.1 only added `crypto`).
 pub mod v2 {
-    contract!("../../wit");
+    contract!(
+        "../../wit",
+        "sluice:filter/crypto.hmac-key": crate::capability::crypto::HmacKey,
+        "sluice:filter/crypto.public-key": crate::capability::crypto::PublicKey;
+        crypto
+    );
 }
 
 /// `sluice:filter@0.1.0`, as components built for it import and export it.

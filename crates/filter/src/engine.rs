@@ -90,9 +90,9 @@ impl FilterEngine {
             .map_err(|e| format!("not a valid component: {e:#}"))?;
         let exports = Exports::find(&self.pre(&component)?)?;
         Ok(Compiled {
+            contract: contract_of(&self.engine, &component),
             component,
             kind: exports.kind(),
-            contract: exports.version(),
         })
     }
 
@@ -126,8 +126,28 @@ impl FilterEngine {
         };
         let pre = self.pre(&compiled.component).map_err(err)?;
         let exports = Exports::find(&pre).map_err(err)?;
-        Ok(Plugin::new(name, path, pre, exports, config, caps))
+        Ok(Plugin::new(
+            name,
+            path,
+            pre,
+            exports,
+            compiled.contract,
+            config,
+            caps,
+        ))
     }
+}
+
+/// The version of `sluice:filter` a component exports, as it names it
+/// (the host links a 0.2.0 component with its 0.2.1 bindings).
+fn contract_of(engine: &Engine, component: &Component) -> &'static str {
+    const KNOWN: [&str; 3] = ["0.2.1", "0.2.0", "0.1.0"];
+    component
+        .component_type()
+        .exports(engine)
+        .filter_map(|(name, _)| name.strip_prefix("sluice:filter/")?.split_once('@'))
+        .find_map(|(_, version)| KNOWN.into_iter().find(|known| *known == version))
+        .unwrap_or("unknown")
 }
 
 /// Holds the engine weakly, so the thread ends when the last gateway using it is gone.

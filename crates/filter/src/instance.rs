@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::answer::{Answer, ResponseAnswer};
 use crate::capability::Capabilities;
 use crate::capability::basics::BasicsView;
+use crate::capability::crypto::CryptoView;
 use crate::capability::kv::KvView;
 use crate::capability::outbound::OutboundView;
 use crate::capability::types::{self, TypesView};
@@ -36,6 +37,8 @@ pub(crate) struct FilterState {
     memory: MemoryLimit,
     stderr: MemoryOutputPipe,
     started: Instant,
+    /// Crypto keys the plugin holds in `table`.
+    keys: usize,
 }
 
 impl FilterState {
@@ -57,6 +60,14 @@ impl FilterState {
         KvView {
             kv: &self.caps.kv,
             clock: &mut self.clock,
+        }
+    }
+
+    pub(crate) fn crypto(&mut self) -> CryptoView<'_> {
+        CryptoView {
+            crypto: &self.caps.crypto,
+            table: &mut self.table,
+            keys: &mut self.keys,
         }
     }
 
@@ -140,6 +151,7 @@ impl Instance {
             },
             stderr: stderr.clone(),
             started: Instant::now(),
+            keys: 0,
         };
         let mut store = Store::new(plugin.pre.engine(), state);
         store.limiter(|s| &mut s.memory);

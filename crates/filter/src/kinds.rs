@@ -116,16 +116,6 @@ macro_rules! kinds {
                 match self { $(Exports::$Kind(_) => Kind::$Kind,)* }
             }
 
-            /// The version of the contract it was built for.
-            pub(crate) fn version(&self) -> &'static str {
-                match self {
-                    $(
-                        Exports::$Kind(Versioned::V2(_)) => "0.2.0",
-                        Exports::$Kind(Versioned::V1(_)) => "0.1.0",
-                    )*
-                }
-            }
-
             pub(crate) fn load(
                 &self,
                 store: &mut Store<FilterState>,

@@ -44,6 +44,7 @@ impl Plugin {
         path: &Path,
         pre: InstancePre<FilterState>,
         exports: Exports,
+        contract: &'static str,
         config: &PluginConfig,
         caps: Capabilities,
     ) -> Plugin {
@@ -51,7 +52,7 @@ impl Plugin {
             name: name.into(),
             path: path.to_owned(),
             kind: exports.kind(),
-            contract: exports.version(),
+            contract,
             fail_open: config.on_failure == FailurePolicy::Open,
             pre,
             exports,

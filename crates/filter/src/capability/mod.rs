@@ -8,12 +8,14 @@
 //! - [`basics`]: logging and the clock (always);
 //! - [`kv`]: the key-value store, counters and token buckets (grant `kv`);
 //! - [`outbound`]: HTTP to named upstreams (grant `http:<name>`);
-//! - [`metrics`]: metrics the plugin defines (grant `metrics`).
+//! - [`metrics`]: metrics the plugin defines (grant `metrics`);
+//! - [`crypto`]: digests, HMAC and signature verification (grant `crypto`).
 //!
 //! A refused call is an error the plugin can handle (`not-granted`), and
 //! the log and `sluice_capability_denied_total` name the plugin and grant.
 
 pub(crate) mod basics;
+pub mod crypto;
 pub(crate) mod kv;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
@@ -41,6 +43,8 @@ pub enum Grant {
     Metrics,
     /// Outbound HTTP to one named upstream (`http:<name>`).
     Http(String),
+    /// Digests, HMAC and signature verification (`crypto`).
+    Crypto,
 }
 
 impl std::str::FromStr for Grant {
@@ -50,10 +54,11 @@ impl std::str::FromStr for Grant {
         match s {
             "kv" => Ok(Grant::Kv),
             "metrics" => Ok(Grant::Metrics),
+            "crypto" => Ok(Grant::Crypto),
             _ => match s.strip_prefix("http:") {
                 Some(upstream) if !upstream.is_empty() => Ok(Grant::Http(upstream.to_owned())),
                 _ => Err(format!(
-                    "unknown grant `{s}`; grants are `kv`, `metrics` and `http:<upstream>`"
+                    "unknown grant `{s}`; grants are `kv`, `metrics`, `crypto` and `http:<upstream>`"
                 )),
             },
         }
@@ -65,6 +70,7 @@ impl fmt::Display for Grant {
         match self {
             Grant::Kv => f.write_str("kv"),
             Grant::Metrics => f.write_str("metrics"),
+            Grant::Crypto => f.write_str("crypto"),
             Grant::Http(upstream) => write!(f, "http:{upstream}"),
         }
     }
@@ -112,6 +118,7 @@ pub struct Capabilities {
     pub(crate) kv: kv::Kv,
     pub(crate) outbound: outbound::Outbound,
     pub(crate) metrics: metrics::PluginMetrics,
+    pub(crate) crypto: crypto::Crypto,
     counters: Arc<FilterMetrics>,
 }
 
@@ -132,6 +139,7 @@ impl Capabilities {
             kv: kv::Kv::bind(&grants, services, refusals.clone()),
             outbound: outbound::Outbound::bind(&grants, config, services, refusals.clone()),
             metrics: metrics::PluginMetrics::bind(&grants, services, refusals.clone()),
+            crypto: crypto::Crypto::bind(&grants, refusals.clone()),
             refusals,
             counters: services.metrics.clone(),
             plugin,
@@ -218,6 +226,7 @@ pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
     kv::link(linker)?;
     outbound::link(linker)?;
     metrics::link(linker)?;
+    crypto::link(linker)?;
     Ok(())
 }
 
