@@ -86,6 +86,7 @@ async fn jwt_auth_verifies_signatures_times_issuer_audience_and_scopes() {
     let gw = Gateway::start(&format!(
         r#"[plugins.jwt]
 path = "{jwt}"
+grants = ["crypto"]
 [plugins.headers]
 path = "{headers}"
 
@@ -262,6 +263,7 @@ async fn jwt_auth_rejects_bad_key_configuration_at_load() {
     let error = Gateway::start(&format!(
         r#"[plugins.jwt]
 path = "{}"
+grants = ["crypto"]
 [upstreams.a]
 targets = ["127.0.0.1:1"]
 [[routes]]
@@ -274,7 +276,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = "-----BEGIN PUBLIC KE
     .err()
     .expect("a broken key is refused")
     .to_string();
-    assert!(error.contains("sluice.toml:10"), "{error}");
+    assert!(error.contains("sluice.toml:11"), "{error}");
     assert!(error.contains("rejected its configuration"), "{error}");
     assert!(error.contains("pem"), "{error}");
 }

@@ -1,15 +1,29 @@
-//! JWT bearer authentication (RFC 7519, RFC 6750): HS256/384/512, RS256 and
-//! friends, ES256/384, with keys given as PEM, a shared secret, or a JWKS
-//! document. Checks the signature, `exp`/`nbf` (with leeway), `iss` and `aud`,
-//! required scopes; chosen claims become the request's identity.
+//! JWT bearer authentication (RFC 7519, RFC 6750): HS256/384/512,
+//! RS256/384/512, PS256/384/512, ES256/384 and EdDSA, with keys given as
+//! PEM, a shared secret or a JWK set, or fetched from the identity provider
+//! (a JWKS URL or OpenID discovery), refreshed on a schedule and on an
+//! unknown `kid`. Checks the signature, `exp`/`nbf` (with leeway), `iss`
+//! and `aud`, required scopes; chosen claims become the request's identity.
+//!
+//! Signatures are checked by the gateway's native crypto (grant `crypto`),
+//! and verified tokens are cached until their `exp`, so a client's next
+//! request costs a hash and a lookup.
 
+mod cache;
+mod keys;
+mod token;
+
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
-use serde_json::Value;
-use sluice_sdk::{Auth, AuthDecision, Identity, Plugin, Reply, Request, metrics};
+use serde_json::{Map, Value};
+use sluice_sdk::crypto::{self, Hash};
+use sluice_sdk::{Auth, AuthDecision, Error, Identity, Plugin, Reply, Request, log, metrics};
+
+use cache::{TokenCache, Verified};
+use keys::{Key, KeyConfig, Refreshed, Remote, RemoteConfig};
+use token::{Rules, Token, Validity};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,7 +33,10 @@ struct Config {
     keys: Vec<KeyConfig>,
     /// A JWKS document (`{"keys": [...]}`), as a table or a JSON string.
     jwks: Option<Value>,
-    /// Accepted issuers (`iss`); any if empty.
+    /// Keys fetched from the identity provider through an upstream.
+    jwks_from: Option<RemoteConfig>,
+    /// Accepted issuers (`iss`); any if empty (or the discovery document's
+    /// `issuer`, when the keys come from OpenID discovery).
     #[serde(default)]
     issuers: Vec<String>,
     /// Accepted audiences (`aud`); not checked if empty.
@@ -51,19 +68,9 @@ struct Config {
     /// Count decisions in the `jwt_auth_decisions` metric (needs the `metrics` grant).
     #[serde(default)]
     metrics: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyConfig {
-    /// Matched against the token header's `kid`, if both have one.
-    kid: Option<String>,
-    /// The algorithm this key verifies, such as `RS256`; by default any of its family.
-    alg: Option<String>,
-    /// A shared secret (HS*).
-    secret: Option<String>,
-    /// A public key in PEM (RS*, PS*, ES*).
-    pem: Option<String>,
+    /// Verified tokens kept (per instance); 0 checks every token's signature.
+    #[serde(default = "default_cache_size")]
+    cache_size: usize,
 }
 
 fn default_leeway() -> u64 {
@@ -75,111 +82,68 @@ fn default_subject_claim() -> String {
 fn default_realm() -> String {
     "sluice".into()
 }
-
-struct Key {
-    kid: Option<String>,
-    key: DecodingKey,
-    algorithms: Vec<Algorithm>,
+fn default_cache_size() -> usize {
+    10_000
 }
 
 struct JwtAuth {
     keys: Vec<Key>,
+    remote: Option<RefCell<Remote>>,
+    cache: RefCell<TokenCache>,
     config: Config,
-}
-
-const ALL: [Algorithm; 11] = [
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-];
-
-/// The algorithms a key may verify: the one named, or all of its family.
-fn algorithms(named: Option<&str>, key: &DecodingKey) -> Result<Vec<Algorithm>, String> {
-    match named {
-        Some(name) => {
-            let alg: Algorithm = name
-                .parse()
-                .map_err(|_| format!("unknown algorithm `{name}`"))?;
-            if alg.family() != key.family() {
-                return Err(format!("algorithm `{name}` does not fit the key given"));
-            }
-            Ok(vec![alg])
-        }
-        None => Ok(ALL
-            .into_iter()
-            .filter(|a| a.family() == key.family())
-            .collect()),
-    }
-}
-
-fn load_key(k: &KeyConfig) -> Result<Key, String> {
-    let key = match (&k.secret, &k.pem) {
-        (Some(secret), None) if !secret.is_empty() => DecodingKey::from_secret(secret.as_bytes()),
-        (None, Some(pem)) => {
-            let named_ec = k.alg.as_deref().is_some_and(|a| a.starts_with("ES"));
-            let rsa = DecodingKey::from_rsa_pem(pem.as_bytes());
-            match rsa {
-                Ok(key) if !named_ec => key,
-                _ => DecodingKey::from_ec_pem(pem.as_bytes())
-                    .map_err(|e| format!("`pem` is not an RSA or EC public key: {e}"))?,
-            }
-        }
-        _ => return Err("each key needs exactly one of `secret` (non-empty) or `pem`".into()),
-    };
-    if key.family() == AlgorithmFamily::Ed {
-        return Err("EdDSA keys are not supported".into());
-    }
-    Ok(Key {
-        algorithms: algorithms(k.alg.as_deref(), &key)?,
-        kid: k.kid.clone(),
-        key,
-    })
-}
-
-fn load_jwks(value: &Value) -> Result<Vec<Key>, String> {
-    let set: JwkSet = match value {
-        Value::String(text) => serde_json::from_str(text),
-        other => serde_json::from_value(other.clone()),
-    }
-    .map_err(|e| format!("`jwks` is not a JWK set: {e}"))?;
-    set.keys
-        .iter()
-        .map(|jwk| {
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("`jwks`: {e}"))?;
-            let named = jwk.common.key_algorithm.map(|a| a.to_string());
-            Ok(Key {
-                algorithms: algorithms(named.as_deref(), &key)?,
-                kid: jwk.common.key_id.clone(),
-                key,
-            })
-        })
-        .collect()
 }
 
 impl Plugin for JwtAuth {
     type Config = Config;
 
-    fn new(config: Config) -> Result<Self, String> {
-        let mut keys = config
-            .keys
-            .iter()
-            .map(load_key)
-            .collect::<Result<Vec<_>, _>>()?;
+    fn new(mut config: Config) -> Result<Self, String> {
+        if let Err(Error::NotGranted(_)) = crypto::digest(Hash::Sha256, b"") {
+            return Err(
+                "jwt-auth verifies with the gateway's crypto: add \"crypto\" to this plugin's `grants`"
+                    .into(),
+            );
+        }
+        let mut keys = Vec::new();
+        for (i, k) in config.keys.iter().enumerate() {
+            keys.extend(Key::from_config(k).map_err(|e| format!("keys[{i}]: {e}"))?);
+        }
         if let Some(jwks) = &config.jwks {
-            keys.extend(load_jwks(jwks)?);
+            let set = match jwks {
+                Value::String(text) => serde_json::from_str(text)
+                    .map_err(|e| format!("`jwks` is not a JWK set: {e}"))?,
+                other => other.clone(),
+            };
+            let mut skipped = Vec::new();
+            keys.extend(keys::from_jwks(&set, &mut skipped).map_err(|e| format!("`jwks`: {e}"))?);
+            if !skipped.is_empty() {
+                return Err(format!(
+                    "`jwks`: keys it cannot use: {}",
+                    skipped.join("; ")
+                ));
+            }
         }
-        if keys.is_empty() {
-            return Err("give at least one key in `keys` or `jwks`".into());
+        let remote = match config.jwks_from.take() {
+            Some(remote) => {
+                let mut remote = Remote::new(remote);
+                // An identity provider that is down now is retried later;
+                // a missing grant is a configuration error.
+                remote.refresh(log::now_millis());
+                if let Some(e) = remote.not_granted.take() {
+                    return Err(format!("`jwks_from`: {e}"));
+                }
+                Some(RefCell::new(remote))
+            }
+            None => None,
+        };
+        if keys.is_empty() && remote.is_none() {
+            return Err("give at least one key in `keys` or `jwks`, or `jwks_from`".into());
         }
-        Ok(JwtAuth { keys, config })
+        Ok(JwtAuth {
+            keys,
+            remote,
+            cache: RefCell::new(TokenCache::new(config.cache_size)),
+            config,
+        })
     }
 }
 
@@ -258,60 +222,80 @@ impl JwtAuth {
         }
     }
 
-    fn verify(&self, token: &str) -> Result<serde_json::Map<String, Value>, Refusal> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Refusal::Token("the token is malformed"))?;
-        let candidates = self.keys.iter().filter(|k| {
-            k.algorithms.contains(&header.alg)
-                && match (&header.kid, &k.kid) {
-                    (Some(wanted), Some(kid)) => wanted == kid,
-                    _ => true,
-                }
-        });
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.config.leeway_secs;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
-        if !self.config.issuers.is_empty() {
-            validation.set_issuer(&self.config.issuers);
+    /// Fetch the identity provider's keys again (if `force`, or when due),
+    /// forgetting cached tokens if a key is gone.
+    fn refresh(&self, now_ms: u64, force: bool) {
+        let Some(remote) = &self.remote else { return };
+        let mut remote = remote.borrow_mut();
+        if !force && !remote.due(now_ms) {
+            return;
         }
-        if self.config.audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&self.config.audiences);
+        if let Refreshed::New { dropped: true } = remote.refresh(now_ms) {
+            self.cache.borrow_mut().clear();
         }
-        let mut failure = Refusal::Token("no key verifies the token");
-        for key in candidates {
-            match jsonwebtoken::decode::<serde_json::Map<String, Value>>(
-                token,
-                &key.key,
-                &validation,
-            ) {
-                Ok(data) => return Ok(data.claims),
-                Err(e) => {
-                    failure = Refusal::Token(match e.kind() {
-                        ErrorKind::InvalidSignature => "the signature does not verify",
-                        ErrorKind::ExpiredSignature => "the token has expired",
-                        ErrorKind::ImmatureSignature => "the token is not valid yet",
-                        ErrorKind::InvalidIssuer => "the issuer is not accepted",
-                        ErrorKind::InvalidAudience => "the audience is not accepted",
-                        ErrorKind::MissingRequiredClaim(_) => "a required claim is missing",
-                        _ => "the token is invalid",
-                    });
-                    // A claims failure means the signature held: no other key will do better.
-                    if !matches!(
-                        e.kind(),
-                        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm
-                    ) {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(failure)
     }
 
-    fn has_scopes(&self, claims: &serde_json::Map<String, Value>) -> bool {
+    /// Whether some key fits the token (its algorithm and `kid`), and
+    /// whether one of those verifies it.
+    fn check_signature(&self, token: &Token) -> (bool, bool) {
+        let remote = self.remote.as_ref().map(RefCell::borrow);
+        let remote_keys = remote.as_ref().map_or(&[][..], |r| &r.keys[..]);
+        let mut fitting = self
+            .keys
+            .iter()
+            .chain(remote_keys)
+            .filter(|k| k.fits(token));
+        let mut fits = false;
+        let verified = fitting.any(|k| {
+            fits = true;
+            k.verifies(token)
+        });
+        (fits, verified)
+    }
+
+    fn knows_kid(&self, kid: &str) -> bool {
+        let remote = self.remote.as_ref().map(RefCell::borrow);
+        let remote_keys = remote.as_ref().map_or(&[][..], |r| &r.keys[..]);
+        self.keys
+            .iter()
+            .chain(remote_keys)
+            .any(|k| k.kid() == Some(kid))
+    }
+
+    fn verify(&self, text: &str, now_ms: u64) -> Result<(Map<String, Value>, Validity), Refusal> {
+        let token = Token::parse(text).map_err(Refusal::Token)?;
+        // A `kid` nobody knows may be a key the provider has just added.
+        if let Some(kid) = &token.kid
+            && self.remote.is_some()
+            && !self.knows_kid(kid)
+        {
+            self.refresh(now_ms, true);
+        }
+        match self.check_signature(&token) {
+            (false, _) => return Err(Refusal::Token("no key verifies the token")),
+            (true, false) => return Err(Refusal::Token("the signature does not verify")),
+            (true, true) => {}
+        }
+        let claims = token.claims().map_err(Refusal::Token)?;
+        let discovered: Vec<String>;
+        let issuers = match &self.remote {
+            Some(remote) if self.config.issuers.is_empty() => {
+                discovered = remote.borrow().issuer.iter().cloned().collect();
+                &discovered
+            }
+            _ => &self.config.issuers,
+        };
+        let rules = Rules {
+            issuers,
+            audiences: &self.config.audiences,
+            leeway_secs: self.config.leeway_secs,
+        };
+        let validity = rules.check(&claims).map_err(Refusal::Token)?;
+        validity.holds(now_ms / 1000).map_err(Refusal::Token)?;
+        Ok((claims, validity))
+    }
+
+    fn has_scopes(&self, claims: &Map<String, Value>) -> bool {
         let granted: Vec<&str> = match (claims.get("scope"), claims.get("scp")) {
             (Some(Value::String(s)), _) => s.split_whitespace().collect(),
             (_, Some(Value::Array(list))) => list.iter().filter_map(Value::as_str).collect(),
@@ -323,7 +307,7 @@ impl JwtAuth {
             .all(|s| granted.contains(&s.as_str()))
     }
 
-    fn identity(&self, claims: &serde_json::Map<String, Value>) -> Option<Identity> {
+    fn identity(&self, claims: &Map<String, Value>) -> Option<Identity> {
         let text = |v: &Value| match v {
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -337,6 +321,44 @@ impl JwtAuth {
         }
         Some(identity)
     }
+
+    /// The identity a token proves, from the cache (`true`) or by verifying it.
+    fn authenticate_token(&self, token: &str, now_ms: u64) -> Result<(Identity, bool), Refusal> {
+        let key = self
+            .cache
+            .borrow()
+            .enabled()
+            .then(|| cache_key(token))
+            .flatten();
+        if let Some(key) = &key
+            && let Some(hit) = self.cache.borrow_mut().get(key, now_ms / 1000)
+        {
+            return Ok((hit.identity.clone(), true));
+        }
+        let (claims, validity) = self.verify(token, now_ms)?;
+        if !self.has_scopes(&claims) {
+            return Err(Refusal::Scope);
+        }
+        let identity = self
+            .identity(&claims)
+            .ok_or(Refusal::Token("the subject claim is missing"))?;
+        if let Some(key) = key {
+            let verified = Verified {
+                identity: identity.clone(),
+                validity,
+            };
+            self.cache.borrow_mut().put(key, verified, now_ms / 1000);
+        }
+        Ok((identity, false))
+    }
+}
+
+/// The SHA-256 of a token, computed natively.
+fn cache_key(token: &str) -> Option<[u8; 32]> {
+    crypto::digest(Hash::Sha256, token.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()
 }
 
 impl Auth for JwtAuth {
@@ -346,20 +368,16 @@ impl Auth for JwtAuth {
             Err(Refusal::Missing) if self.config.optional => return AuthDecision::Pass,
             Err(refusal) => return self.refuse(refusal),
         };
-        let claims = match self.verify(&token) {
-            Ok(claims) => claims,
+        let now_ms = log::now_millis();
+        self.refresh(now_ms, false);
+        let (identity, cached) = match self.authenticate_token(&token, now_ms) {
+            Ok(found) => found,
             Err(refusal) => return self.refuse(refusal),
-        };
-        if !self.has_scopes(&claims) {
-            return self.refuse(Refusal::Scope);
-        }
-        let Some(identity) = self.identity(&claims) else {
-            return self.refuse(Refusal::Token("the subject claim is missing"));
         };
         if !self.config.forward_token {
             req.headers().remove("authorization");
         }
-        self.count("allowed");
+        self.count(if cached { "cached" } else { "allowed" });
         AuthDecision::Allow(identity)
     }
 }
