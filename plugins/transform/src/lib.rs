@@ -183,12 +183,14 @@ impl Transformer {
             }
         }
         let current = new.as_deref().unwrap_or(&path);
-        if let Some((regex, replacement)) =
-            self.rewrites.iter().find(|(re, _)| re.is_match(current))
-        {
-            new = Some(regex.replace(current, replacement.as_str()).into_owned());
-        }
-        new
+        // One pass of each regex: a replacement that borrows matched nothing.
+        let rewritten = self.rewrites.iter().find_map(|(regex, replacement)| {
+            match regex.replace(current, replacement.as_str()) {
+                std::borrow::Cow::Owned(rewritten) => Some(rewritten),
+                std::borrow::Cow::Borrowed(_) => None,
+            }
+        });
+        rewritten.or(new)
     }
 
     fn new_query(&self, req: &Request) -> Option<String> {
