@@ -13,6 +13,7 @@ Run through `bench/run`, which installs the tools and builds everything.
 import argparse
 import asyncio
 import http.client
+import json
 import os
 import pathlib
 import platform
@@ -241,7 +242,14 @@ filters = [{filters}]
 """
 
 
-def sluice(workdir, workers, toml_for_port, name="sluice", build=None):
+def pinned():
+    """A command prefix that keeps a proxy on the last core, away from the
+    load generator and the upstream (empty on one core)."""
+    cores = os.cpu_count() or 1
+    return ["taskset", "-c", str(cores - 1)] if cores > 1 and shutil.which("taskset") else []
+
+
+def sluice(workdir, workers, toml_for_port, name="sluice", build=None, pin=False):
     global _building
     build = build or CURRENT
     port = free_port()
@@ -254,7 +262,7 @@ def sluice(workdir, workers, toml_for_port, name="sluice", build=None):
     if not build.knows_listener_limits():
         text = "\n".join(l for l in text.splitlines() if not l.startswith("max_connections"))
     conf.write_text(text)
-    argv = [str(build.binary), "--workers", str(workers), "run", "--config", str(conf)]
+    argv = (pinned() if pin else []) + [str(build.binary), "--workers", str(workers), "run", "--config", str(conf)]
     env_log = os.environ.get("RUST_LOG")
     os.environ["RUST_LOG"] = "warn"
     try:
@@ -760,9 +768,95 @@ def scenario_failover(args, workdir, up):
     return text
 
 
+def jwt_token():
+    """An RS256 token from a real JOSE library (PyJWT), as an identity provider issues."""
+    import jwt
+    claims = {"sub": "bench-user", "plan": "gold", "iss": "https://idp.test", "aud": "orders-api",
+              "scope": "orders:read", "exp": int(time.time()) + 86400}
+    key = (ROOT / "tests/fixtures/jwt/rsa.key").read_text()
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+
+
+def plugins_cases(up):
+    """(name, toml_for_port) for each sample plugin alone, with a realistic
+    configuration, and for a realistic chain."""
+    pem = json.dumps((ROOT / "tests/fixtures/jwt/rsa.pub").read_text())
+    jwt = ('{ plugin = "jwt-auth", config = { keys = [{ alg = "RS256", pem = %s }], issuers = ["https://idp.test"], '
+           'audiences = ["orders-api"], claims = ["plan"]%%s } }' % pem)
+    grants = {"jwt-auth": ["crypto"], "rate-limit": ["kv"]}
+    filters = {
+        "headers": '{ plugin = "headers", config = { request = { set = { x-user = "{identity}", x-gateway = "sluice" }, remove = ["x-debug"] }, response = { set = { x-frame-options = "DENY" } } } }',
+        "rate-limit": '{ plugin = "rate-limit", config = { key = "%s", capacity = 1000000000, window_secs = 60 } }',
+        "transform": '{ plugin = "transform", config = { request_headers = { set = { x-bench = "1" } }, response_headers = { set = { x-served-by = "sluice" } } } }',
+        "router": '{ plugin = "router", config = { rules = [{ header = { name = "x-canary", value = "1" }, upstream = "u" }], split = [{ upstream = "u", weight = 1 }] } }',
+        "cache-policy": '{ plugin = "cache-policy", config = { paths = ["/static/"], bypass_headers = ["x-no-cache"] } }',
+    }
+
+    def toml(chain):
+        names = sorted({f.split('"')[1] for f in chain})
+        plugins = "".join(f'[plugins.{n}]\npath = "{plugin(n)}"\ngrants = {json.dumps(grants.get(n, []))}\n' for n in names)
+        return lambda port: sluice_toml(port, up.port, ", ".join(chain), plugins)
+
+    return [
+        ("no filters", toml([])),
+        ("headers", toml([filters["headers"]])),
+        ("rate-limit (client IP)", toml([filters["rate-limit"] % "client_ip"])),
+        ("transform (a header each way)", toml([filters["transform"]])),
+        ("router (a rule, a one-way split)", toml([filters["router"]])),
+        ("cache-policy (bypassing)", toml([filters["cache-policy"]])),
+        ("jwt-auth RS256, token cache warm", toml([jwt % ""])),
+        ("jwt-auth RS256, no cache", toml([jwt % ", cache_size = 0"])),
+        ("chain: jwt RS256 + rate-limit by identity + headers + router + cache-policy",
+         toml([jwt % "", filters["rate-limit"] % "identity", filters["headers"], filters["router"], filters["cache-policy"]])),
+    ]
+
+
+def native_rs256(token):
+    """µs to verify the token natively (ring: decode, verify, parse claims), on the proxy's core."""
+    calls = ROOT / "target/release/examples/calls"
+    out = subprocess.run(pinned() + [str(calls), "20000", f"native-rs256={ROOT / 'tests/fixtures/jwt/rsa.pub'}"],
+                         env=dict(os.environ, CALLS_TOKEN=token), capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"native-rs256: ([\d.]+)", out).group(1))
+
+
+def scenario_plugins(args, workdir, up):
+    """Each sample plugin's added CPU per request through the whole proxy,
+    one worker pinned to its own core, beside a native JWT check."""
+    token = jwt_token()
+    headers = [f"authorization: Bearer {token}"]
+
+    def measure(s, secs):
+        user0, sys0 = cpu_seconds(s.pid)
+        r = wrk(s.port, secs, 64, headers)
+        user1, sys1 = cpu_seconds(s.pid)
+        r["cpu"] = ((user1 - user0) + (sys1 - sys0)) / r["requests"] * 1e6
+        r["user"] = (user1 - user0) / r["requests"] * 1e6
+        return r
+
+    targets = [(name, lambda t=t: sluice(workdir, 1, t, pin=True)) for name, t in plugins_cases(up)]
+    results = rounds(args, targets, measure)
+    native = statistics.median(native_rs256(token) for _ in range(3))
+    base = results["no filters"]
+    lines = ["\n### 10. Sample plugins, one worker pinned to its own core\n",
+             "| route filters | req/s | vs no filters | CPU µs/request (user+sys) | added CPU µs/request | user µs added |",
+             "|---|---|---|---|---|---|"]
+    for name, rows in results.items():
+        added = median(rows, "cpu") - median(base, "cpu")
+        user = median(rows, "user") - median(base, "user")
+        lines.append(f"| {name} | {median(rows, 'rps'):,.0f} | {median(rows, 'rps') / median(base, 'rps'):.2f}× | "
+                     f"{median(rows, 'cpu'):.1f} | {'' if rows is base else f'{added:.1f}'} | {'' if rows is base else f'{user:.1f}'} |")
+    uncached = median(results["jwt-auth RS256, no cache"], "cpu") - median(base, "cpu")
+    lines.append(f"\nNative RS256 verification of the same token (ring, decode + verify + parse claims, same core): "
+                 f"{native:.1f} µs; jwt-auth uncached adds {uncached:.1f} µs, {uncached / native:.2f}× native.")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
 SCENARIOS = {"pass": scenario_pass, "chains": scenario_chains, "cpu": scenario_cpu,
              "h2": scenario_h2, "tls": scenario_tls, "memory": scenario_memory, "reload": scenario_reload,
-             "isolation": scenario_isolation, "failover": scenario_failover}
+             "isolation": scenario_isolation, "failover": scenario_failover,
+             "plugins": scenario_plugins}
 
 
 def main():
