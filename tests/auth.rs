@@ -2,28 +2,14 @@
 //! library (RS256, ES256, HS256, JWKS), and `ext-auth` asking a real auth
 //! service over the gateway's outbound HTTP.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use sluice_tests::{Gateway, Reply, Upstream, get, plugin};
+use sluice_tests::{Gateway, Reply, Upstream, get, get_bearer, plugin, toml_str, unix_now};
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// A TOML string holding `text` (JSON's escapes are TOML's).
-fn toml_str(text: &str) -> String {
-    serde_json::to_string(text).expect("a string serializes")
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64
 }
 
 /// Claims that pass the `/rs` route's checks; tests spoil one at a time.
@@ -33,7 +19,7 @@ fn good_claims() -> Value {
         "plan": "gold",
         "iss": "https://idp.test",
         "aud": "orders-api",
-        "exp": now() + 600,
+        "exp": unix_now() + 600,
         "scope": "orders:read profile",
     })
 }
@@ -46,14 +32,6 @@ fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) ->
 
 fn rsa() -> EncodingKey {
     EncodingKey::from_rsa_pem(&fixture("rsa.key")).expect("RSA key")
-}
-
-async fn call(gw: &Gateway, path: &str, token: &str) -> Reply {
-    get(
-        &gw.url(path),
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await
 }
 
 /// The RFC 6750 error code in `WWW-Authenticate`, if any.
@@ -139,7 +117,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = {rsa_pub} }}], requir
         ("/hs", sign(Algorithm::HS256, &hs, None, &good)),
         ("/jwks", sign(Algorithm::RS256, &rsa(), Some("k1"), &good)),
     ] {
-        let reply = call(&gw, path, &token).await;
+        let reply = get_bearer(&gw, path, &token).await;
         assert_eq!(reply.status, 200, "{path}: {:?}", reply.body);
         assert_eq!(reply.echoed("x-user"), ["alice"], "{path}");
         assert_eq!(reply.echoed("x-plan"), ["gold"], "{path}");
@@ -160,7 +138,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = {rsa_pub} }}], requir
                 Algorithm::RS256,
                 &rsa(),
                 None,
-                &spoilt("exp", json!(now() - 60)),
+                &spoilt("exp", json!(unix_now() - 60)),
             ),
             "expired",
         ),
@@ -190,7 +168,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = {rsa_pub} }}], requir
                 Algorithm::RS256,
                 &rsa(),
                 None,
-                &spoilt("nbf", json!(now() + 600)),
+                &spoilt("nbf", json!(unix_now() + 600)),
             ),
             "not valid yet",
         ),
@@ -208,7 +186,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = {rsa_pub} }}], requir
         ("garbage", "not.a.jwt".to_owned(), "malformed"),
     ];
     for (case, token, reason) in cases {
-        let reply = call(&gw, "/rs", &token).await;
+        let reply = get_bearer(&gw, "/rs", &token).await;
         assert_eq!(reply.status, 401, "{case}");
         assert_eq!(bearer_error(&reply), "invalid_token", "{case}");
         let description = reply.json()["error_description"]
@@ -224,12 +202,12 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = {rsa_pub} }}], requir
         Algorithm::RS256,
         &rsa(),
         None,
-        &spoilt("exp", json!(now() - 2)),
+        &spoilt("exp", json!(unix_now() - 2)),
     );
-    assert_eq!(call(&gw, "/rs", &lenient).await.status, 200);
+    assert_eq!(get_bearer(&gw, "/rs", &lenient).await.status, 200);
     // A JWKS key is picked by `kid`; an unknown `kid` finds no key.
     let unknown_kid = sign(Algorithm::RS256, &rsa(), Some("k9"), &good);
-    assert_eq!(call(&gw, "/jwks", &unknown_kid).await.status, 401);
+    assert_eq!(get_bearer(&gw, "/jwks", &unknown_kid).await.status, 401);
 
     // No token: a bare challenge. An empty one: `invalid_request` (400).
     let bare = get(&gw.url("/rs"), &[]).await;
@@ -240,7 +218,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = {rsa_pub} }}], requir
     assert_eq!(bearer_error(&empty), "invalid_request");
 
     // A valid token without the required scope: 403 `insufficient_scope`.
-    let reply = call(&gw, "/scoped", &sign(Algorithm::RS256, &rsa(), None, &good)).await;
+    let reply = get_bearer(&gw, "/scoped", &sign(Algorithm::RS256, &rsa(), None, &good)).await;
     assert_eq!(reply.status, 403);
     assert_eq!(bearer_error(&reply), "insufficient_scope");
     assert!(
@@ -249,7 +227,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = {rsa_pub} }}], requir
             .contains(r#"scope="orders:write""#)
     );
     let writer = spoilt("scope", json!("orders:read orders:write"));
-    let reply = call(
+    let reply = get_bearer(
         &gw,
         "/scoped",
         &sign(Algorithm::RS256, &rsa(), None, &writer),

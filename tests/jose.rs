@@ -5,10 +5,10 @@
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_tests::{Gateway, Reply, Upstream, get, plugin};
+use sluice_tests::{Gateway, Reply, Upstream, get_bearer, plugin, toml_str, unix_now};
 
 /// Keys and tokens made by `tests/python/jose_tokens.py` from `spec`.
 struct Jose {
@@ -50,26 +50,6 @@ impl Jose {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs() as i64
-}
-
-/// A TOML string holding `text`.
-fn toml_str(text: &str) -> String {
-    serde_json::to_string(text).expect("a string serializes")
-}
-
-async fn call(gw: &Gateway, path: &str, token: &str) -> Reply {
-    get(
-        &gw.url(path),
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await
-}
-
 fn description(reply: &Reply) -> String {
     reply.json()["error_description"]
         .as_str()
@@ -100,8 +80,8 @@ async fn tokens_of_every_algorithm_verify_and_spoilt_ones_are_refused() {
         ("ES384", "p384", "p384"),
         ("EdDSA", "ed", "ed-other"),
     ];
-    let good = json!({ "sub": "alice", "exp": now() + 600 });
-    let expired = json!({ "sub": "alice", "exp": now() - 600 });
+    let good = json!({ "sub": "alice", "exp": unix_now() + 600 });
+    let expired = json!({ "sub": "alice", "exp": unix_now() - 600 });
     let mut tokens = Vec::new();
     for (alg, key, other) in algorithms {
         let token = |key: &str, claims: &Value, tamper: bool| json!({ "key": key, "alg": alg, "kid": key.split('-').next(), "claims": claims, "tamper": tamper });
@@ -152,7 +132,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{pems}, {{ secret = {secret} }
             unreachable!("four tokens per algorithm")
         };
         for route in ["/jwks", "/pem"] {
-            let reply = call(&gw, route, good).await;
+            let reply = get_bearer(&gw, route, good).await;
             assert_eq!(reply.status, 200, "{alg} on {route}: {:?}", reply.body);
             assert_eq!(reply.echoed("x-user"), ["alice"], "{alg} on {route}");
             let refused = [
@@ -160,7 +140,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{pems}, {{ secret = {secret} }
                 (expired, "expired"),
             ];
             for (token, reason) in refused {
-                let reply = call(&gw, route, token).await;
+                let reply = get_bearer(&gw, route, token).await;
                 assert_eq!(reply.status, 401, "{alg} on {route}, {reason}");
                 assert!(
                     description(&reply).contains(reason),
@@ -171,7 +151,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{pems}, {{ secret = {secret} }
             // Signed by a key of the same type that the gateway does not have
             // (ES384 has no other key here: its own token stands in).
             if *other != "p384" && *other != "hs" {
-                let reply = call(&gw, route, foreign).await;
+                let reply = get_bearer(&gw, route, foreign).await;
                 assert_eq!(reply.status, 401, "{alg} on {route}, foreign key");
             }
         }
@@ -220,8 +200,8 @@ impl Provider {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_come_from_openid_discovery_rotate_and_survive_an_outage() {
-    let claims = json!({ "sub": "alice", "iss": "https://idp.test", "exp": now() + 600 });
-    let stranger = json!({ "sub": "alice", "iss": "https://evil.test", "exp": now() + 600 });
+    let claims = json!({ "sub": "alice", "iss": "https://idp.test", "exp": unix_now() + 600 });
+    let stranger = json!({ "sub": "alice", "iss": "https://evil.test", "exp": unix_now() + 600 });
     let made = jose(&json!({
         "keys": { "k1": "RSA", "k2": "P-256", "k3": "RSA" },
         "tokens": [
@@ -262,8 +242,8 @@ filters = [{{ plugin = "jwt", config = {{ jwks_from = {{ upstream = "idp", path 
     .unwrap();
 
     // The discovered set verifies k1's tokens; the discovered issuer is required.
-    assert_eq!(call(&gw, "/", k1).await.status, 200);
-    let reply = call(&gw, "/", wrong_issuer).await;
+    assert_eq!(get_bearer(&gw, "/", k1).await.status, 200);
+    let reply = get_bearer(&gw, "/", wrong_issuer).await;
     assert_eq!(reply.status, 401);
     assert!(
         description(&reply).contains("issuer"),
@@ -272,7 +252,7 @@ filters = [{{ plugin = "jwt", config = {{ jwks_from = {{ upstream = "idp", path 
     );
     // k2 is unknown: looked for (a fetch), not found.
     let fetches = idp.upstream.hits();
-    let reply = call(&gw, "/", k2).await;
+    let reply = get_bearer(&gw, "/", k2).await;
     assert_eq!(reply.status, 401);
     assert!(
         description(&reply).contains("no key"),
@@ -285,11 +265,11 @@ filters = [{{ plugin = "jwt", config = {{ jwks_from = {{ upstream = "idp", path 
     // in the new set; k1's tokens, even the one verified (and cached)
     // before, are refused from then on.
     *idp.jwks.lock().unwrap() = json!({ "keys": [made.jwk("k2", "k2")] });
-    let reply = call(&gw, "/", k2).await;
+    let reply = get_bearer(&gw, "/", k2).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(reply.echoed("x-user"), ["alice"]);
     assert_eq!(
-        call(&gw, "/", k1).await.status,
+        get_bearer(&gw, "/", k1).await.status,
         401,
         "a dropped key's token"
     );
@@ -297,18 +277,22 @@ filters = [{{ plugin = "jwt", config = {{ jwks_from = {{ upstream = "idp", path 
     // The provider goes down: the last good set keeps serving, and a token
     // with an unknown key is refused (the failed fetch is only logged).
     *idp.down.lock().unwrap() = true;
-    assert_eq!(call(&gw, "/", k3).await.status, 401);
-    assert_eq!(call(&gw, "/", k2).await.status, 200, "the last good set");
+    assert_eq!(get_bearer(&gw, "/", k3).await.status, 401);
+    assert_eq!(
+        get_bearer(&gw, "/", k2).await.status,
+        200,
+        "the last good set"
+    );
     // Back up, with k3 added: found on the next unknown kid.
     *idp.jwks.lock().unwrap() = json!({ "keys": [made.jwk("k2", "k2"), made.jwk("k3", "k3")] });
     *idp.down.lock().unwrap() = false;
-    assert_eq!(call(&gw, "/", k3).await.status, 200);
-    assert_eq!(call(&gw, "/", k2).await.status, 200);
+    assert_eq!(get_bearer(&gw, "/", k3).await.status, 200);
+    assert_eq!(get_bearer(&gw, "/", k2).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_cache_never_accepts_a_token_past_its_exp() {
-    let exp = now() + 3;
+    let exp = unix_now() + 3;
     let made = jose(&json!({
         "keys": { "rs": "RSA" },
         "tokens": [{ "key": "rs", "alg": "RS256", "claims": { "sub": "alice", "exp": exp } }],
@@ -336,7 +320,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = {pem} }}], leeway_sec
     .unwrap();
     let token = &made.tokens[0];
     for _ in 0..20 {
-        assert_eq!(call(&gw, "/", token).await.status, 200);
+        assert_eq!(get_bearer(&gw, "/", token).await.status, 200);
     }
     let metrics = gw.metrics().await;
     let hits = metrics
@@ -345,10 +329,10 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = {pem} }}], leeway_sec
         .unwrap_or_else(|| panic!("no cache hits counted:\n{metrics}"));
     let count: f64 = hits.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 10.0, "most of the 20 come from the cache: {hits}");
-    while now() < exp {
+    while unix_now() < exp {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let reply = call(&gw, "/", token).await;
+    let reply = get_bearer(&gw, "/", token).await;
     assert_eq!(reply.status, 401, "a cached token past its exp");
     assert!(description(&reply).contains("expired"));
 }

@@ -517,6 +517,28 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     send("GET", url, headers).await
 }
 
+/// `GET path` on the gateway with `Authorization: Bearer <token>`.
+pub async fn get_bearer(gw: &Gateway, path: &str, token: &str) -> Reply {
+    get(
+        &gw.url(path),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
+/// A TOML string holding `text` (JSON's escapes are TOML's).
+pub fn toml_str(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+/// Seconds since the Unix epoch, as JWT claims count them.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
 /// Count how many of `replies` came from each upstream.
 pub fn by_upstream(replies: &[Reply]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();

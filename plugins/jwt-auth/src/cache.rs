@@ -31,15 +31,12 @@ impl TokenCache {
         self.capacity > 0
     }
 
-    /// The entry for `key`, if it is valid at `now_secs`; an expired entry
-    /// is removed, so a token is never accepted past its `exp`.
-    pub fn get(&mut self, key: &[u8; 32], now_secs: u64) -> Option<&Verified> {
-        let valid = self.entries.get(key)?.validity.holds(now_secs).is_ok();
-        if !valid {
-            self.entries.remove(key);
-            return None;
-        }
-        self.entries.get(key)
+    /// The entry for `key`, if it is valid at `now_secs`: a token is never
+    /// accepted past its `exp` (expired entries go when the cache fills).
+    pub fn get(&self, key: &[u8; 32], now_secs: u64) -> Option<&Verified> {
+        self.entries
+            .get(key)
+            .filter(|v| v.validity.holds(now_secs).is_ok())
     }
 
     pub fn put(&mut self, key: [u8; 32], verified: Verified, now_secs: u64) {

@@ -41,17 +41,6 @@ pub struct Key {
     secret: Secret,
 }
 
-/// Why keys could not be made: a configuration error for the operator.
-fn crypto_error(e: Error) -> String {
-    match e {
-        Error::NotGranted(_) => {
-            "jwt-auth verifies with the gateway's crypto: add \"crypto\" to this plugin's `grants`"
-                .into()
-        }
-        other => other.to_string(),
-    }
-}
-
 impl Key {
     /// Whether this key is one the token may be checked against.
     pub fn fits(&self, token: &Token) -> bool {
@@ -89,8 +78,7 @@ impl Key {
                 hmac_keys(k.kid.clone(), named, secret.as_bytes())
             }
             (None, Some(pem)) => {
-                let key =
-                    PublicKey::from_pem(pem).map_err(|e| format!("`pem`: {}", crypto_error(e)))?;
+                let key = PublicKey::from_pem(pem).map_err(|e| format!("`pem`: {e}"))?;
                 Ok(vec![public(k.kid.clone(), named, key)?])
             }
             _ => Err("each key needs exactly one of `secret` (non-empty) or `pem`".into()),
@@ -117,7 +105,7 @@ fn hmac_keys(kid: Option<String>, named: Option<Alg>, secret: &[u8]) -> Result<V
             Ok(Key {
                 kid: kid.clone(),
                 algs: vec![alg],
-                secret: Secret::Hmac(HmacKey::new(hash, secret).map_err(crypto_error)?),
+                secret: Secret::Hmac(HmacKey::new(hash, secret).map_err(|e| e.to_string())?),
             })
         })
         .collect()
@@ -177,12 +165,11 @@ pub fn from_jwks(set: &Value, skipped: &mut Vec<String>) -> Result<Vec<Key>, Str
                 .and_then(|secret| hmac_keys(kid, named, &secret))
         } else {
             PublicKey::from_jwk(&jwk.to_string())
-                .map_err(crypto_error)
+                .map_err(|e| e.to_string())
                 .and_then(|key| public(kid, named, key).map(|k| vec![k]))
         };
         match made {
             Ok(keys) => out.extend(keys),
-            Err(e) if e.contains("grants") => return Err(e),
             Err(e) => skipped.push(format!("{label}: {e}")),
         }
     }
@@ -230,9 +217,19 @@ pub struct Remote {
     pub issuer: Option<String>,
     last_attempt: Option<u64>,
     next_refresh: u64,
-    /// Set when the last fetch was refused for want of a grant: a
-    /// configuration error, not an outage.
-    pub not_granted: Option<String>,
+}
+
+/// Why a fetch failed.
+enum Failure {
+    /// The upstream is not granted: a configuration error, not an outage.
+    NotGranted,
+    Failed(String),
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Failure {
+        Failure::Failed(reason)
+    }
 }
 
 /// What a refresh did to the key set.
@@ -252,7 +249,6 @@ impl Remote {
             issuer: None,
             last_attempt: None,
             next_refresh: 0,
-            not_granted: None,
         }
     }
 
@@ -261,11 +257,12 @@ impl Remote {
         now_ms >= self.next_refresh
     }
 
-    /// Fetch the keys, unless the last attempt was too recent.
-    pub fn refresh(&mut self, now_ms: u64) -> Refreshed {
+    /// Fetch the keys, unless the last attempt was too recent. Only a
+    /// missing grant is an error; an outage keeps the last good set.
+    pub fn refresh(&mut self, now_ms: u64) -> Result<Refreshed, String> {
         let min = self.config.min_refresh_secs * 1000;
         if self.last_attempt.is_some_and(|last| now_ms < last + min) {
-            return Refreshed::Kept;
+            return Ok(Refreshed::Kept);
         }
         self.last_attempt = Some(now_ms);
         match self.fetch() {
@@ -277,9 +274,13 @@ impl Remote {
                 self.keys = keys;
                 self.issuer = issuer.or(self.issuer.take());
                 self.next_refresh = now_ms + self.config.refresh_secs * 1000;
-                Refreshed::New { dropped }
+                Ok(Refreshed::New { dropped })
             }
-            Err(e) => {
+            Err(Failure::NotGranted) => Err(format!(
+                "fetching keys needs the grant \"http:{}\"",
+                self.config.upstream
+            )),
+            Err(Failure::Failed(e)) => {
                 // The last good set stays; try again after `min_refresh_secs`.
                 log::warn(&format!(
                     "jwt-auth: fetching keys from `{}` {} failed, keeping the {} known: {e}",
@@ -288,13 +289,13 @@ impl Remote {
                     self.keys.len()
                 ));
                 self.next_refresh = now_ms + min;
-                Refreshed::Kept
+                Ok(Refreshed::Kept)
             }
         }
     }
 
-    fn fetch(&mut self) -> Result<(Vec<Key>, Option<String>), String> {
-        let document = self.get(&self.config.path.clone())?;
+    fn fetch(&self) -> Result<(Vec<Key>, Option<String>), Failure> {
+        let document = self.get(&self.config.path)?;
         let (set, issuer) = match document.get("jwks_uri").and_then(Value::as_str) {
             Some(uri) => {
                 let issuer = document
@@ -314,29 +315,26 @@ impl Remote {
             ));
         }
         if keys.is_empty() {
-            return Err("the JWK set has no key this gateway can verify with".into());
+            return Err(Failure::Failed(
+                "the JWK set has no key this gateway can verify with".into(),
+            ));
         }
         Ok((keys, issuer))
     }
 
-    fn get(&mut self, path: &str) -> Result<Value, String> {
+    fn get(&self, path: &str) -> Result<Value, Failure> {
         let answer = outbound::Outbound::get(&self.config.upstream, path)
             .header("accept", "application/json")
             .timeout(Duration::from_millis(self.config.timeout_ms))
             .send()
-            .map_err(|e| {
-                if let Error::NotGranted(_) = e {
-                    self.not_granted = Some(format!(
-                        "fetching keys needs the grant \"http:{}\"",
-                        self.config.upstream
-                    ));
-                }
-                e.to_string()
+            .map_err(|e| match e {
+                Error::NotGranted(_) => Failure::NotGranted,
+                other => Failure::Failed(other.to_string()),
             })?;
         if answer.status != 200 {
-            return Err(format!("{path} answered {}", answer.status));
+            return Err(format!("{path} answered {}", answer.status).into());
         }
-        serde_json::from_slice(&answer.body).map_err(|e| format!("{path} is not JSON: {e}"))
+        Ok(serde_json::from_slice(&answer.body).map_err(|e| format!("{path} is not JSON: {e}"))?)
     }
 }
 

@@ -127,10 +127,9 @@ impl Plugin for JwtAuth {
                 let mut remote = Remote::new(remote);
                 // An identity provider that is down now is retried later;
                 // a missing grant is a configuration error.
-                remote.refresh(log::now_millis());
-                if let Some(e) = remote.not_granted.take() {
-                    return Err(format!("`jwks_from`: {e}"));
-                }
+                remote
+                    .refresh(log::now_millis())
+                    .map_err(|e| format!("`jwks_from`: {e}"))?;
                 Some(RefCell::new(remote))
             }
             None => None,
@@ -230,36 +229,33 @@ impl JwtAuth {
         if !force && !remote.due(now_ms) {
             return;
         }
-        if let Refreshed::New { dropped: true } = remote.refresh(now_ms) {
+        if let Ok(Refreshed::New { dropped: true }) = remote.refresh(now_ms) {
             self.cache.borrow_mut().clear();
         }
+    }
+
+    /// Whether `f` holds for some key, configured or fetched.
+    fn any_key(&self, f: impl FnMut(&Key) -> bool) -> bool {
+        let remote = self.remote.as_ref().map(RefCell::borrow);
+        let fetched = remote.as_ref().map_or(&[][..], |r| &r.keys[..]);
+        self.keys.iter().chain(fetched).any(f)
     }
 
     /// Whether some key fits the token (its algorithm and `kid`), and
     /// whether one of those verifies it.
     fn check_signature(&self, token: &Token) -> (bool, bool) {
-        let remote = self.remote.as_ref().map(RefCell::borrow);
-        let remote_keys = remote.as_ref().map_or(&[][..], |r| &r.keys[..]);
-        let mut fitting = self
-            .keys
-            .iter()
-            .chain(remote_keys)
-            .filter(|k| k.fits(token));
         let mut fits = false;
-        let verified = fitting.any(|k| {
-            fits = true;
-            k.verifies(token)
+        let verified = self.any_key(|k| {
+            k.fits(token) && {
+                fits = true;
+                k.verifies(token)
+            }
         });
         (fits, verified)
     }
 
     fn knows_kid(&self, kid: &str) -> bool {
-        let remote = self.remote.as_ref().map(RefCell::borrow);
-        let remote_keys = remote.as_ref().map_or(&[][..], |r| &r.keys[..]);
-        self.keys
-            .iter()
-            .chain(remote_keys)
-            .any(|k| k.kid() == Some(kid))
+        self.any_key(|k| k.kid() == Some(kid))
     }
 
     fn verify(&self, text: &str, now_ms: u64) -> Result<(Map<String, Value>, Validity), Refusal> {
@@ -331,7 +327,7 @@ impl JwtAuth {
             .then(|| cache_key(token))
             .flatten();
         if let Some(key) = &key
-            && let Some(hit) = self.cache.borrow_mut().get(key, now_ms / 1000)
+            && let Some(hit) = self.cache.borrow().get(key, now_ms / 1000)
         {
             return Ok((hit.identity.clone(), true));
         }

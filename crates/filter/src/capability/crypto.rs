@@ -5,7 +5,7 @@
 //! one native call whatever language the plugin is written in.
 
 use base64::Engine as _;
-use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey, VerificationAlgorithm};
 use serde_json::Value;
 use spki::der::Decode as _;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -333,39 +333,31 @@ impl Key {
             RSA_PKCS1_2048_8192_SHA384, RSA_PKCS1_2048_8192_SHA512, RSA_PSS_2048_8192_SHA256,
             RSA_PSS_2048_8192_SHA384, RSA_PSS_2048_8192_SHA512,
         };
-        let rsa = |params| match self {
-            Key::Rsa { n, e } => RsaPublicKeyComponents { n, e }
+        if let Key::Rsa { n, e } = self {
+            let params = match scheme {
+                Scheme::RsaPkcs1Sha256 => &RSA_PKCS1_2048_8192_SHA256,
+                Scheme::RsaPkcs1Sha384 => &RSA_PKCS1_2048_8192_SHA384,
+                Scheme::RsaPkcs1Sha512 => &RSA_PKCS1_2048_8192_SHA512,
+                Scheme::RsaPssSha256 => &RSA_PSS_2048_8192_SHA256,
+                Scheme::RsaPssSha384 => &RSA_PSS_2048_8192_SHA384,
+                Scheme::RsaPssSha512 => &RSA_PSS_2048_8192_SHA512,
+                _ => return false,
+            };
+            return RsaPublicKeyComponents { n, e }
                 .verify(params, message, sig)
-                .is_ok(),
-            _ => false,
-        };
-        let other = |algorithm: &'static dyn signature::VerificationAlgorithm,
-                     key: Option<&Vec<u8>>| {
-            key.is_some_and(|key| {
-                UnparsedPublicKey::new(algorithm, key)
-                    .verify(message, sig)
-                    .is_ok()
-            })
-        };
-        let (p256, p384, ed) = match self {
-            Key::P256(k) => (Some(k), None, None),
-            Key::P384(k) => (None, Some(k), None),
-            Key::Ed25519(k) => (None, None, Some(k)),
-            Key::Rsa { .. } => (None, None, None),
-        };
-        match scheme {
-            Scheme::RsaPkcs1Sha256 => rsa(&RSA_PKCS1_2048_8192_SHA256),
-            Scheme::RsaPkcs1Sha384 => rsa(&RSA_PKCS1_2048_8192_SHA384),
-            Scheme::RsaPkcs1Sha512 => rsa(&RSA_PKCS1_2048_8192_SHA512),
-            Scheme::RsaPssSha256 => rsa(&RSA_PSS_2048_8192_SHA256),
-            Scheme::RsaPssSha384 => rsa(&RSA_PSS_2048_8192_SHA384),
-            Scheme::RsaPssSha512 => rsa(&RSA_PSS_2048_8192_SHA512),
-            Scheme::EcdsaP256Sha256 => other(&ECDSA_P256_SHA256_FIXED, p256),
-            Scheme::EcdsaP256Sha256Der => other(&ECDSA_P256_SHA256_ASN1, p256),
-            Scheme::EcdsaP384Sha384 => other(&ECDSA_P384_SHA384_FIXED, p384),
-            Scheme::EcdsaP384Sha384Der => other(&ECDSA_P384_SHA384_ASN1, p384),
-            Scheme::Ed25519 => other(&ED25519, ed),
+                .is_ok();
         }
+        let (algorithm, key): (&'static dyn VerificationAlgorithm, &[u8]) = match (scheme, self) {
+            (Scheme::EcdsaP256Sha256, Key::P256(k)) => (&ECDSA_P256_SHA256_FIXED, k),
+            (Scheme::EcdsaP256Sha256Der, Key::P256(k)) => (&ECDSA_P256_SHA256_ASN1, k),
+            (Scheme::EcdsaP384Sha384, Key::P384(k)) => (&ECDSA_P384_SHA384_FIXED, k),
+            (Scheme::EcdsaP384Sha384Der, Key::P384(k)) => (&ECDSA_P384_SHA384_ASN1, k),
+            (Scheme::Ed25519, Key::Ed25519(k)) => (&ED25519, k),
+            _ => return false,
+        };
+        UnparsedPublicKey::new(algorithm, key)
+            .verify(message, sig)
+            .is_ok()
     }
 }
 
