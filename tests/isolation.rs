@@ -186,3 +186,30 @@ filters = [{{ plugin = "fault", config = {{ spin_on = "/spin" }} }}]
     // Slots come back: the plugin serves again.
     assert_eq!(get(&gw.url("/fine"), &[]).await.status, 200);
 }
+
+/// A client that hangs up while its request is inside a plugin cancels the
+/// call halfway: that instance must never serve again, and the gateway must
+/// not notice anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_call_leaves_the_plugin_sound() {
+    use tokio::io::AsyncWriteExt;
+    let _serial = SERIAL.lock().await;
+    let up = Upstream::start("a").await;
+    let gw = gateway(&up, "closed").await;
+    // Warm: the spinning call would otherwise take the only instance.
+    assert_eq!(get(&gw.url("/f/fine"), &[]).await.status, 200);
+    for _ in 0..3 {
+        let mut client = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        client
+            .write_all(b"GET /f/spin HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        drop(client);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        for _ in 0..10 {
+            assert_eq!(get(&gw.url("/f/fine"), &[]).await.status, 200);
+        }
+    }
+    assert_eq!(get(&gw.url("/elsewhere"), &[]).await.status, 200);
+}

@@ -125,7 +125,9 @@ pub(crate) struct Instance {
     /// Holds the exchange's place while the exchange is lent to a call.
     spare: Option<Box<Exchange>>,
     pub(crate) uses: u32,
-    /// Set when a call left it unfit for another (a handle kept past its call).
+    /// Set when a call left it unfit for another: a handle kept past its
+    /// call, or a call that never finished (its future was dropped, as when
+    /// the client hangs up mid-call, leaving the guest halfway through).
     pub(crate) spoiled: bool,
 }
 
@@ -226,6 +228,8 @@ impl Instance {
         let table = &mut self.store.data_mut().table;
         let (request, response) = types::open(table, response)?;
         let spare = self.spare.take().expect("a spare between calls");
+        // Until `take_back`: a call dropped before it returns spoils the instance.
+        self.spoiled = true;
         let mut lent = std::mem::replace(exchange, spare);
         lent.body_access = body_access;
         types::fill(table, &request, lent);
@@ -245,7 +249,7 @@ impl Instance {
             types::take_back(&mut self.store.data_mut().table, request, response);
         back.body_access = false;
         self.spare = Some(std::mem::replace(exchange, back));
-        self.spoiled |= !clean;
+        self.spoiled = !clean;
     }
 
     /// Whether its memory grew past half its limit (recycle it).
