@@ -46,6 +46,48 @@ filters = [{{ plugin = "server-timing" }}]
     }
 }
 
+/// Only a filter that asks to keep its instance holds it while the upstream
+/// answers: with one call allowed at a time, two slow requests pass a filter
+/// that does not ask (headers), and the second waits for one that does
+/// (server-timing) until it is refused as busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_held_across_the_upstream_only_when_kept() {
+    let up = Upstream::start("a").await;
+    // Two slow requests at once through a filter allowed one call at a time.
+    let statuses = |name: &'static str, config: &'static str| {
+        let up = &up;
+        async move {
+            let gw = Gateway::start(&format!(
+                r#"[plugins.{name}]
+path = "{}"
+max_concurrency = 1
+call_timeout = "50ms"
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+upstream = "a"
+filters = [{{ plugin = "{name}", config = {config} }}]
+"#,
+                plugin(name),
+                up.addr
+            ))
+            .await
+            .unwrap();
+            let url = gw.url("/delay?ms=300");
+            let (a, b) = futures_util::future::join(get(&url, &[]), get(&url, &[])).await;
+            let mut statuses = [a.status, b.status];
+            statuses.sort();
+            statuses
+        }
+    };
+    let free = statuses("headers", "{ response = { set = { x-seen = \"yes\" } } }").await;
+    assert_eq!(free, [200, 200], "headers does not keep its instance");
+    let held = statuses("server-timing", "{}").await;
+    assert_eq!(held, [200, 503], "server-timing holds its only instance");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_built_for_0_1_0_still_load_and_run() {
     let up = Upstream::start("a").await;

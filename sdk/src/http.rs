@@ -105,9 +105,12 @@ impl<'a> Request<'a> {
     }
 
     /// Keep `value` for this request's `on_response` (see [`Request::kept`]).
-    /// The gateway runs both calls of one request in the same instance, with
-    /// no other request in between, so a filter can time or correlate.
+    /// This asks the gateway to run both calls of one request in the same
+    /// instance, with no other request in between, so a filter can time or
+    /// correlate; a filter that never keeps anything leaves its instance free
+    /// for other requests while the upstream answers.
     pub fn keep<T: 'static>(&self, value: T) {
+        self.raw.keep_instance();
         KEPT.with(|kept| *kept.borrow_mut() = Some((self.id(), Box::new(value))));
     }
 

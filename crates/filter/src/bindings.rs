@@ -31,8 +31,9 @@ macro_rules! contract {
     };
 }
 
-/// `sluice:filter@0.2.1`, which also loads components built for 0.2.0
-/// (wasmtime matches semver-compatible names; 0.2.1 only added `crypto`).
+/// `sluice:filter@0.2.2`, which also loads components built for 0.2.0 and
+/// 0.2.1 (wasmtime matches semver-compatible names; 0.2.1 added `crypto`,
+/// 0.2.2 `request.keep-instance`).
 pub mod v2 {
     contract!(
         "../../wit",

@@ -129,6 +129,8 @@ pub(crate) struct Instance {
     /// call, or a call that never finished (its future was dropped, as when
     /// the client hangs up mid-call, leaving the guest halfway through).
     pub(crate) spoiled: bool,
+    /// Its last request call asked to keep it for the response call.
+    pub(crate) asked_to_keep: bool,
 }
 
 impl Instance {
@@ -183,6 +185,7 @@ impl Instance {
             spare: Some(Exchange::placeholder()),
             uses: 0,
             spoiled: false,
+            asked_to_keep: false,
         })
     }
 
@@ -245,11 +248,11 @@ impl Instance {
         request: wasmtime::component::Resource<types::RequestEntry>,
         response: Option<wasmtime::component::Resource<types::ResponseEntry>>,
     ) {
-        let (mut back, clean) =
-            types::take_back(&mut self.store.data_mut().table, request, response);
-        back.body_access = false;
-        self.spare = Some(std::mem::replace(exchange, back));
-        self.spoiled = !clean;
+        let mut back = types::take_back(&mut self.store.data_mut().table, request, response);
+        back.exchange.body_access = false;
+        self.spare = Some(std::mem::replace(exchange, back.exchange));
+        self.spoiled = !back.clean;
+        self.asked_to_keep = back.keep;
     }
 
     /// Whether its memory grew past half its limit (recycle it).

@@ -64,6 +64,12 @@ impl Plugin {
             slots: Arc::new(Semaphore::new(config.max_concurrency as usize)),
         }
     }
+
+    /// Whether every request keeps its instance for its response call, as
+    /// contracts before 0.2.2 promised (later ones ask with `keep-instance`).
+    pub(crate) fn always_kept(&self) -> bool {
+        !matches!(self.contract, "0.2.2")
+    }
 }
 
 /// The threads serving requests: what a plugin's `cpu_share` is a share of.

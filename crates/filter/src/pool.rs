@@ -54,9 +54,9 @@ impl Idle {
     }
 }
 
-/// An instance checked out of a filter. A filter with a response phase
-/// keeps one for a request, from its request call to its response call:
-/// both reach the same instance, which no other request uses in between.
+/// An instance checked out of a filter. A filter that asks to keep its
+/// instance keeps it for a request, from its request call to its response
+/// call: both reach the same instance, which no other request uses in between.
 /// Dropped, it goes back to its filter's idle instances.
 pub struct Lease {
     instance: Option<Instance>,
@@ -116,8 +116,10 @@ impl Filter {
         self.response_phase.load(Ordering::Relaxed)
     }
 
-    /// The request call. A filter with a response phase hands back the
-    /// instance as a [`Lease`], for [`Filter::on_response`] of the same request.
+    /// The request call. A filter with a response phase whose call asked to
+    /// keep its instance (or built for a contract that always kept it) hands
+    /// it back as a [`Lease`], for [`Filter::on_response`] of the same request;
+    /// otherwise the instance goes straight back to the idle ones.
     pub async fn on_request(
         &self,
         exchange: &mut Box<Exchange>,
@@ -128,7 +130,8 @@ impl Filter {
         match instance.request(exchange, self.body_access).await {
             Ok(answer) => {
                 instance.uses += 1;
-                Ok((answer, self.has_response_phase().then_some(lease)))
+                let keep = instance.asked_to_keep || self.plugin.always_kept();
+                Ok((answer, (keep && self.has_response_phase()).then_some(lease)))
             }
             Err(error) => Err(self.failed(lease, &error)),
         }

@@ -16,6 +16,8 @@ use crate::instance::FilterState;
 /// A `request` handle: the exchange, lent for one call.
 pub struct RequestEntry {
     exchange: Option<Box<Exchange>>,
+    /// The guest asked for its response call in this same instance.
+    keep: bool,
 }
 
 /// A `response` handle: names the request entry it belongs to.
@@ -50,7 +52,10 @@ pub(crate) fn open(
     table: &mut ResourceTable,
     response: bool,
 ) -> wasmtime::Result<(Resource<RequestEntry>, Option<Resource<ResponseEntry>>)> {
-    let request = table.push(RequestEntry { exchange: None })?;
+    let request = table.push(RequestEntry {
+        exchange: None,
+        keep: false,
+    })?;
     if !response {
         return Ok((request, None));
     }
@@ -80,21 +85,37 @@ pub(crate) fn fill(
         .exchange = Some(exchange);
 }
 
-/// Take the exchange back after a call, and whether the call left the table
-/// clean (a guest that keeps a headers handle past the call leaves it not).
+/// What a call hands back.
+pub(crate) struct Returned {
+    pub exchange: Box<Exchange>,
+    /// The call left the table clean (a guest that keeps a headers handle
+    /// past the call leaves it not).
+    pub clean: bool,
+    /// The guest asked to keep its instance for the response call.
+    pub keep: bool,
+}
+
+/// Take the exchange back after a call.
 pub(crate) fn take_back(
     table: &mut ResourceTable,
     request: Resource<RequestEntry>,
     response: Option<Resource<ResponseEntry>>,
-) -> (Box<Exchange>, bool) {
+) -> Returned {
     let mut clean = response.is_none_or(|r| table.delete(r).is_ok());
-    let exchange = table
+    let entry = table
         .get_mut(&request)
-        .ok()
-        .and_then(|entry| entry.exchange.take())
+        .expect("the request entry lives until it is taken back");
+    let keep = entry.keep;
+    let exchange = entry
+        .exchange
+        .take()
         .expect("the request entry holds the exchange until it is taken back");
     clean &= table.delete(request).is_ok();
-    (exchange, clean)
+    Returned {
+        exchange,
+        clean,
+        keep,
+    }
 }
 
 /// What the types handles borrow from the instance's store data.
@@ -464,10 +485,15 @@ macro_rules! types_host {
             }
         }
     };
-    // `request.id` is new in 0.2.0.
+    // `request.id` is new in 0.2.0, `request.keep-instance` in 0.2.2.
     (@id v2) => {
         fn id(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<u64> {
             Ok(self.exchange(r.rep())?.id)
+        }
+
+        fn keep_instance(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<()> {
+            self.table.get_mut(&r)?.keep = true;
+            Ok(())
         }
     };
     (@id v1) => {};
