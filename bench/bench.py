@@ -783,7 +783,8 @@ def plugins_cases(up):
     pem = json.dumps((ROOT / "tests/fixtures/jwt/rsa.pub").read_text())
     jwt = ('{ plugin = "jwt-auth", config = { keys = [{ alg = "RS256", pem = %s }], issuers = ["https://idp.test"], '
            'audiences = ["orders-api"], claims = ["plan"]%%s } }' % pem)
-    grants = {"jwt-auth": ["crypto"], "rate-limit": ["kv"]}
+    grants = {"jwt-auth": ["crypto"]}
+    deny = {"jwt-auth": ["http", "metrics"]}
     filters = {
         "headers": '{ plugin = "headers", config = { request = { set = { x-user = "{identity}", x-gateway = "sluice" }, remove = ["x-debug"] }, response = { set = { x-frame-options = "DENY" } } } }',
         "rate-limit": '{ plugin = "rate-limit", config = { key = "%s", capacity = 1000000000, window_secs = 60 } }',
@@ -794,7 +795,8 @@ def plugins_cases(up):
 
     def toml(chain):
         names = sorted({f.split('"')[1] for f in chain})
-        plugins = "".join(f'[plugins.{n}]\npath = "{plugin(n)}"\ngrants = {json.dumps(grants.get(n, []))}\n' for n in names)
+        plugins = "".join(f'[plugins.{n}]\npath = "{plugin(n)}"\ngrants = {json.dumps(grants.get(n, []))}\n'
+                          + (f'deny = {json.dumps(deny[n])}\n' if n in deny else "") for n in names)
         return lambda port: sluice_toml(port, up.port, ", ".join(chain), plugins)
 
     return [

@@ -65,6 +65,7 @@ async fn jwt_auth_verifies_signatures_times_issuer_audience_and_scopes() {
         r#"[plugins.jwt]
 path = "{jwt}"
 grants = ["crypto"]
+deny = ["http", "metrics"]
 [plugins.headers]
 path = "{headers}"
 
@@ -242,6 +243,7 @@ async fn jwt_auth_rejects_bad_key_configuration_at_load() {
         r#"[plugins.jwt]
 path = "{}"
 grants = ["crypto"]
+deny = ["http", "metrics"]
 [upstreams.a]
 targets = ["127.0.0.1:1"]
 [[routes]]
@@ -254,7 +256,7 @@ filters = [{{ plugin = "jwt", config = {{ keys = [{{ pem = "-----BEGIN PUBLIC KE
     .err()
     .expect("a broken key is refused")
     .to_string();
-    assert!(error.contains("sluice.toml:11"), "{error}");
+    assert!(error.contains("sluice.toml:12"), "{error}");
     assert!(error.contains("rejected its configuration"), "{error}");
     assert!(error.contains("pem"), "{error}");
 }
@@ -301,6 +303,7 @@ path = "{ext}"
 grants = ["http:authsvc", "kv", "metrics"]
 [plugins.ungranted]
 path = "{ext}"
+deny = ["http", "kv", "metrics"]
 [plugins.headers]
 path = "{headers}"
 

@@ -24,9 +24,11 @@ async fn kv_counters_and_buckets_are_exact_shared_and_namespaced() {
         r#"[plugins.probe]
 path = "{probe}"
 grants = ["kv"]
+deny = ["http", "metrics"]
 [plugins.other]
 path = "{probe}"
 grants = ["kv"]
+deny = ["http", "metrics"]
 
 [upstreams.a]
 targets = ["{up}"]
@@ -83,9 +85,12 @@ token = "test-admin-token"
 
 [plugins.bare]
 path = "{probe}"
+# Imported but not granted: every call is refused.
+deny = ["kv", "metrics", "http"]
 [plugins.granted]
 path = "{probe}"
 grants = ["metrics", "http:a"]
+deny = ["kv"]
 
 [upstreams.a]
 targets = ["{up}"]
@@ -166,11 +171,13 @@ async fn outbound_waits_do_not_count_against_the_call_timeout() {
         r#"[plugins.patient]
 path = "{probe}"
 grants = ["http:a"]
+deny = ["kv", "metrics"]
 call_timeout = "50ms"
 outbound_timeout = "2s"
 [plugins.hasty]
 path = "{probe}"
 grants = ["http:a"]
+deny = ["kv", "metrics"]
 outbound_timeout = "200ms"
 
 [upstreams.a]

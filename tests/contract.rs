@@ -91,7 +91,7 @@ filters = [{{ plugin = "{name}", config = {config} }}]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_built_for_0_1_0_still_load_and_run() {
     let up = Upstream::start("a").await;
-    let config = |grants: &str| {
+    let config = |settings: &str| {
         format!(
             r#"[admin]
 address = "127.0.0.1:0"
@@ -99,7 +99,7 @@ token = "test-admin-token"
 
 [plugins.legacy]
 path = "{}"
-grants = [{grants}]
+{settings}
 
 [upstreams.a]
 targets = ["{}"]
@@ -112,7 +112,7 @@ filters = [{{ plugin = "legacy" }}]
             up.addr
         )
     };
-    let gw = Gateway::start(&config("\"kv\"")).await.unwrap();
+    let gw = Gateway::start(&config("grants = [\"kv\"]")).await.unwrap();
     for n in 1..=3 {
         let reply = get(&gw.url("/"), &[]).await;
         assert_eq!(reply.status, 200);
@@ -120,7 +120,7 @@ filters = [{{ plugin = "legacy" }}]
         assert_eq!(reply.header("x-legacy"), "sluice:filter@0.1.0");
     }
     // Without the grant, 0.1.0's error is the text of 0.2.0's `not-granted`.
-    let ungranted = Gateway::start(&config("")).await.unwrap();
+    let ungranted = Gateway::start(&config("deny = [\"kv\"]")).await.unwrap();
     let reply = get(&ungranted.url("/"), &[]).await;
     let error = reply.echoed("x-legacy-error");
     assert!(

@@ -103,6 +103,7 @@ async fn tokens_of_every_algorithm_verify_and_spoilt_ones_are_refused() {
         r#"[plugins.jwt]
 path = "{jwt}"
 grants = ["crypto"]
+deny = ["http", "metrics"]
 [plugins.headers]
 path = "{headers}"
 [upstreams.a]
@@ -220,6 +221,7 @@ async fn keys_come_from_openid_discovery_rotate_and_survive_an_outage() {
         r#"[plugins.jwt]
 path = "{jwt}"
 grants = ["crypto", "http:idp"]
+deny = ["metrics"]
 # One instance, so each step below meets the same key set and cache.
 max_concurrency = 1
 [plugins.headers]
@@ -306,6 +308,7 @@ token = "test-admin-token"
 [plugins.jwt]
 path = "{jwt}"
 grants = ["crypto", "metrics"]
+deny = ["http"]
 [upstreams.a]
 targets = ["{up}"]
 [[routes]]

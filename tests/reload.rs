@@ -422,6 +422,7 @@ path = "{limit}"
 [plugins.probe]
 path = "{probe}"
 grants = ["kv"]
+deny = ["http", "metrics"]
 [plugins.policy]
 path = "{policy}"
 [plugins.stamp]

@@ -5,7 +5,8 @@
 //! - `GET /metrics`: Prometheus text (to anyone if `public_metrics`);
 //! - `POST /reload`: read the configuration and plugin files again;
 //! - `GET /plugins`: what is loaded (name, version, sha256, origin, when, routes);
-//! - `PUT /plugins/<name>` with a component as the body: make it the active version;
+//! - `PUT /plugins/<name>` with a component as the body: make it the active
+//!   version (under `[trust]`, with its signature in `x-sluice-signature`);
 //! - `POST /plugins/<name>/rollback`: back to the previous version.
 //!
 //! It changes running code, so everything else needs the bearer token, a
@@ -189,7 +190,10 @@ async fn answer(
         (&Method::PUT, _) if plugin.is_some_and(|p| !p.contains('/')) => {
             let name = plugin.expect("checked above");
             match body::collect(body::stream(incoming), MAX_UPLOAD).await {
-                Ok(bytes) => changed(control.upload(name, bytes.to_vec()).await),
+                Ok(bytes) => match signature(&head.headers) {
+                    Ok(signature) => changed(control.upload(name, bytes.to_vec(), signature).await),
+                    Err(e) => error(StatusCode::BAD_REQUEST, e),
+                },
                 Err(e) => error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
             }
         }
@@ -215,6 +219,22 @@ fn changed(result: Result<Applied, ChangeError>) -> Response<ProxyBody> {
             error(status, &e.to_string())
         }
     }
+}
+
+/// An upload's detached signature: the `.minisig` file, base64-encoded in
+/// `x-sluice-signature` (a header holds one line; the file has four).
+fn signature(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+    use base64::Engine;
+    let Some(value) = headers.get("x-sluice-signature") else {
+        return Ok(None);
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(value.as_bytes())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok());
+    decoded
+        .map(Some)
+        .ok_or("x-sluice-signature must be the .minisig file, base64-encoded")
 }
 
 fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {

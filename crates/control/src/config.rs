@@ -14,6 +14,8 @@ use sluice_proxy::edge::PathRules;
 use sluice_proxy::router::Matcher;
 use toml::Spanned;
 
+use crate::trust::{Trust, TrustConfig};
+
 /// The whole gateway configuration, as read from one TOML file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +43,9 @@ pub struct Config {
     /// How plugins are compiled.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// The keys whose signatures a plugin needs before it is loaded.
+    #[serde(default)]
+    pub trust: TrustConfig,
     /// The file this was read from; relative plugin paths resolve against its folder.
     #[serde(skip)]
     pub source: Source,
@@ -240,6 +245,11 @@ impl Config {
         Ok(config)
     }
 
+    /// The trusted signing keys, read now (key files may change between reloads).
+    pub fn trust(&self) -> Result<Trust, ConfigError> {
+        Trust::load(&self.trust, &self.source)
+    }
+
     /// The route's display name: its `name`, or `route-N` by position.
     pub fn route_name(&self, index: usize) -> String {
         self.routes[index].name(index)
@@ -302,6 +312,29 @@ impl Config {
                     format!("plugins.{name}"),
                     "`cpu_share` must be in (0, 1] and `max_concurrency` at least 1",
                 ));
+            }
+            if let Some(pin) = &plugin.sha256
+                && !(pin.get_ref().len() == 64
+                    && pin.get_ref().bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(src.error(
+                    pin.span().start,
+                    format!("plugins.{name}.sha256"),
+                    "a pin is the component's sha256 in hex (64 digits; `sha256sum` prints it)",
+                ));
+            }
+            for denied in &plugin.deny {
+                if !sluice_filter::CAPABILITIES.contains(&denied.get_ref().as_str()) {
+                    return Err(src.error(
+                        denied.span().start,
+                        format!("plugins.{name}.deny"),
+                        format!(
+                            "unknown capability `{}`; `deny` takes {}",
+                            denied.get_ref(),
+                            sluice_filter::CAPABILITIES.join(", ")
+                        ),
+                    ));
+                }
             }
             for grant in &plugin.grants {
                 Grant::check(grant.get_ref(), |u| self.upstreams.contains_key(u)).map_err(

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod config;
 mod server;
+pub mod trust;
 pub mod versions;
 mod watch;
 
@@ -32,7 +33,7 @@ use tokio::task::JoinHandle;
 use admin::AdminAccess;
 pub use config::{Config, ConfigError};
 pub use server::Server;
-use versions::{Origin, Versions, sha256};
+use versions::{Origin, Versions, Vetted, sha256};
 
 /// Applied to every configuration after it is read (before it is checked).
 pub type ConfigHook = Arc<dyn Fn(&mut Config) + Send + Sync>;
@@ -55,8 +56,13 @@ pub enum ChangeError {
 enum Change {
     /// Read the configuration file and the plugin files again.
     Reload,
-    /// Make these bytes the active version of a plugin.
-    Upload { plugin: String, bytes: Vec<u8> },
+    /// Make these bytes the active version of a plugin; `signature` is
+    /// its detached minisign signature, if it came with one.
+    Upload {
+        plugin: String,
+        bytes: Vec<u8>,
+        signature: Option<String>,
+    },
     /// Go back to a plugin's previous version.
     Rollback { plugin: String },
 }
@@ -82,6 +88,14 @@ pub struct PluginInfo {
     pub previous: Option<u32>,
     /// The routes whose chains use it.
     pub routes: Vec<String>,
+    /// The id of the trusted key that signed the active version, if signed.
+    pub signed_by: Option<String>,
+    /// The interfaces the active version imports.
+    pub imports: Vec<String>,
+    /// What its configuration grants (`kv`, `http:<upstream>`, ...).
+    pub grants: Vec<String>,
+    /// Capabilities it imports that its configuration denies on purpose.
+    pub denied: Vec<String>,
 }
 
 /// What a successful change left in place.
@@ -253,10 +267,16 @@ impl Control {
     }
 
     /// Make `bytes` the active version of `plugin` (until its file changes or a rollback).
-    pub async fn upload(&self, plugin: &str, bytes: Vec<u8>) -> Result<Applied, ChangeError> {
+    pub async fn upload(
+        &self,
+        plugin: &str,
+        bytes: Vec<u8>,
+        signature: Option<String>,
+    ) -> Result<Applied, ChangeError> {
         self.apply(Change::Upload {
             plugin: plugin.to_owned(),
             bytes,
+            signature,
         })
         .await
     }
@@ -344,11 +364,19 @@ impl Control {
             Change::Reload => sync_files(&config, &self.kept.engine, &mut versions)
                 .await
                 .map_err(|e| invalid(&e))?,
-            Change::Upload { plugin, bytes } => {
-                if !config.plugins.contains_key(&plugin) {
+            Change::Upload {
+                plugin,
+                bytes,
+                signature,
+            } => {
+                let Some(settings) = config.plugins.get(&plugin) else {
                     return Err(ChangeError::UnknownPlugin(plugin));
-                }
+                };
                 let sha = sha256(&bytes);
+                let trust = config.trust().map_err(|e| invalid(&e))?;
+                let signed_by =
+                    trust::vet(&trust, pin(settings), &sha, &bytes, signature.as_deref())
+                        .map_err(|e| invalid(&format!("plugin `{plugin}`: upload refused: {e}")))?;
                 let component = compile(&self.kept.engine, bytes)
                     .await
                     .map_err(|e| invalid(&format!("plugin `{plugin}`: {e}")))?;
@@ -362,7 +390,14 @@ impl Control {
                         active.compiled.kind.interface()
                     )));
                 }
-                versions.uploaded(&plugin, sha, component);
+                versions.uploaded(
+                    &plugin,
+                    Vetted {
+                        sha256: sha,
+                        signed_by,
+                        compiled: component,
+                    },
+                );
             }
             Change::Rollback { plugin } => {
                 if !config.plugins.contains_key(&plugin) {
@@ -383,8 +418,9 @@ impl Control {
 }
 
 /// Load every plugin and build every route of `config`, as a start would,
-/// without binding anything: what `sluice check` runs.
-pub async fn check(config: &Config) -> anyhow::Result<()> {
+/// without binding anything: what `sluice check` runs. Answers what each
+/// plugin is, imports and is granted.
+pub async fn check(config: &Config) -> anyhow::Result<Vec<PluginInfo>> {
     // What `run` would refuse before building anything: no listeners, certificates that do not load.
     anyhow::ensure!(
         !wanted_listeners(config)?.is_empty(),
@@ -397,7 +433,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     build(config, &kept, &versions).await?;
-    Ok(())
+    Ok(plugin_infos(config, &versions))
 }
 
 /// Compile on a blocking thread: it takes milliseconds to seconds of CPU.
@@ -415,6 +451,7 @@ async fn sync_files(
     versions: &mut Versions,
 ) -> Result<(), String> {
     let src = &config.source;
+    let trust = config.trust().map_err(|e| e.to_string())?;
     for (name, plugin) in &config.plugins {
         let path = src.dir().join(plugin.path.get_ref());
         let at = |reason: String| {
@@ -429,21 +466,45 @@ async fn sync_files(
             .await
             .map_err(|e| at(format!("cannot read: {e}")))?;
         let sha = sha256(&bytes);
+        // Vetted on every read: the signature or the trusted keys may have changed.
+        let signature = match trust.required() {
+            true => {
+                let file = match &plugin.signature {
+                    Some(file) => src.dir().join(file),
+                    None => trust::signature_path(&path),
+                };
+                tokio::fs::read_to_string(&file).await.ok()
+            }
+            false => None,
+        };
+        let signed_by =
+            trust::vet(&trust, pin(plugin), &sha, &bytes, signature.as_deref()).map_err(at)?;
         if !versions.file_changed(name, &sha) {
             continue;
         }
-        let component = match versions.known(name, &sha) {
-            Some(component) => component,
+        let compiled = match versions.known(name, &sha) {
+            Some(compiled) => compiled,
             None => compile(engine, bytes).await.map_err(at)?,
         };
-        versions.file_read(name, &path, sha, component);
+        let vetted = Vetted {
+            sha256: sha,
+            signed_by,
+            compiled,
+        };
+        versions.file_read(name, &path, vetted);
     }
     Ok(())
+}
+
+/// A plugin's configured pin, if any.
+fn pin(plugin: &sluice_filter::config::PluginConfig) -> Option<&str> {
+    plugin.sha256.as_ref().map(|pin| pin.get_ref().as_str())
 }
 
 /// A gateway from `config`, with each plugin's active version.
 async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Result<Gateway> {
     let src = &config.source;
+    let trust = config.trust()?;
     let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
     for (name, u) in &config.upstreams {
         let shared = &kept.shared;
@@ -465,6 +526,25 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
         let version = versions
             .active(name)
             .ok_or_else(|| anyhow::anyhow!("plugin `{name}` has no version loaded"))?;
+        // A rollback, or keys or pins changed since the version was vetted.
+        let refused = match (pin(plugin), &version.signed_by) {
+            (Some(pin), _) if !pin.eq_ignore_ascii_case(&version.sha256) => Some(format!(
+                "version {} is not the pinned sha256 {pin}",
+                version.number
+            )),
+            (_, signer)
+                if trust.required() && !signer.as_ref().is_some_and(|s| trust.trusts(s)) =>
+            {
+                Some(format!(
+                    "version {} is not signed by a trusted key",
+                    version.number
+                ))
+            }
+            _ => None,
+        };
+        if let Some(reason) = refused {
+            anyhow::bail!("plugin `{name}`: {reason}");
+        }
         let caps = Capabilities::bind(name, plugin, &services);
         let path = match &version.origin {
             Origin::File(path) => path.clone(),
@@ -526,6 +606,9 @@ fn plugin_infos(config: &Config, versions: &Versions) -> Vec<PluginInfo> {
         .keys()
         .filter_map(|name| {
             let active = versions.active(name)?;
+            let plugin = &config.plugins[name];
+            let texts =
+                |list: &[toml::Spanned<String>]| list.iter().map(|g| g.get_ref().clone()).collect();
             let routes = config
                 .routes
                 .iter()
@@ -543,6 +626,10 @@ fn plugin_infos(config: &Config, versions: &Versions) -> Vec<PluginInfo> {
                 loaded_at: humantime::format_rfc3339_seconds(active.loaded_at).to_string(),
                 previous: versions.previous(name).map(|v| v.number),
                 routes,
+                signed_by: active.signed_by.clone(),
+                imports: active.compiled.imports.to_vec(),
+                grants: texts(&plugin.grants),
+                denied: texts(&plugin.deny),
             })
         })
         .collect()

@@ -34,6 +34,8 @@ pub struct Version {
     pub origin: Origin,
     /// When it was first loaded.
     pub loaded_at: SystemTime,
+    /// The id of the trusted key that signed it, if it was signed.
+    pub signed_by: Option<String>,
     pub(crate) compiled: Compiled,
 }
 
@@ -90,16 +92,16 @@ impl Versions {
 
     /// The file of `plugin` changed to content `sha`, compiled as `component`:
     /// that version becomes active.
-    pub fn file_read(&mut self, plugin: &str, path: &Path, sha: String, compiled: Compiled) {
+    pub fn file_read(&mut self, plugin: &str, path: &Path, vetted: Vetted) {
         let history = self.plugins.entry(plugin.to_owned()).or_default();
-        history.file_sha = Some(sha.clone());
-        push(history, sha, Origin::File(path.to_owned()), compiled);
+        history.file_sha = Some(vetted.sha256.clone());
+        push(history, Origin::File(path.to_owned()), vetted);
     }
 
     /// An uploaded version of `plugin` becomes active.
-    pub fn uploaded(&mut self, plugin: &str, sha: String, compiled: Compiled) {
+    pub fn uploaded(&mut self, plugin: &str, vetted: Vetted) {
         let history = self.plugins.entry(plugin.to_owned()).or_default();
-        push(history, sha, Origin::Upload, compiled);
+        push(history, Origin::Upload, vetted);
     }
 
     /// Drop the active version of `plugin`, making the one before active.
@@ -119,14 +121,25 @@ impl Versions {
     }
 }
 
-fn push(history: &mut History, sha256: String, origin: Origin, compiled: Compiled) {
+/// A component that passed its pin and signature checks, compiled.
+pub struct Vetted {
+    /// The sha256 of its bytes, in hex.
+    pub sha256: String,
+    /// The trusted key that signed it, if signed.
+    pub signed_by: Option<String>,
+    /// What it compiled to.
+    pub compiled: Compiled,
+}
+
+fn push(history: &mut History, origin: Origin, vetted: Vetted) {
     history.next += 1;
     history.versions.push(Arc::new(Version {
         number: history.next,
-        sha256,
+        sha256: vetted.sha256,
         origin,
         loaded_at: SystemTime::now(),
-        compiled,
+        signed_by: vetted.signed_by,
+        compiled: vetted.compiled,
     }));
     if history.versions.len() > KEEP {
         history.versions.remove(0);

@@ -14,6 +14,7 @@ use std::time::Instant;
 use sluice_filter::config::PluginConfig;
 use sluice_filter::{Capabilities, Exchange, Filter, FilterEngine, Identity, Services};
 
+/// Everything but outbound HTTP (no upstreams here), which is denied.
 const GRANTS: &[&str] = &["kv", "metrics", "crypto"];
 
 #[tokio::main(flavor = "current_thread")]
@@ -37,8 +38,9 @@ async fn main() -> anyhow::Result<()> {
         let bytes = std::fs::read(path)?;
         let compiled = engine.compile(&bytes).map_err(anyhow::Error::msg)?;
         // Every capability granted, as a realistic plugin would be.
-        let plugin_config: PluginConfig =
-            toml::from_str(&format!("path = {path:?}\ngrants = {GRANTS:?}"))?;
+        let plugin_config: PluginConfig = toml::from_str(&format!(
+            "path = {path:?}\ngrants = {GRANTS:?}\ndeny = [\"http\"]"
+        ))?;
         let caps = Capabilities::bind(name, &plugin_config, &services);
         let plugin = engine.load(name, path.as_ref(), &compiled, &plugin_config, caps)?;
         let filter = Filter::new(Arc::new(plugin), config.into(), false).await?;

@@ -13,6 +13,12 @@ use toml::Spanned;
 pub struct PluginConfig {
     /// Path to the `.wasm` component, relative to the configuration file.
     pub path: Spanned<PathBuf>,
+    /// Run only a component with exactly this content: its sha256, in hex.
+    /// Checked (with its signature, under `[trust]`) before it is compiled.
+    pub sha256: Option<Spanned<String>>,
+    /// Its detached minisign signature, relative to the configuration file
+    /// (default: the component's path with `.minisig` added).
+    pub signature: Option<PathBuf>,
     /// Most linear memory one instance may have, in MiB.
     #[serde(default = "defaults::memory_limit_mib")]
     pub memory_limit_mib: u32,
@@ -37,6 +43,11 @@ pub struct PluginConfig {
     /// `http:<upstream>` per upstream it may call. Anything else is denied.
     #[serde(default)]
     pub grants: Vec<Spanned<String>>,
+    /// Capabilities it imports but is not given (`kv`, `metrics`, `crypto`,
+    /// `http`): its calls to them fail `not-granted`. A plugin that imports
+    /// a capability neither granted nor denied is refused at load.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
     /// The longest an outbound HTTP call may take.
     #[serde(default = "defaults::outbound_timeout", with = "humantime_serde")]
     pub outbound_timeout: Duration,

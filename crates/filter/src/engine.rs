@@ -30,6 +30,8 @@ pub struct Compiled {
     pub kind: Kind,
     /// The version of `sluice:filter` it was built for.
     pub contract: &'static str,
+    /// The interfaces it imports, by name (`sluice:filter/kv@0.2.2`, `wasi:cli/environment@0.2.0`).
+    pub imports: Arc<[String]>,
 }
 
 /// The wasmtime engine and linker shared by every plugin.
@@ -89,8 +91,14 @@ impl FilterEngine {
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| format!("not a valid component: {e:#}"))?;
         let exports = Exports::find(&self.pre(&component)?)?;
+        let imports = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         Ok(Compiled {
             contract: contract_of(&self.engine, &component),
+            imports,
             component,
             kind: exports.kind(),
         })
@@ -124,6 +132,7 @@ impl FilterEngine {
             path: path.to_owned(),
             reason,
         };
+        capability::check_imports(&compiled.imports, config).map_err(err)?;
         let pre = self.pre(&compiled.component).map_err(err)?;
         let exports = Exports::find(&pre).map_err(err)?;
         Ok(Plugin::new(

@@ -43,7 +43,7 @@ mod pool;
 pub mod store;
 
 pub use answer::{Answer, Limit, Reply, ResponseAnswer, StoreDecision};
-pub use capability::{Capabilities, Grant, HttpUpstream, Services};
+pub use capability::{CAPABILITIES, Capabilities, Grant, HttpUpstream, Services, capability_of};
 pub use engine::{Compiled, FilterEngine};
 pub use error::{FilterFailure, HostError, PluginError};
 pub use exchange::{Exchange, Identity};

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use sluice_control::{Config, Server};
 
 mod demo;
+mod plugin;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// jemalloc, with background threads that hand freed memory back to the
@@ -45,6 +46,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Look at, sign or verify a plugin component, without a gateway.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Serve the quickstart with an embedded demo upstream behind every upstream.
     Demo {
         /// The configuration to demo.
@@ -93,7 +97,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let loaded = Config::load(&config)?;
-            sluice_control::check(&loaded).await?;
+            let plugins = sluice_control::check(&loaded).await?;
+            for plugin in &plugins {
+                plugin::describe(plugin);
+            }
             println!(
                 "{}: OK ({} routes, {} plugins, {} upstreams)",
                 config.display(),
@@ -103,6 +110,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Plugin(command) => plugin::run(command),
         Command::Demo { config } => {
             let loaded = Config::load(&config)?;
             let demo = demo::start(([127, 0, 0, 1], 0).into()).await?;

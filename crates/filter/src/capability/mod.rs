@@ -77,6 +77,16 @@ impl fmt::Display for Grant {
 }
 
 impl Grant {
+    /// The capability it grants (`http` for any `http:<upstream>`).
+    pub fn capability(&self) -> &'static str {
+        match self {
+            Grant::Kv => "kv",
+            Grant::Metrics => "metrics",
+            Grant::Crypto => "crypto",
+            Grant::Http(_) => "http",
+        }
+    }
+
     /// Parse a configured grant, checking the upstream an `http:` grant names.
     pub fn check(text: &str, upstream_exists: impl Fn(&str) -> bool) -> Result<Grant, String> {
         match text.parse()? {
@@ -86,6 +96,52 @@ impl Grant {
             grant => Ok(grant),
         }
     }
+}
+
+/// The capabilities a grant can give, by name (`deny` takes these).
+pub const CAPABILITIES: [&str; 4] = ["kv", "metrics", "crypto", "http"];
+
+/// The capability an imported interface needs, from its name
+/// (`sluice:filter/kv@0.2.2` needs `kv`); `None` for what every plugin has.
+pub fn capability_of(import: &str) -> Option<&'static str> {
+    let interface = import.strip_prefix("sluice:filter/")?;
+    match interface.split('@').next()? {
+        "kv" => Some("kv"),
+        "metrics" => Some("metrics"),
+        "crypto" => Some("crypto"),
+        "outbound" => Some("http"),
+        _ => None,
+    }
+}
+
+/// Check that the configuration settles every capability a component
+/// imports: granted, or denied on purpose (its calls then fail
+/// `not-granted`). A plugin that could reach for something nobody decided
+/// on is refused before it runs.
+pub fn check_imports(imports: &[String], config: &PluginConfig) -> Result<(), String> {
+    let grants: Vec<Grant> = config
+        .grants
+        .iter()
+        .filter_map(|g| g.get_ref().parse().ok())
+        .collect();
+    for import in imports {
+        let Some(capability) = capability_of(import) else {
+            continue;
+        };
+        let granted = grants.iter().any(|g| g.capability() == capability);
+        let denied = config.deny.iter().any(|d| d.get_ref() == capability);
+        if !granted && !denied {
+            let grant = match capability {
+                "http" => "http:<upstream>",
+                other => other,
+            };
+            return Err(format!(
+                "it imports `{import}`, which needs the `{grant}` grant: add it to `grants`, \
+                 or `\"{capability}\"` to `deny` to load it with every such call refused"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the gateway offers plugins: the services capabilities bind to.

@@ -1,0 +1,166 @@
+//! Which components may run. A plugin pinned by `sha256` runs only with
+//! exactly that content; with `[trust] keys`, only a component signed by one
+//! of them. Signatures are minisign's detached format (Ed25519; a
+//! `plugin.wasm.minisig` file beside the component, as `minisign -S` writes
+//! it), so the stock `minisign` tool signs and verifies them too. Both are
+//! checked before a component is compiled, from a file, an upload or a
+//! registry, and a refusal names the plugin and leaves what runs alone.
+
+use std::path::{Path, PathBuf};
+
+use minisign::{PublicKey, PublicKeyBox, SecretKeyBox, SignatureBox};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{ConfigError, Source};
+
+/// `[trust]`: the keys whose signatures admit a plugin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// minisign public keys: the key itself (`RW…`), or a `.pub` file as
+    /// `minisign -G` writes it (relative to the configuration file). With
+    /// any listed, every plugin needs a signature from one of them.
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
+}
+
+/// The trusted keys, parsed.
+#[derive(Default)]
+pub struct Trust {
+    keys: Vec<(String, PublicKey)>,
+}
+
+impl Trust {
+    /// Parse `[trust]`, reading key files now.
+    pub fn load(config: &TrustConfig, source: &Source) -> Result<Trust, ConfigError> {
+        let mut keys = Vec::new();
+        for (i, entry) in config.keys.iter().enumerate() {
+            let at = |message: String| {
+                source.error(entry.span().start, format!("trust.keys[{i}]"), message)
+            };
+            let text = entry.get_ref().trim();
+            let key = match text.starts_with("RW") && !text.contains('/') {
+                true => PublicKey::from_base64(text)
+                    .map_err(|e| at(format!("not a minisign public key: {e}")))?,
+                false => {
+                    let path = source.dir().join(text);
+                    let file = std::fs::read_to_string(&path)
+                        .map_err(|e| at(format!("{}: {e}", path.display())))?;
+                    PublicKeyBox::from_string(&file)
+                        .and_then(PublicKeyBox::into_public_key)
+                        .map_err(|e| {
+                            at(format!(
+                                "{}: not a minisign public key: {e}",
+                                path.display()
+                            ))
+                        })?
+                }
+            };
+            keys.push((key_id(&key), key));
+        }
+        Ok(Trust { keys })
+    }
+
+    /// Whether plugins must be signed.
+    pub fn required(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Whether the key with this id is trusted.
+    pub fn trusts(&self, id: &str) -> bool {
+        self.keys.iter().any(|(known, _)| known == id)
+    }
+
+    /// The id of the trusted key `signature` (a `.minisig` file's text)
+    /// verifies `bytes` with.
+    pub fn signer(&self, bytes: &[u8], signature: &str) -> Result<String, String> {
+        let signature = SignatureBox::from_string(signature)
+            .map_err(|e| format!("its signature is not in minisign's format: {e}"))?;
+        let claimed = hex(signature.keynum());
+        let (id, key) = self
+            .keys
+            .iter()
+            .find(|(id, _)| *id == claimed)
+            .ok_or_else(|| format!("it is signed by key {claimed}, which [trust] does not list"))?;
+        minisign::verify(
+            key,
+            &signature,
+            std::io::Cursor::new(bytes),
+            true,
+            false,
+            false,
+        )
+        .map_err(|e| format!("its signature does not match its content (tampered?): {e}"))?;
+        Ok(id.clone())
+    }
+}
+
+/// What a component must pass before it is compiled: its pin, and with
+/// `[trust]`, a signature. Answers the signer's key id, if signed.
+pub fn vet(
+    trust: &Trust,
+    pin: Option<&str>,
+    sha256: &str,
+    bytes: &[u8],
+    signature: Option<&str>,
+) -> Result<Option<String>, String> {
+    if let Some(pin) = pin
+        && !pin.eq_ignore_ascii_case(sha256)
+    {
+        return Err(format!(
+            "its sha256 is {sha256}, but the configuration pins {pin}"
+        ));
+    }
+    if !trust.required() {
+        return Ok(None);
+    }
+    let signature = signature.ok_or("it is not signed, and [trust] requires a signature")?;
+    trust.signer(bytes, signature).map(Some)
+}
+
+/// Sign `bytes` with a minisign secret key (a `.sec` file's text; an
+/// encrypted one needs its `password`): the text of a `.minisig` file, whose
+/// trusted comment names the file and its sha256.
+pub fn sign(
+    bytes: &[u8],
+    secret_key: &str,
+    password: Option<String>,
+    file_name: &str,
+    sha256: &str,
+) -> Result<String, String> {
+    let key = SecretKeyBox::from_string(secret_key).map_err(|e| e.to_string())?;
+    let key = match password {
+        Some(password) => key.into_secret_key(Some(password)),
+        None => key.into_unencrypted_secret_key(),
+    }
+    // (minisign 0.11's passwordless `-W` keys do not read back here: its
+    // checksum differs; a password-protected key is the portable kind.)
+    .map_err(|e| format!("cannot use the secret key: {e} (a password-protected key needs SLUICE_SIGNING_PASSWORD)"))?;
+    let comment = format!("file:{file_name}\tsha256:{sha256}");
+    let signature = minisign::sign(
+        None,
+        &key,
+        std::io::Cursor::new(bytes),
+        Some(&comment),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(signature.to_string())
+}
+
+/// Where a component's detached signature is looked for: `FILE.minisig`.
+pub fn signature_path(component: &Path) -> PathBuf {
+    let mut path = component.as_os_str().to_owned();
+    path.push(".minisig");
+    PathBuf::from(path)
+}
+
+/// A key's id as minisign prints it (its key number, big-endian hex).
+fn key_id(key: &PublicKey) -> String {
+    hex(key.keynum())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().rev().map(|b| format!("{b:02X}")).collect()
+}

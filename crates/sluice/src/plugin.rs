@@ -1,0 +1,158 @@
+//! `sluice plugin`: look at, sign and verify a component without a gateway.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use sluice_control::trust::{self, Trust, TrustConfig};
+use sluice_control::versions::sha256;
+use sluice_filter::{FilterEngine, capability_of};
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// What a component is: kind, contract, imports and the capabilities
+    /// they need, size, sha256, and its signature if one is beside it.
+    Inspect {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Trusted minisign public keys (`RW…` or a `.pub` file) to check its signature with.
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
+    /// Sign a component: writes FILE.minisig (minisign's format). An
+    /// encrypted key's password comes from SLUICE_SIGNING_PASSWORD.
+    Sign {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The minisign secret key file (`minisign -G` writes one).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check FILE.minisig against trusted keys, as a gateway with `[trust]` would.
+    Verify {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Trusted minisign public keys (`RW…` or a `.pub` file).
+        #[arg(long = "key", required = true)]
+        keys: Vec<String>,
+    },
+}
+
+pub fn run(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::Inspect { file, keys } => inspect(&file, &keys),
+        PluginCommand::Sign { file, key } => {
+            let bytes = read(&file)?;
+            let secret = std::fs::read_to_string(&key)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            let password = std::env::var("SLUICE_SIGNING_PASSWORD").ok();
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            let signature = trust::sign(&bytes, &secret, password, &name, &sha256(&bytes))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            let out = trust::signature_path(&file);
+            std::fs::write(&out, signature)?;
+            println!("signed {}: {}", file.display(), out.display());
+            Ok(())
+        }
+        PluginCommand::Verify { file, keys } => {
+            let signer = verify(&file, &keys)?;
+            println!("{}: signed by trusted key {signer}", file.display());
+            Ok(())
+        }
+    }
+}
+
+fn read(file: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+}
+
+/// The trusted key FILE.minisig verifies with.
+fn verify(file: &Path, keys: &[String]) -> anyhow::Result<String> {
+    let bytes = read(file)?;
+    let trust = trusting(keys)?;
+    let signature_file = trust::signature_path(file);
+    let signature = std::fs::read_to_string(&signature_file)
+        .map_err(|e| anyhow::anyhow!("{}: not signed ({e})", signature_file.display()))?;
+    trust
+        .signer(&bytes, &signature)
+        .map_err(|e| anyhow::anyhow!("{}: refused: {e}", file.display()))
+}
+
+/// Keys given on the command line, read as `[trust] keys` would be.
+fn trusting(keys: &[String]) -> anyhow::Result<Trust> {
+    let config = TrustConfig {
+        keys: keys
+            .iter()
+            .map(|k| toml::Spanned::new(0..0, k.clone()))
+            .collect(),
+    };
+    Ok(Trust::load(&config, &Default::default())?)
+}
+
+fn inspect(file: &Path, keys: &[String]) -> anyhow::Result<()> {
+    let bytes = read(file)?;
+    let engine = FilterEngine::new(None)?;
+    let compiled = engine
+        .compile(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    println!("file:      {}", file.display());
+    println!("size:      {} bytes", bytes.len());
+    println!("sha256:    {}", sha256(&bytes));
+    println!("kind:      {}", compiled.kind.interface());
+    println!("contract:  sluice:filter@{}", compiled.contract);
+    println!(
+        "needs:     {} (grant or deny each)",
+        needs(&compiled.imports)
+    );
+    println!("imports:");
+    for import in compiled.imports.iter() {
+        match capability_of(import) {
+            Some(capability) => println!("  {import}  [{capability}]"),
+            None => println!("  {import}"),
+        }
+    }
+    let signature = trust::signature_path(file);
+    let status = match (signature.exists(), keys.is_empty()) {
+        (false, _) => "unsigned".to_owned(),
+        (true, true) => format!("{} present (give --key to check it)", signature.display()),
+        (true, false) => match verify(file, keys) {
+            Ok(signer) => format!("valid, by trusted key {signer}"),
+            Err(e) => format!("INVALID: {e:#}"),
+        },
+    };
+    println!("signature: {status}");
+    Ok(())
+}
+
+/// A loaded plugin as `sluice check` lists it: what it is, what it may reach.
+pub fn describe(plugin: &sluice_control::PluginInfo) {
+    let short = &plugin.sha256[..12];
+    let signed = match &plugin.signed_by {
+        Some(key) => format!("signed by {key}"),
+        None => "unsigned".to_owned(),
+    };
+    println!(
+        "plugin {}: {} (sluice:filter@{}), sha256 {short}…, {signed}",
+        plugin.name, plugin.kind, plugin.contract
+    );
+    let list = |items: &[String]| match items.is_empty() {
+        true => "none".to_owned(),
+        false => items.join(", "),
+    };
+    println!(
+        "  needs: {}; granted: {}; denied: {}",
+        needs(&plugin.imports),
+        list(&plugin.grants),
+        list(&plugin.denied)
+    );
+}
+
+/// The capabilities `imports` need, once each: `kv, http`, or `none`.
+fn needs(imports: &[String]) -> String {
+    let mut needs: Vec<&str> = imports.iter().filter_map(|i| capability_of(i)).collect();
+    needs.sort_unstable();
+    needs.dedup();
+    match needs.is_empty() {
+        true => "none".to_owned(),
+        false => needs.join(", "),
+    }
+}
