@@ -46,6 +46,9 @@ pub struct Config {
     /// The keys whose signatures a plugin needs before it is loaded.
     #[serde(default)]
     pub trust: TrustConfig,
+    /// Those keys, read when the file was (key files may change between reloads).
+    #[serde(skip)]
+    pub trusted: Trust,
     /// The file this was read from; relative plugin paths resolve against its folder.
     #[serde(skip)]
     pub source: Source,
@@ -242,12 +245,8 @@ impl Config {
         })?;
         config.source = source;
         config.check_references()?;
+        config.trusted = Trust::load(&config.trust, &config.source)?;
         Ok(config)
-    }
-
-    /// The trusted signing keys, read now (key files may change between reloads).
-    pub fn trust(&self) -> Result<Trust, ConfigError> {
-        Trust::load(&self.trust, &self.source)
     }
 
     /// The route's display name: its `name`, or `route-N` by position.

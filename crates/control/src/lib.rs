@@ -373,10 +373,10 @@ impl Control {
                     return Err(ChangeError::UnknownPlugin(plugin));
                 };
                 let sha = sha256(&bytes);
-                let trust = config.trust().map_err(|e| invalid(&e))?;
-                let signed_by =
-                    trust::vet(&trust, pin(settings), &sha, &bytes, signature.as_deref())
-                        .map_err(|e| invalid(&format!("plugin `{plugin}`: upload refused: {e}")))?;
+                let signed_by = config
+                    .trusted
+                    .vet(pin(settings), &sha, &bytes, signature.as_deref())
+                    .map_err(|e| invalid(&format!("plugin `{plugin}`: upload refused: {e}")))?;
                 let component = compile(&self.kept.engine, bytes)
                     .await
                     .map_err(|e| invalid(&format!("plugin `{plugin}`: {e}")))?;
@@ -451,7 +451,7 @@ async fn sync_files(
     versions: &mut Versions,
 ) -> Result<(), String> {
     let src = &config.source;
-    let trust = config.trust().map_err(|e| e.to_string())?;
+    let trust = &config.trusted;
     for (name, plugin) in &config.plugins {
         let path = src.dir().join(plugin.path.get_ref());
         let at = |reason: String| {
@@ -477,8 +477,9 @@ async fn sync_files(
             }
             false => None,
         };
-        let signed_by =
-            trust::vet(&trust, pin(plugin), &sha, &bytes, signature.as_deref()).map_err(at)?;
+        let signed_by = trust
+            .vet(pin(plugin), &sha, &bytes, signature.as_deref())
+            .map_err(at)?;
         if !versions.file_changed(name, &sha) {
             continue;
         }
@@ -504,7 +505,6 @@ fn pin(plugin: &sluice_filter::config::PluginConfig) -> Option<&str> {
 /// A gateway from `config`, with each plugin's active version.
 async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Result<Gateway> {
     let src = &config.source;
-    let trust = config.trust()?;
     let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
     for (name, u) in &config.upstreams {
         let shared = &kept.shared;
@@ -526,25 +526,10 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
         let version = versions
             .active(name)
             .ok_or_else(|| anyhow::anyhow!("plugin `{name}` has no version loaded"))?;
-        // A rollback, or keys or pins changed since the version was vetted.
-        let refused = match (pin(plugin), &version.signed_by) {
-            (Some(pin), _) if !pin.eq_ignore_ascii_case(&version.sha256) => Some(format!(
-                "version {} is not the pinned sha256 {pin}",
-                version.number
-            )),
-            (_, signer)
-                if trust.required() && !signer.as_ref().is_some_and(|s| trust.trusts(s)) =>
-            {
-                Some(format!(
-                    "version {} is not signed by a trusted key",
-                    version.number
-                ))
-            }
-            _ => None,
-        };
-        if let Some(reason) = refused {
-            anyhow::bail!("plugin `{name}`: {reason}");
-        }
+        config
+            .trusted
+            .still_admits(pin(plugin), &version.sha256, version.signed_by.as_deref())
+            .map_err(|e| anyhow::anyhow!("plugin `{name}`: version {}: {e}", version.number))?;
         let caps = Capabilities::bind(name, plugin, &services);
         let path = match &version.origin {
             Origin::File(path) => path.clone(),

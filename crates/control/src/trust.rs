@@ -31,6 +31,14 @@ pub struct Trust {
     keys: Vec<(String, PublicKey)>,
 }
 
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|(id, _)| id))
+            .finish()
+    }
+}
+
 impl Trust {
     /// Parse `[trust]`, reading key files now.
     pub fn load(config: &TrustConfig, source: &Source) -> Result<Trust, ConfigError> {
@@ -67,9 +75,37 @@ impl Trust {
         !self.keys.is_empty()
     }
 
-    /// Whether the key with this id is trusted.
-    pub fn trusts(&self, id: &str) -> bool {
-        self.keys.iter().any(|(known, _)| known == id)
+    /// What a component must pass before it is compiled: its pin, and
+    /// with keys listed, a signature. Answers the signer's key id, if signed.
+    pub fn vet(
+        &self,
+        pin: Option<&str>,
+        sha256: &str,
+        bytes: &[u8],
+        signature: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        check_pin(pin, sha256)?;
+        if !self.required() {
+            return Ok(None);
+        }
+        let signature = signature.ok_or("it is not signed, and [trust] requires a signature")?;
+        self.signer(bytes, signature).map(Some)
+    }
+
+    /// Whether a version vetted earlier passes today's pin and keys (a
+    /// rollback, or a configuration that changed them since).
+    pub fn still_admits(
+        &self,
+        pin: Option<&str>,
+        sha256: &str,
+        signed_by: Option<&str>,
+    ) -> Result<(), String> {
+        check_pin(pin, sha256)?;
+        let trusted = |id: &str| self.keys.iter().any(|(known, _)| known == id);
+        match !self.required() || signed_by.is_some_and(trusted) {
+            true => Ok(()),
+            false => Err("it is not signed by a trusted key".to_owned()),
+        }
     }
 
     /// The id of the trusted key `signature` (a `.minisig` file's text)
@@ -96,27 +132,14 @@ impl Trust {
     }
 }
 
-/// What a component must pass before it is compiled: its pin, and with
-/// `[trust]`, a signature. Answers the signer's key id, if signed.
-pub fn vet(
-    trust: &Trust,
-    pin: Option<&str>,
-    sha256: &str,
-    bytes: &[u8],
-    signature: Option<&str>,
-) -> Result<Option<String>, String> {
-    if let Some(pin) = pin
-        && !pin.eq_ignore_ascii_case(sha256)
-    {
-        return Err(format!(
+/// A pinned plugin runs only with its pinned content.
+fn check_pin(pin: Option<&str>, sha256: &str) -> Result<(), String> {
+    match pin {
+        Some(pin) if !pin.eq_ignore_ascii_case(sha256) => Err(format!(
             "its sha256 is {sha256}, but the configuration pins {pin}"
-        ));
+        )),
+        _ => Ok(()),
     }
-    if !trust.required() {
-        return Ok(None);
-    }
-    let signature = signature.ok_or("it is not signed, and [trust] requires a signature")?;
-    trust.signer(bytes, signature).map(Some)
 }
 
 /// Sign `bytes` with a minisign secret key (a `.sec` file's text; an

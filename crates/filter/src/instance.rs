@@ -129,8 +129,6 @@ pub(crate) struct Instance {
     /// call, or a call that never finished (its future was dropped, as when
     /// the client hangs up mid-call, leaving the guest halfway through).
     pub(crate) spoiled: bool,
-    /// Its last request call asked to keep it for the response call.
-    pub(crate) asked_to_keep: bool,
 }
 
 impl Instance {
@@ -185,21 +183,21 @@ impl Instance {
             spare: Some(Exchange::placeholder()),
             uses: 0,
             spoiled: false,
-            asked_to_keep: false,
         })
     }
 
-    /// The kind's request call, with `exchange` lent to it.
+    /// The kind's request call, with `exchange` lent to it; also answers
+    /// whether the guest asked to keep this instance for the response call.
     pub(crate) async fn request(
         &mut self,
         exchange: &mut Box<Exchange>,
         body_access: bool,
-    ) -> wasmtime::Result<Answer> {
+    ) -> wasmtime::Result<(Answer, bool)> {
         let (request, _) = self.lend(exchange, body_access, false)?;
         let borrowed = wasmtime::component::Resource::new_borrow(request.rep());
         let answer = self.guest.request(&mut self.store, borrowed).await;
-        self.take_back(exchange, request, None);
-        answer
+        let keep = self.take_back(exchange, request, None);
+        Ok((answer?, keep))
     }
 
     /// The kind's response call, with `exchange` (its response head set) lent to it.
@@ -241,18 +239,19 @@ impl Instance {
         Ok((request, response))
     }
 
-    /// Put the exchange back where it was lent from.
+    /// Put the exchange back where it was lent from; answers whether the
+    /// guest asked to keep this instance for the response call.
     fn take_back(
         &mut self,
         exchange: &mut Box<Exchange>,
         request: wasmtime::component::Resource<types::RequestEntry>,
         response: Option<wasmtime::component::Resource<types::ResponseEntry>>,
-    ) {
+    ) -> bool {
         let mut back = types::take_back(&mut self.store.data_mut().table, request, response);
         back.exchange.body_access = false;
         self.spare = Some(std::mem::replace(exchange, back.exchange));
         self.spoiled = !back.clean;
-        self.asked_to_keep = back.keep;
+        back.keep
     }
 
     /// Whether its memory grew past half its limit (recycle it).

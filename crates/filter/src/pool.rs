@@ -128,9 +128,9 @@ impl Filter {
         self.calls[0].inc();
         let instance = lease.instance.as_mut().expect("a lease holds its instance");
         match instance.request(exchange, self.body_access).await {
-            Ok(answer) => {
+            Ok((answer, asked_to_keep)) => {
                 instance.uses += 1;
-                let keep = instance.asked_to_keep || self.plugin.always_kept();
+                let keep = asked_to_keep || self.plugin.always_kept();
                 Ok((answer, (keep && self.has_response_phase()).then_some(lease)))
             }
             Err(error) => Err(self.failed(lease, &error)),

@@ -119,11 +119,7 @@ pub fn capability_of(import: &str) -> Option<&'static str> {
 /// `not-granted`). A plugin that could reach for something nobody decided
 /// on is refused before it runs.
 pub fn check_imports(imports: &[String], config: &PluginConfig) -> Result<(), String> {
-    let grants: Vec<Grant> = config
-        .grants
-        .iter()
-        .filter_map(|g| g.get_ref().parse().ok())
-        .collect();
+    let grants = granted(config);
     for import in imports {
         let Some(capability) = capability_of(import) else {
             continue;
@@ -142,6 +138,15 @@ pub fn check_imports(imports: &[String], config: &PluginConfig) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// The grants a plugin's configuration lists (checked when it was loaded).
+fn granted(config: &PluginConfig) -> Vec<Grant> {
+    config
+        .grants
+        .iter()
+        .filter_map(|g| g.get_ref().parse().ok())
+        .collect()
 }
 
 /// What the gateway offers plugins: the services capabilities bind to.
@@ -182,11 +187,7 @@ impl Capabilities {
     /// The capabilities the configuration of plugin `name` grants, bound to `services`.
     pub fn bind(name: &str, config: &PluginConfig, services: &Services) -> Capabilities {
         let plugin: Arc<str> = name.into();
-        let grants: Vec<Grant> = config
-            .grants
-            .iter()
-            .filter_map(|g| g.get_ref().parse().ok())
-            .collect();
+        let grants = granted(config);
         let refusals = Refusals {
             plugin: plugin.clone(),
             metrics: services.metrics.clone(),
