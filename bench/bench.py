@@ -591,11 +591,12 @@ def isolation_toml(port, up):
     return sluice_toml(port, up, plugins=f"""
 [plugins.fault]
 path = "{plugin("fault")}"
+deny = ["http"]
 """) + """
 [[routes]]
 match = { path_prefix = "/f" }
 upstream = "u"
-filters = [{ plugin = "fault", config = { spin_on = "/f/spin", hog_on = "/f/hog" } }]
+filters = [{ plugin = "fault", config = { on = { "/f/spin" = "spin", "/f/hog" = "hog" } } }]
 """
 
 

@@ -13,6 +13,7 @@ token = "test-admin-token"
 
 [plugins.fault]
 path = "{}"
+deny = ["http"]
 call_timeout = "100ms"
 memory_limit_mib = 16
 on_failure = "{on_failure}"
@@ -24,7 +25,7 @@ targets = ["{}"]
 name = "faulty"
 match = {{ path_prefix = "/f" }}
 upstream = "a"
-filters = [{{ plugin = "fault", config = {{ panic_on = "/f/boom", spin_on = "/f/spin", hog_on = "/f/hog" }} }}]
+filters = [{{ plugin = "fault", config = {{ on = {{ "/f/boom" = "panic", "/f/spin" = "spin", "/f/hog" = "hog" }} }} }}]
 
 [[routes]]
 name = "healthy"
@@ -71,12 +72,13 @@ async fn failing_filters_answer_500_while_everything_else_keeps_serving() {
         assert_eq!(get(&gw.url("/f/boom"), &[]).await.status, 500);
     }
     assert_eq!(get(&gw.url("/f/fine"), &[]).await.status, 200);
-    // 3 kinds of failure, then 20 panics: each counted against the plugin.
+    // 3 kinds of failure, then 20 panics: each counted against the plugin, by why.
     let metrics = gw.metrics().await;
-    assert!(
-        metrics.contains(r#"sluice_filter_failures_total{plugin="fault"} 23"#),
-        "{metrics}"
-    );
+    for (reason, count) in [("trap", 21), ("timeout", 1), ("out_of_memory", 1)] {
+        let series =
+            format!(r#"sluice_filter_failures_total{{plugin="fault",reason="{reason}"}} {count}"#);
+        assert!(metrics.contains(&series), "{series}\n{metrics}");
+    }
     assert!(
         metrics.contains(r#"sluice_responses_total{route="faulty",class="5xx"} 23"#),
         "{metrics}"
@@ -104,6 +106,7 @@ async fn a_looping_plugin_yields_its_thread_to_other_routes() {
     let gw = Gateway::start(&format!(
         r#"[plugins.fault]
 path = "{}"
+deny = ["http"]
 call_timeout = "500ms"
 cpu_share = 1.0
 
@@ -113,7 +116,7 @@ targets = ["{}"]
 [[routes]]
 match = {{ path_prefix = "/f" }}
 upstream = "a"
-filters = [{{ plugin = "fault", config = {{ spin_on = "/f/spin" }} }}]
+filters = [{{ plugin = "fault", config = {{ on = {{ "/f/spin" = "spin" }} }} }}]
 
 [[routes]]
 upstream = "a"
@@ -157,6 +160,7 @@ async fn a_plugin_holds_at_most_its_max_concurrency_of_calls() {
     let gw = Gateway::start(&format!(
         r#"[plugins.fault]
 path = "{}"
+deny = ["http"]
 call_timeout = "200ms"
 max_concurrency = 2
 
@@ -165,7 +169,7 @@ targets = ["{}"]
 
 [[routes]]
 upstream = "a"
-filters = [{{ plugin = "fault", config = {{ spin_on = "/spin" }} }}]
+filters = [{{ plugin = "fault", config = {{ on = {{ "/spin" = "spin" }} }} }}]
 "#,
         plugin("fault"),
         up.addr

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -22,6 +23,13 @@ pub struct PluginConfig {
     /// Most linear memory one instance may have, in MiB.
     #[serde(default = "defaults::memory_limit_mib")]
     pub memory_limit_mib: u32,
+    /// Most bytes of header fields one call may add (names and values,
+    /// counted as set, appended or replied with); a call past it fails.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Most bytes of body one call may set or reply with; a call past it fails.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: ByteSize,
     /// Most wall time one call into the plugin may take before it is stopped.
     #[serde(default = "defaults::call_timeout", with = "humantime_serde")]
     pub call_timeout: Duration,
@@ -67,8 +75,16 @@ pub enum FailurePolicy {
 mod defaults {
     use std::time::Duration;
 
+    use bytesize::ByteSize;
+
     pub fn memory_limit_mib() -> u32 {
         64
+    }
+    pub fn max_header_bytes() -> ByteSize {
+        ByteSize::kib(64)
+    }
+    pub fn max_body_bytes() -> ByteSize {
+        ByteSize::mib(8)
     }
     pub fn call_timeout() -> Duration {
         Duration::from_millis(100)

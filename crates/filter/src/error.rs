@@ -42,32 +42,45 @@ pub enum PluginError {
 pub struct FilterFailure {
     /// The plugin's name.
     pub plugin: Arc<str>,
-    /// A trap, a timeout, a limit, an invalid answer, or an instantiation error.
+    /// What kind of failure, a metric label: `trap`, `timeout`,
+    /// `out_of_memory`, `stack_overflow`, `over_limit`, `invalid_answer`,
+    /// `start_failed`, or `busy`: the plugin had its `max_concurrency`
+    /// calls in flight for a whole `call_timeout`, an overload (503).
+    pub kind: &'static str,
+    /// What happened, in a line.
     pub reason: String,
-    /// The plugin had its `max_concurrency` calls in flight for a whole
-    /// `call_timeout`: an overload (503), not a fault.
-    pub busy: bool,
 }
 
 impl FilterFailure {
     /// A failed call of `plugin`.
-    pub fn new(plugin: Arc<str>, reason: impl Into<String>) -> FilterFailure {
+    pub fn new(plugin: Arc<str>, kind: &'static str, reason: impl Into<String>) -> FilterFailure {
         FilterFailure {
             plugin,
+            kind,
             reason: reason.into(),
-            busy: false,
         }
     }
 
     /// A call of `plugin` that found no free slot.
     pub fn busy(plugin: Arc<str>) -> FilterFailure {
-        FilterFailure {
+        FilterFailure::new(
             plugin,
-            reason: "too many calls in flight (`max_concurrency`)".into(),
-            busy: true,
-        }
+            "busy",
+            "too many calls in flight (`max_concurrency`)",
+        )
+    }
+
+    /// An overload rather than a fault.
+    pub fn is_busy(&self) -> bool {
+        self.kind == "busy"
     }
 }
+
+/// A call stopped for producing more than its plugin may (`max_header_bytes`,
+/// `max_body_bytes`): a failure of the call, as a trap is.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OverLimit(pub String);
 
 /// Why a host call made by a plugin failed: the WIT `error` variant, which
 /// contract 0.1.0 plugins receive as its text.

@@ -17,7 +17,7 @@ use crate::capability::kv::KvView;
 use crate::capability::outbound::OutboundView;
 use crate::capability::types::{self, TypesView};
 use crate::cpu::{CallClock, WallLimit};
-use crate::error::PluginError;
+use crate::error::{OverLimit, PluginError};
 use crate::exchange::Exchange;
 use crate::kinds::Guest;
 use crate::plugin::Plugin;
@@ -46,6 +46,7 @@ impl FilterState {
         TypesView {
             table: &mut self.table,
             refusals: &self.caps.refusals,
+            output: &self.caps.output,
         }
     }
 
@@ -88,10 +89,12 @@ impl WasiView for FilterState {
     }
 }
 
-/// Caps linear memory and remembers the peak, so a bloated instance can be recycled.
+/// Caps linear memory and remembers the peak, so a bloated instance can be
+/// recycled, and whether the current call was refused memory.
 struct MemoryLimit {
     limit: usize,
     peak: usize,
+    refused: bool,
 }
 
 impl ResourceLimiter for MemoryLimit {
@@ -102,8 +105,9 @@ impl ResourceLimiter for MemoryLimit {
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.limit;
-        if allowed {
-            self.peak = self.peak.max(desired);
+        match allowed {
+            true => self.peak = self.peak.max(desired),
+            false => self.refused = true,
         }
         Ok(allowed)
     }
@@ -150,6 +154,7 @@ impl Instance {
             memory: MemoryLimit {
                 limit: plugin.memory_limit,
                 peak: 0,
+                refused: false,
             },
             stderr: stderr.clone(),
             started: Instant::now(),
@@ -197,7 +202,12 @@ impl Instance {
         let borrowed = wasmtime::component::Resource::new_borrow(request.rep());
         let answer = self.guest.request(&mut self.store, borrowed).await;
         let keep = self.take_back(exchange, request, None);
-        Ok((answer?, keep))
+        let mut answer = answer?;
+        if let Answer::Reply(reply) = &mut answer {
+            let caps = &self.store.data().caps;
+            caps.output.check_reply(reply, &caps.refusals)?;
+        }
+        Ok((answer, keep))
     }
 
     /// The kind's response call, with `exchange` (its response head set) lent to it.
@@ -234,7 +244,9 @@ impl Instance {
         let mut lent = std::mem::replace(exchange, spare);
         lent.body_access = body_access;
         types::fill(table, &request, lent);
-        self.store.data_mut().clock.start();
+        let state = self.store.data_mut();
+        state.memory.refused = false;
+        state.clock.start();
         self.store.set_epoch_deadline(1);
         Ok((request, response))
     }
@@ -261,8 +273,19 @@ impl Instance {
     }
 
     /// What went wrong in a failed call, in a line.
-    pub(crate) fn describe(&self, error: &wasmtime::Error) -> String {
-        describe_failure(error, &self.store.data().stderr.contents())
+    /// Why a call failed: the `reason` label it is counted under, and a
+    /// one-line account for the log.
+    pub(crate) fn describe(&self, error: &wasmtime::Error) -> (&'static str, String) {
+        let state = self.store.data();
+        let reason = match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => "timeout",
+            Some(wasmtime::Trap::StackOverflow) => "stack_overflow",
+            _ if error.is::<WallLimit>() => "timeout",
+            _ if error.is::<OverLimit>() => "over_limit",
+            _ if state.memory.refused => "out_of_memory",
+            _ => "trap",
+        };
+        (reason, describe_failure(error, &state.stderr.contents()))
     }
 }
 
@@ -271,9 +294,17 @@ fn describe_failure(error: &wasmtime::Error, stderr: &[u8]) -> String {
     let what = match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => "exceeded its call timeout".to_owned(),
         Some(trap) => format!("trapped: {trap}"),
-        None => match error.downcast_ref::<WallLimit>() {
-            Some(limit) => limit.to_string(),
-            None => format!("{error:#}"),
+        None => match (
+            error.downcast_ref::<WallLimit>(),
+            error.downcast_ref::<OverLimit>(),
+        ) {
+            (Some(limit), _) => limit.to_string(),
+            (_, Some(limit)) => limit.to_string(),
+            // One line: a log line per failure, not a backtrace.
+            _ => format!("{error:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         },
     };
     let said = String::from_utf8_lossy(stderr);

@@ -104,7 +104,7 @@ pub struct FilterMetrics {
     plugin_metrics: DashMap<String, PluginMetric>,
     /// Filter calls, by plugin and phase (`request`, `response`).
     pub(crate) calls: Family<Labels, Counter>,
-    /// Failed filter calls, by plugin.
+    /// Failed filter calls, by plugin and reason.
     pub(crate) failures: Family<Labels, Counter>,
     /// Capability calls refused for want of a grant, by plugin and grant.
     pub(crate) denied: Family<Labels, Counter>,
@@ -124,7 +124,7 @@ impl FilterMetrics {
             failures: counters(
                 &registry,
                 "filter_failures",
-                "Filter calls that trapped, timed out or hit a limit",
+                "Filter calls that failed, by reason: trap, timeout, out_of_memory, stack_overflow, over_limit",
             ),
             denied: counters(
                 &registry,

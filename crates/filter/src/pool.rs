@@ -190,7 +190,9 @@ impl Filter {
             // finding a warm instance (nearly all) should not carry.
             None => Box::pin(Instance::new(plugin, &self.config))
                 .await
-                .map_err(|e| FilterFailure::new(plugin.name.clone(), e.to_string()))?,
+                .map_err(|e| {
+                    FilterFailure::new(plugin.name.clone(), "start_failed", e.to_string())
+                })?,
         };
         Ok(Lease {
             instance: Some(instance),
@@ -202,12 +204,12 @@ impl Filter {
     /// A failed call: its instance is thrown away, and the failure counted.
     fn failed(&self, mut lease: Lease, error: &wasmtime::Error) -> FilterFailure {
         let instance = lease.instance.take().expect("a lease holds its instance");
-        let reason = instance.describe(error);
-        self.plugin.caps.count_failure();
+        let (why, reason) = instance.describe(error);
+        self.plugin.caps.count_failure(why);
         tracing::debug!(
             plugin = &*self.plugin.name,
             "filter failed, instance replaced: {reason}"
         );
-        FilterFailure::new(self.plugin.name.clone(), reason)
+        FilterFailure::new(self.plugin.name.clone(), why, reason)
     }
 }

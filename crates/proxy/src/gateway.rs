@@ -460,9 +460,10 @@ fn phase_failed(route: &Route, error: PhaseError) -> Response<ProxyBody> {
     match &error {
         PhaseError::Filter(failure) => sluice_filter::log_throttled!(
             error,
-            ("filter failed", &*failure.plugin, failure.busy),
+            ("filter failed", &*failure.plugin, failure.kind),
             route = &*route.name,
             plugin = &*failure.plugin,
+            reason = failure.kind,
             "{}",
             failure.reason
         ),

@@ -180,6 +180,7 @@ pub struct Capabilities {
     pub(crate) outbound: outbound::Outbound,
     pub(crate) metrics: metrics::PluginMetrics,
     pub(crate) crypto: crypto::Crypto,
+    pub(crate) output: types::Output,
     counters: Arc<FilterMetrics>,
 }
 
@@ -197,6 +198,7 @@ impl Capabilities {
             outbound: outbound::Outbound::bind(&grants, config, services, refusals.clone()),
             metrics: metrics::PluginMetrics::bind(&grants, services, refusals.clone()),
             crypto: crypto::Crypto::bind(&grants, refusals.clone()),
+            output: types::Output::of(config),
             refusals,
             counters: services.metrics.clone(),
             plugin,
@@ -211,11 +213,11 @@ impl Capabilities {
             .clone()
     }
 
-    /// Count a failed call (trap, timeout, limit) of this plugin.
-    pub(crate) fn count_failure(&self) {
+    /// Count a failed call of this plugin, by why (`trap`, `timeout`, ...).
+    pub(crate) fn count_failure(&self, reason: &str) {
         self.counters
             .failures
-            .get_or_create(&labels([("plugin", &self.plugin)]))
+            .get_or_create(&labels([("plugin", &self.plugin), ("reason", reason)]))
             .inc();
     }
 }

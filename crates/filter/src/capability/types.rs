@@ -8,8 +8,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
+use crate::answer::Reply;
 use crate::bindings::{v1, v2};
-use crate::error::HostError;
+use crate::error::{HostError, OverLimit};
 use crate::exchange::{Exchange, Identity};
 use crate::instance::FilterState;
 
@@ -18,6 +19,66 @@ pub struct RequestEntry {
     exchange: Option<Box<Exchange>>,
     /// The guest asked for its response call in this same instance.
     keep: bool,
+    /// Header bytes this call has set or appended, against its limit.
+    added: usize,
+}
+
+/// What one call may produce, from the plugin's configuration.
+pub(crate) struct Output {
+    header_bytes: usize,
+    body_bytes: usize,
+}
+
+impl Output {
+    pub(crate) fn of(config: &crate::config::PluginConfig) -> Output {
+        let bytes = |size: bytesize::ByteSize| usize::try_from(size.as_u64()).unwrap_or(usize::MAX);
+        Output {
+            header_bytes: bytes(config.max_header_bytes),
+            body_bytes: bytes(config.max_body_bytes),
+        }
+    }
+
+    fn check_body(&self, length: usize) -> Result<(), OverLimit> {
+        match length > self.body_bytes {
+            true => Err(OverLimit(format!(
+                "a body of {length} bytes is over its `max_body_bytes` ({})",
+                self.body_bytes
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    fn check_headers(&self, length: usize) -> Result<(), OverLimit> {
+        match length > self.header_bytes {
+            true => Err(OverLimit(format!(
+                "{length} bytes of header fields are over its `max_header_bytes` ({})",
+                self.header_bytes
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    /// Check a filter's reply before it reaches the client: within the
+    /// limits, and without the headers the gateway keeps itself (dropped,
+    /// refused as edits are).
+    pub(crate) fn check_reply(
+        &self,
+        reply: &mut Reply,
+        refusals: &super::Refusals,
+    ) -> Result<(), OverLimit> {
+        self.check_body(reply.body.len())?;
+        self.check_headers(reply.headers.iter().map(|(n, v)| n.len() + v.len()).sum())?;
+        reply
+            .headers
+            .retain(|(name, _)| match HeaderName::try_from(name.as_str()) {
+                Ok(name) if FORBIDDEN.contains(&name) => {
+                    let _ = refusals.refuse_edit(&name);
+                    false
+                }
+                _ => true,
+            });
+        Ok(())
+    }
 }
 
 /// A `response` handle: names the request entry it belongs to.
@@ -55,6 +116,7 @@ pub(crate) fn open(
     let request = table.push(RequestEntry {
         exchange: None,
         keep: false,
+        added: 0,
     })?;
     if !response {
         return Ok((request, None));
@@ -123,6 +185,8 @@ pub(crate) struct TypesView<'a> {
     pub(crate) table: &'a mut ResourceTable,
     /// Where refused edits are reported.
     pub(crate) refusals: &'a super::Refusals,
+    /// What a call may produce.
+    pub(crate) output: &'a Output,
 }
 
 struct TypesData;
@@ -213,6 +277,9 @@ impl TypesView<'_> {
         if FORBIDDEN.contains(&name) {
             return Ok(Err(self.refusals.refuse_edit(&name)));
         }
+        if let Some(value) = value {
+            self.charge(h, name.as_str().len() + value.len())?;
+        }
         let headers = self.headers_mut(h)?;
         let Some(value) = value else {
             headers.remove(&name);
@@ -228,6 +295,15 @@ impl TypesView<'_> {
             false => headers.insert(name, value).is_some(),
         };
         Ok(Ok(()))
+    }
+
+    /// Count `bytes` of header fields against the call's limit; past it,
+    /// the call fails.
+    fn charge(&mut self, h: &Resource<HeadersEntry>, bytes: usize) -> wasmtime::Result<()> {
+        let request = self.table.get(h)?.request;
+        let entry = self.table.get_mut(&request_of(request))?;
+        entry.added += bytes;
+        Ok(self.output.check_headers(entry.added)?)
     }
 
     /// The body of the request or response, if this filter may see it.
@@ -254,12 +330,13 @@ impl TypesView<'_> {
         response: bool,
         body: Vec<u8>,
     ) -> wasmtime::Result<Result<(), HostError>> {
-        let exchange = self.exchange_mut(request)?;
-        if !exchange.body_access {
+        if !self.exchange(request)?.body_access {
             return Ok(Err(HostError::Invalid(
                 "bodies are opt-in: set `body = true` on this filter".into(),
             )));
         }
+        self.output.check_body(body.len())?;
+        let exchange = self.exchange_mut(request)?;
         let length = HeaderValue::from(body.len());
         let (slot, headers) = match response {
             true => {

@@ -154,8 +154,9 @@ impl FilterChain {
 pub(super) fn failing_open(failure: &FilterFailure) {
     sluice_filter::log_throttled!(
         warn,
-        ("failing open", &*failure.plugin),
+        ("failing open", &*failure.plugin, failure.kind),
         plugin = &*failure.plugin,
+        reason = failure.kind,
         "failing open: {}",
         failure.reason
     );
@@ -167,6 +168,7 @@ fn rewrite(ctx: &mut RequestCtx, target: &str, filter: &Filter) -> Result<(), Fi
     let invalid = || {
         FilterFailure::new(
             filter.plugin().name.clone(),
+            "invalid_answer",
             format!("rewrote the path to an invalid one: `{target}`"),
         )
     };
@@ -197,7 +199,8 @@ pub(super) fn into_response(
     reply: Reply,
     filter: &Filter,
 ) -> Result<(http::response::Parts, Bytes), FilterFailure> {
-    let fail = |reason: String| FilterFailure::new(filter.plugin().name.clone(), reason);
+    let fail =
+        |reason: String| FilterFailure::new(filter.plugin().name.clone(), "invalid_answer", reason);
     let status = StatusCode::from_u16(reply.status)
         .map_err(|_| fail(format!("replied with invalid status {}", reply.status)))?;
     let (mut head, ()) = http::Response::new(()).into_parts();

@@ -98,7 +98,9 @@ impl PhaseError {
     /// The status and `x-sluice-error` code the client gets.
     pub fn status(&self) -> (StatusCode, &'static str) {
         match self {
-            PhaseError::Filter(f) if f.busy => (StatusCode::SERVICE_UNAVAILABLE, "filter_busy"),
+            PhaseError::Filter(f) if f.is_busy() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "filter_busy")
+            }
             PhaseError::Filter(_) => (StatusCode::INTERNAL_SERVER_ERROR, "filter_failed"),
             PhaseError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_unavailable"),
             PhaseError::UnknownUpstream(_) => {
