@@ -43,6 +43,9 @@ pub struct Config {
     /// How plugins are compiled.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// How plugins are pulled from OCI registries (`path = "oci://..."`).
+    #[serde(default)]
+    pub oci: crate::oci::OciConfig,
     /// The keys whose signatures a plugin needs before it is loaded.
     #[serde(default)]
     pub trust: TrustConfig,
@@ -310,6 +313,13 @@ impl Config {
                     plugin.path.span().start,
                     format!("plugins.{name}"),
                     "`cpu_share` must be in (0, 1] and `max_concurrency` at least 1",
+                ));
+            }
+            if let Some(Err(error)) = crate::oci::Reference::of_path(plugin.path.get_ref()) {
+                return Err(src.error(
+                    plugin.path.span().start,
+                    format!("plugins.{name}.path"),
+                    error,
                 ));
             }
             if let Some(pin) = &plugin.sha256

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod oci;
 mod server;
 pub mod trust;
 pub mod versions;
@@ -452,31 +453,23 @@ async fn sync_files(
 ) -> Result<(), String> {
     let src = &config.source;
     let trust = &config.trusted;
+    let mut registries = None;
     for (name, plugin) in &config.plugins {
-        let path = src.dir().join(plugin.path.get_ref());
         let at = |reason: String| {
             src.error(
                 plugin.path.span().start,
                 format!("plugins.{name}.path"),
-                format!("plugin `{name}` ({}): {reason}", path.display()),
+                format!(
+                    "plugin `{name}` ({}): {reason}",
+                    plugin.path.get_ref().display()
+                ),
             )
             .to_string()
         };
-        let bytes = tokio::fs::read(&path)
+        let (origin, bytes, signature) = read_plugin(config, plugin, &mut registries)
             .await
-            .map_err(|e| at(format!("cannot read: {e}")))?;
+            .map_err(at)?;
         let sha = sha256(&bytes);
-        // Vetted on every read: the signature or the trusted keys may have changed.
-        let signature = match trust.required() {
-            true => {
-                let file = match &plugin.signature {
-                    Some(file) => src.dir().join(file),
-                    None => trust::signature_path(&path),
-                };
-                tokio::fs::read_to_string(&file).await.ok()
-            }
-            false => None,
-        };
         let signed_by = trust
             .vet(pin(plugin), &sha, &bytes, signature.as_deref())
             .map_err(at)?;
@@ -492,9 +485,61 @@ async fn sync_files(
             signed_by,
             compiled,
         };
-        versions.file_read(name, &path, vetted);
+        versions.file_read(name, origin, vetted);
     }
     Ok(())
+}
+
+/// A plugin's component, where it came from (a file, or the reference
+/// pinned to what was pulled) and, when signatures are
+/// required, its signature: from the file beside it or the one named, or
+/// from the registry it was pulled from (a named file overrides).
+async fn read_plugin(
+    config: &Config,
+    plugin: &sluice_filter::config::PluginConfig,
+    registries: &mut Option<oci::Registries>,
+) -> Result<(Origin, Vec<u8>, Option<String>), String> {
+    let src = &config.source;
+    let path = src.dir().join(plugin.path.get_ref());
+    let required = config.trusted.required();
+    let signature_file = match (required, &plugin.signature) {
+        (false, _) => None,
+        (true, Some(file)) => Some(src.dir().join(file)),
+        (true, None) => Some(trust::signature_path(&path)),
+    };
+    let read_signature = async || match &signature_file {
+        Some(file) => tokio::fs::read_to_string(file).await.ok(),
+        None => None,
+    };
+    let Some(reference) = oci::Reference::of_path(plugin.path.get_ref()) else {
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| format!("cannot read: {e}"))?;
+        return Ok((Origin::File(path), bytes, read_signature().await));
+    };
+    let reference = reference?;
+    let registries = match registries {
+        Some(registries) => registries,
+        None => registries.insert(oci::Registries::new(&config.oci, oci_cache(config))?),
+    };
+    let from_registry = required && plugin.signature.is_none();
+    let pulled = registries.pull(&reference, from_registry).await?;
+    let signature = match from_registry {
+        true => pulled.signature,
+        false => read_signature().await,
+    };
+    let origin = Origin::Registry(reference.pinned(&pulled.digest).to_string());
+    Ok((origin, pulled.component, signature))
+}
+
+/// Where pulled plugins are kept: `[oci] cache_dir`, else `oci` in the
+/// engine's cache folder.
+fn oci_cache(config: &Config) -> Option<PathBuf> {
+    match &config.oci.cache_dir {
+        Some(dir) if dir.as_os_str().is_empty() => None,
+        Some(dir) => Some(config.source.dir().join(dir)),
+        None => config.engine.cache_dir().map(|dir| dir.join("oci")),
+    }
 }
 
 /// A plugin's configured pin, if any.
@@ -533,6 +578,7 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
         let caps = Capabilities::bind(name, plugin, &services);
         let path = match &version.origin {
             Origin::File(path) => path.clone(),
+            Origin::Registry(reference) => PathBuf::from(reference),
             Origin::Upload => PathBuf::from(format!("upload:{}", version.sha256)),
         };
         let loaded = kept
@@ -580,7 +626,13 @@ fn wanted_listeners(config: &Config) -> Result<Wanted, ConfigError> {
 fn watched_files(config: &Config) -> Vec<PathBuf> {
     let dir = config.source.dir();
     std::iter::once(config.source.path.clone())
-        .chain(config.plugins.values().map(|p| dir.join(p.path.get_ref())))
+        .chain(
+            config
+                .plugins
+                .values()
+                .filter(|p| oci::Reference::of_path(p.path.get_ref()).is_none())
+                .map(|p| dir.join(p.path.get_ref())),
+        )
         .map(|p| std::path::absolute(&p).unwrap_or(p))
         .collect()
 }

@@ -3,7 +3,7 @@
 //! back to an earlier content is not compiled again.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -20,6 +20,8 @@ const KEEP: usize = 4;
 pub enum Origin {
     /// Read from the file the configuration names.
     File(PathBuf),
+    /// Pulled from an OCI registry: the reference, pinned to the manifest pulled.
+    Registry(String),
     /// Uploaded through the admin API.
     Upload,
 }
@@ -90,12 +92,12 @@ impl Versions {
         Some(version.compiled.clone())
     }
 
-    /// The file of `plugin` changed to content `sha`, compiled as `component`:
-    /// that version becomes active.
-    pub fn file_read(&mut self, plugin: &str, path: &Path, vetted: Vetted) {
+    /// The configured component of `plugin` (a file, or a registry's)
+    /// changed to `vetted`: that version becomes active.
+    pub fn file_read(&mut self, plugin: &str, origin: Origin, vetted: Vetted) {
         let history = self.plugins.entry(plugin.to_owned()).or_default();
         history.file_sha = Some(vetted.sha256.clone());
-        push(history, Origin::File(path.to_owned()), vetted);
+        push(history, origin, vetted);
     }
 
     /// An uploaded version of `plugin` becomes active.

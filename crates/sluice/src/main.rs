@@ -110,7 +110,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Plugin(command) => plugin::run(command),
+        Command::Plugin(command) => plugin::run(command).await,
         Command::Demo { config } => {
             let loaded = Config::load(&config)?;
             let demo = demo::start(([127, 0, 0, 1], 0).into()).await?;

@@ -1,8 +1,10 @@
-//! `sluice plugin`: look at, sign and verify a component without a gateway.
+//! `sluice plugin`: look at, sign, verify, push and pull a component
+//! without a gateway.
 
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
+use sluice_control::oci::{OciConfig, Reference, Registries};
 use sluice_control::trust::{self, Trust, TrustConfig};
 use sluice_control::versions::sha256;
 use sluice_filter::{FilterEngine, capability_of};
@@ -35,10 +37,108 @@ pub enum PluginCommand {
         #[arg(long = "key", required = true)]
         keys: Vec<String>,
     },
+    /// Push a component, with FILE.minisig if it is signed, to an OCI
+    /// registry; prints the reference pinned to what was pushed.
+    Push {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Where: `oci://registry/repository:tag`.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Pull a component (and its signature, if the registry holds one)
+    /// into FILE (and FILE.minisig), checked against the digests.
+    Pull {
+        /// What: `oci://registry/repository:tag[@sha256:…]`.
+        reference: String,
+        /// Where to write it.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
 }
 
-pub fn run(command: PluginCommand) -> anyhow::Result<()> {
+/// How to reach a registry, as `[oci]` says for a gateway.
+#[derive(clap::Args)]
+pub struct RegistryArgs {
+    /// A registry (`host:port`) to speak plain HTTP to (loopback ones always are).
+    #[arg(long)]
+    plain_http: Vec<String>,
+    /// CA certificates to trust instead of the system's.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn registries(self) -> anyhow::Result<Registries> {
+        let config = OciConfig {
+            cache_dir: None,
+            plain_http: self.plain_http,
+            ca: self.ca,
+        };
+        Registries::new(&config, None).map_err(anyhow::Error::msg)
+    }
+}
+
+pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
     match command {
+        PluginCommand::Push {
+            file,
+            reference,
+            registry,
+        } => {
+            let reference = Reference::parse(&reference).map_err(anyhow::Error::msg)?;
+            let bytes = read(&file)?;
+            let signature = std::fs::read_to_string(trust::signature_path(&file)).ok();
+            let digest = registry
+                .registries()?
+                .push(&reference, &bytes, signature.as_deref())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let signed = match signature {
+                Some(_) => "with its signature",
+                None => "unsigned",
+            };
+            println!(
+                "pushed {} ({signed}): {}",
+                file.display(),
+                reference.pinned(&digest)
+            );
+            Ok(())
+        }
+        PluginCommand::Pull {
+            reference,
+            output,
+            registry,
+        } => {
+            let reference = Reference::parse(&reference).map_err(anyhow::Error::msg)?;
+            let pulled = registry
+                .registries()?
+                .pull(&reference, true)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            std::fs::write(&output, &pulled.component)?;
+            let signature_file = trust::signature_path(&output);
+            let signed = match &pulled.signature {
+                Some(signature) => {
+                    std::fs::write(&signature_file, signature)?;
+                    format!("signature in {}", signature_file.display())
+                }
+                None => {
+                    let _ = std::fs::remove_file(&signature_file);
+                    "unsigned".to_owned()
+                }
+            };
+            println!(
+                "pulled {} into {} (sha256 {}; {signed})",
+                reference.pinned(&pulled.digest),
+                output.display(),
+                sha256(&pulled.component)
+            );
+            Ok(())
+        }
         PluginCommand::Inspect { file, keys } => inspect(&file, &keys),
         PluginCommand::Sign { file, key } => {
             let bytes = read(&file)?;
