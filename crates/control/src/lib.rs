@@ -520,7 +520,11 @@ async fn read_plugin(
     let reference = reference?;
     let registries = match registries {
         Some(registries) => registries,
-        None => registries.insert(oci::Registries::new(&config.oci, oci_cache(config))?),
+        None => registries.insert(oci::Registries::new(
+            &config.oci,
+            src.dir(),
+            oci_cache(config),
+        )?),
     };
     let from_registry = required && plugin.signature.is_none();
     let pulled = registries.pull(&reference, from_registry).await?;

@@ -32,6 +32,8 @@ pub struct Compiled {
     pub contract: &'static str,
     /// The interfaces it imports, by name (`sluice:filter/kv@0.2.2`, `wasi:cli/environment@0.2.0`).
     pub imports: Arc<[String]>,
+    /// The interfaces it exports, by name (`sluice:filter/transform@0.2.2`).
+    pub exports: Arc<[String]>,
 }
 
 /// The wasmtime engine and linker shared by every plugin.
@@ -90,17 +92,22 @@ impl FilterEngine {
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, String> {
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| format!("not a valid component: {e:#}"))?;
-        let exports = Exports::find(&self.pre(&component)?)?;
-        let imports = component
-            .component_type()
+        let kind = Exports::find(&self.pre(&component)?)?.kind();
+        let ty = component.component_type();
+        let imports = ty
             .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
             .map(|(name, _)| name.to_owned())
             .collect();
         Ok(Compiled {
             contract: contract_of(&self.engine, &component),
             imports,
+            exports,
             component,
-            kind: exports.kind(),
+            kind,
         })
     }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use sluice_control::oci::{OciConfig, Reference, Registries};
+use sluice_control::oci::{Login, OciConfig, Reference, Registries};
 use sluice_control::trust::{self, Trust, TrustConfig};
 use sluice_control::versions::sha256;
 use sluice_filter::{FilterEngine, capability_of};
@@ -69,16 +69,33 @@ pub struct RegistryArgs {
     /// CA certificates to trust instead of the system's.
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// The user to log in to the registry as, if it asks.
+    #[arg(long, requires = "password_file")]
+    username: Option<String>,
+    /// A file holding that user's password or token.
+    #[arg(long, requires = "username")]
+    password_file: Option<PathBuf>,
 }
 
 impl RegistryArgs {
-    fn registries(self) -> anyhow::Result<Registries> {
+    fn registries(self, reference: &Reference) -> anyhow::Result<Registries> {
+        let login = self.username.zip(self.password_file);
         let config = OciConfig {
             cache_dir: None,
             plain_http: self.plain_http,
             ca: self.ca,
+            credentials: login
+                .map(|(username, password_file)| {
+                    let login = Login {
+                        username,
+                        password_file,
+                    };
+                    (reference.registry.clone(), login)
+                })
+                .into_iter()
+                .collect(),
         };
-        Registries::new(&config, None).map_err(anyhow::Error::msg)
+        Registries::new(&config, Path::new("."), None).map_err(anyhow::Error::msg)
     }
 }
 
@@ -93,7 +110,7 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
             let bytes = read(&file)?;
             let signature = std::fs::read_to_string(trust::signature_path(&file)).ok();
             let digest = registry
-                .registries()?
+                .registries(&reference)?
                 .push(&reference, &bytes, signature.as_deref())
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -115,7 +132,7 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
         } => {
             let reference = Reference::parse(&reference).map_err(anyhow::Error::msg)?;
             let pulled = registry
-                .registries()?
+                .registries(&reference)?
                 .pull(&reference, true)
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -209,6 +226,10 @@ fn inspect(file: &Path, keys: &[String]) -> anyhow::Result<()> {
             Some(capability) => println!("  {import}  [{capability}]"),
             None => println!("  {import}"),
         }
+    }
+    println!("exports:");
+    for export in compiled.exports.iter() {
+        println!("  {export}");
     }
     let signature = trust::signature_path(file);
     let status = match (signature.exists(), keys.is_empty()) {

@@ -65,6 +65,7 @@ fn plugins_are_inspected_signed_and_verified_interchangeably_with_minisign() {
         "sluice:filter@0.2.2",
         "needs:     http, kv, metrics",
         "sluice:filter/kv@0.2.2  [kv]",
+        "exports:\n  sluice:filter/http-filter@0.2.2",
         "signature: unsigned",
     ] {
         assert!(report.contains(line), "`{line}` in:\n{report}");

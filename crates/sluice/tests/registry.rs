@@ -3,7 +3,8 @@
 //! `sluice plugin push` after Debian's `minisign` signed them, and a
 //! gateway under `[trust]` loading them by pinned reference, refusing the
 //! unsigned, picking up a new pin on reload and starting from its cache
-//! when the registry is gone.
+//! when the registry is gone; and a registry that asks for credentials,
+//! answered with a token from its token service.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,44 +19,64 @@ struct Registry {
 }
 
 impl Registry {
-    async fn start(dir: &Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("storage").display()
-            ),
-        )
-        .unwrap();
-        // Killed and waited for when the `Registry` drops.
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Debian's docker-registry is installed (.ci/run installs it)");
-        let registry = Registry {
-            child,
-            address: format!("127.0.0.1:{port}"),
-        };
-        for _ in 0..250 {
-            if tokio::net::TcpStream::connect(&registry.address)
-                .await
-                .is_ok()
-            {
-                return registry;
+    /// Start one storing in `dir`, with `auth` (YAML, indented) as its `auth:` section.
+    async fn start(dir: &Path, auth: &str) -> Registry {
+        // A port found free may be taken before the registry binds it: then
+        // it exits, and another port is tried.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let config = dir.join("registry.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                     http:\n  addr: 127.0.0.1:{port}\n{auth}",
+                    dir.join("storage").display()
+                ),
+            )
+            .unwrap();
+            // Killed and waited for when the `Registry` drops.
+            let child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("Debian's docker-registry is installed (.ci/run installs it)");
+            let mut registry = Registry {
+                child,
+                address: format!("127.0.0.1:{port}"),
+            };
+            for _ in 0..250 {
+                if registry.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if registry.answers().await {
+                    return registry;
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
             }
-            tokio::time::sleep(Duration::from_millis(40)).await;
         }
-        panic!("docker-registry never answered on {}", registry.address);
+        panic!("docker-registry did not start");
+    }
+
+    /// Whether what listens on its address is a registry.
+    async fn answers(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut stream) = tokio::net::TcpStream::connect(&self.address).await else {
+            return false;
+        };
+        let mut said = Vec::new();
+        let asked = stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").await.is_ok();
+        asked
+            && stream.read_to_end(&mut said).await.is_ok()
+            && String::from_utf8_lossy(&said)
+                .to_ascii_lowercase()
+                .contains("docker-distribution-api-version")
     }
 }
 
@@ -104,13 +125,24 @@ fn push(dir: &Path, file: &str, reference: &str) -> String {
 }
 
 fn config(dir: &Path, reference: &str, up: &Upstream) -> String {
+    config_with(
+        dir,
+        reference,
+        up,
+        &format!(
+            "[trust]\nkeys = [\"{}\"]",
+            dir.join("trusted.pub").display()
+        ),
+    )
+}
+
+fn config_with(dir: &Path, reference: &str, up: &Upstream, extra: &str) -> String {
     format!(
         r#"[admin]
 address = "127.0.0.1:0"
 token = "test-admin-token"
 
-[trust]
-keys = ["{}"]
+{extra}
 
 [oci]
 cache_dir = "{}"
@@ -125,7 +157,6 @@ targets = ["{}"]
 upstream = "a"
 filters = [{{ plugin = "policy", config = {{ label = "v" }} }}]
 "#,
-        dir.join("trusted.pub").display(),
         dir.join("cache").display(),
         up.addr
     )
@@ -145,7 +176,7 @@ async fn signed_plugins_load_from_a_registry_by_pinned_reference() {
         "minisign",
         &["-G", "-W", "-p", "trusted.pub", "-s", "trusted.sec"],
     );
-    let registry = Registry::start(dir).await;
+    let registry = Registry::start(dir, "").await;
     let repo = format!("oci://{}/plugins/stamp", registry.address);
     place(dir, "stamp-a", "a.wasm", true);
     place(dir, "stamp-b", "b.wasm", true);
@@ -234,4 +265,97 @@ async fn signed_plugins_load_from_a_registry_by_pinned_reference() {
     let by_tag = reload(&gw, &config(dir, &format!("{repo}:a"), &up)).await;
     assert_eq!(by_tag.status, 422);
     assert_eq!(get(&gw.url("/"), &[]).await.header("x-stamp"), "stamp-a:v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_asks_for_credentials_gets_a_token_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // The token service: a token for the right password, 401 otherwise.
+    let scopes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = scopes.clone();
+    let tokens = Upstream::start_with("tokens", move |head| {
+        seen.lock()
+            .unwrap()
+            .push(head.uri.query().unwrap_or("").to_owned());
+        let basic = head
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        // base64("ci:s3cret")
+        match basic == Some("Basic Y2k6czNjcmV0") {
+            true => (200, vec![], r#"{"token":"t0k3n"}"#.into()),
+            false => (401, vec![], String::new()),
+        }
+    })
+    .await;
+    // "silly" auth: the registry asks for a Bearer token from the realm
+    // and takes any Authorization; the token service above decides.
+    let auth = format!(
+        "auth:\n  silly:\n    realm: http://{}/token\n    service: sluice-test\n",
+        tokens.addr
+    );
+    let registry = Registry::start(dir, &auth).await;
+    std::fs::write(dir.join("password"), "s3cret\n").unwrap();
+    place(dir, "stamp-a", "a.wasm", false);
+    let reference = format!("oci://{}/plugins/stamp:a", registry.address);
+
+    let sluice = env!("CARGO_BIN_EXE_sluice");
+    let anonymous = Command::new(sluice)
+        .args(["plugin", "push", "a.wasm", &reference])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(!anonymous.status.success());
+    assert!(said.contains("refused anonymous access"), "{said}");
+
+    let logged_in = ["--username", "ci", "--password-file", "password"];
+    let out = run(
+        dir,
+        sluice,
+        &[
+            &["plugin", "push", "a.wasm", &reference][..],
+            &logged_in[..],
+        ]
+        .concat(),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    let pinned = said
+        .split_whitespace()
+        .find(|w| w.starts_with("oci://"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        scopes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|q| q.contains("scope=repository%3Aplugins%2Fstamp%3A")
+                && q.contains("service=sluice-test")),
+        "{:?}",
+        scopes.lock().unwrap()
+    );
+
+    // A gateway logs in as configured.
+    let up = Upstream::start("a").await;
+    let login = format!(
+        "[oci.credentials.\"{}\"]\nusername = \"ci\"\npassword_file = \"{}\"",
+        registry.address,
+        dir.join("password").display()
+    );
+    let gw = Gateway::start(&config_with(dir, &pinned, &up, &login))
+        .await
+        .unwrap();
+    assert_eq!(get(&gw.url("/"), &[]).await.header("x-stamp"), "stamp-a:v");
+    // Without credentials, nothing to load (and a clear reason).
+    let error = Gateway::start(&config_with(dir, &format!("{reference}-none"), &up, ""))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("plugin `policy`") && error.contains("refused anonymous access"),
+        "{error}"
+    );
 }

@@ -9,9 +9,11 @@
 //! in a content-addressed cache, so a pinned plugin loads again without
 //! the registry.
 
+mod auth;
 mod reference;
 mod transport;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -45,6 +47,19 @@ pub struct OciConfig {
     pub plain_http: Vec<String>,
     /// CA certificates to trust for registries, instead of the system's.
     pub ca: Option<PathBuf>,
+    /// Credentials by registry (`host:port`), for registries that ask.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, Login>,
+}
+
+/// A registry account: the password is read from a file, kept out of the configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// The user name.
+    pub username: String,
+    /// A file holding the password or token (a trailing newline is ignored).
+    pub password_file: PathBuf,
 }
 
 /// A plugin as pulled: verified against its manifest's digest.
@@ -60,6 +75,7 @@ pub struct Pulled {
 /// Registries, reached with one configuration and one cache.
 pub struct Registries {
     transport: Transport,
+    auth: auth::Auth,
     cache: Option<PathBuf>,
 }
 
@@ -79,10 +95,30 @@ struct Descriptor {
 }
 
 impl Registries {
-    /// Registries as `config` says, caching in `cache` (if any).
-    pub fn new(config: &OciConfig, cache: Option<PathBuf>) -> Result<Registries, String> {
+    /// Registries as `config` says (its files relative to `dir`), caching
+    /// in `cache` (if any).
+    pub fn new(
+        config: &OciConfig,
+        dir: &Path,
+        cache: Option<PathBuf>,
+    ) -> Result<Registries, String> {
+        let mut credentials = HashMap::new();
+        for (registry, login) in &config.credentials {
+            let file = dir.join(&login.password_file);
+            let password = std::fs::read_to_string(&file)
+                .map_err(|e| format!("oci.credentials.\"{registry}\": {}: {e}", file.display()))?;
+            credentials.insert(
+                registry.clone(),
+                auth::Credentials {
+                    username: login.username.clone(),
+                    password: password.trim_end_matches(['\r', '\n']).to_owned(),
+                },
+            );
+        }
+        let ca = config.ca.as_ref().map(|ca| dir.join(ca));
         Ok(Registries {
-            transport: Transport::new(config.ca.as_deref(), &config.plain_http)?,
+            transport: Transport::new(ca.as_deref(), &config.plain_http)?,
+            auth: auth::Auth::new(credentials),
             cache,
         })
     }
@@ -265,17 +301,18 @@ impl Registries {
         limit: usize,
     ) -> Result<Option<Bytes>, String> {
         let url = self.url(reference, &format!("{kind}/{name}"));
+        let accept = [(header::ACCEPT, accept)];
         let answer = self
-            .transport
-            .send(
+            .request(
+                reference,
+                false,
                 Method::GET,
                 &url,
-                &[(header::ACCEPT, accept)],
+                &accept,
                 Bytes::new(),
                 limit,
             )
-            .await
-            .map_err(|e| format!("{reference}: {e}"))?;
+            .await?;
         match answer.status {
             StatusCode::OK => Ok(Some(answer.body)),
             StatusCode::NOT_FOUND => Ok(None),
@@ -293,12 +330,16 @@ impl Registries {
             format!("{reference}: {step}: {}", said(answer.status, &answer.body))
         };
         let url = self.url(reference, &format!("blobs/{digest}"));
-        let head = self.send(Method::HEAD, &url, &[], Bytes::new()).await?;
+        let head = self
+            .send(reference, Method::HEAD, &url, &[], Bytes::new())
+            .await?;
         if head.status == StatusCode::OK {
             return Ok((digest, blob.len()));
         }
         let url = self.url(reference, "blobs/uploads/");
-        let started = self.send(Method::POST, &url, &[], Bytes::new()).await?;
+        let started = self
+            .send(reference, Method::POST, &url, &[], Bytes::new())
+            .await?;
         if started.status != StatusCode::ACCEPTED {
             return Err(fail("starting an upload", &started));
         }
@@ -311,7 +352,13 @@ impl Registries {
         url.push_str(&format!("digest={digest}"));
         let octets = [(header::CONTENT_TYPE, "application/octet-stream")];
         let done = self
-            .send(Method::PUT, &url, &octets, Bytes::copy_from_slice(blob))
+            .send(
+                reference,
+                Method::PUT,
+                &url,
+                &octets,
+                Bytes::copy_from_slice(blob),
+            )
             .await?;
         if done.status != StatusCode::CREATED {
             return Err(fail("uploading a blob", &done));
@@ -330,6 +377,7 @@ impl Registries {
         let url = self.url(reference, &format!("manifests/{}", tag.unwrap_or(&digest)));
         let answer = self
             .send(
+                reference,
                 Method::PUT,
                 &url,
                 &[(header::CONTENT_TYPE, MANIFEST)],
@@ -345,16 +393,64 @@ impl Registries {
         }
     }
 
+    /// A request for pushing: small answers.
     async fn send(
         &self,
+        reference: &Reference,
         method: Method,
         url: &str,
         headers: &[(header::HeaderName, &str)],
         body: Bytes,
     ) -> Result<transport::Answer, String> {
-        self.transport
-            .send(method, url, headers, body, MAX_MANIFEST)
+        self.request(reference, true, method, url, headers, body, MAX_MANIFEST)
             .await
+    }
+
+    /// A request to `reference`'s registry, authorised as it last asked;
+    /// one it refuses with a challenge is answered and tried once more.
+    #[allow(clippy::too_many_arguments)]
+    async fn request(
+        &self,
+        reference: &Reference,
+        push: bool,
+        method: Method,
+        url: &str,
+        headers: &[(header::HeaderName, &str)],
+        body: Bytes,
+        limit: usize,
+    ) -> Result<transport::Answer, String> {
+        let registry = &reference.registry;
+        let mut authorization = self.auth.authorization(registry);
+        for _ in 0..2 {
+            let mut all = headers.to_vec();
+            if let Some(value) = &authorization {
+                all.push((header::AUTHORIZATION, value));
+            }
+            let answer = self
+                .transport
+                .send(method.clone(), url, &all, body.clone(), limit)
+                .await
+                .map_err(|e| format!("{reference}: {e}"))?;
+            let challenge = match (answer.status, answer.header("www-authenticate")) {
+                (StatusCode::UNAUTHORIZED, Some(challenge)) if authorization.is_none() => challenge,
+                _ => return Ok(answer),
+            };
+            let answered = self
+                .auth
+                .answer(
+                    &self.transport,
+                    registry,
+                    &reference.repository,
+                    push,
+                    challenge,
+                )
+                .await
+                .map_err(|e| format!("{reference}: {e}"))?;
+            authorization = Some(answered);
+        }
+        Err(format!(
+            "{reference}: the registry refused the credentials it asked for"
+        ))
     }
 
     fn url(&self, reference: &Reference, rest: &str) -> String {

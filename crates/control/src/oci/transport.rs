@@ -76,10 +76,12 @@ impl Transport {
         limit: usize,
     ) -> Result<Answer, String> {
         let mut url: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let origin = url.authority().cloned();
+        let mut headers = headers.to_vec();
         for _ in 0..=REDIRECTS {
             let answer = tokio::time::timeout(
                 TIMEOUT,
-                self.once(method.clone(), &url, headers, body.clone(), limit),
+                self.once(method.clone(), &url, &headers, body.clone(), limit),
             )
             .await
             .map_err(|_| format!("{url}: no answer in {TIMEOUT:?}"))??;
@@ -90,6 +92,10 @@ impl Transport {
                 .header("location")
                 .ok_or_else(|| format!("{url}: a redirect without a location"))?;
             url = resolve(&url, location)?;
+            // Credentials are for the registry, not for where it sends blobs.
+            if url.authority() != origin.as_ref() {
+                headers.retain(|(name, _)| name != header::AUTHORIZATION);
+            }
         }
         Err(format!("{url}: more than {REDIRECTS} redirects"))
     }
