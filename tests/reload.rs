@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use sluice_tests::{Gateway, Upstream, client, get, plugin};
+use sluice_tests::{Gateway, Upstream, client, free_port, get, plugin};
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -305,15 +305,6 @@ async fn changed_files_are_picked_up_by_the_watcher() {
     std::fs::copy(plugin("stamp-b"), dir.join("stamp.wasm.new")).unwrap();
     std::fs::rename(dir.join("stamp.wasm.new"), dir.join("stamp.wasm")).unwrap();
     wait_for(&url, "stamp-b:two").await;
-}
-
-/// A free port on 127.0.0.1 (bound and released; fine for a test).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

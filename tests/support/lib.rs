@@ -526,6 +526,16 @@ pub async fn get_bearer(gw: &Gateway, path: &str, token: &str) -> Reply {
     .await
 }
 
+/// A free port on 127.0.0.1 (bound and released: another process may take
+/// it before it is used, so a server started on it must say it started).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A TOML string holding `text` (JSON's escapes are TOML's).
 pub fn toml_str(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")

@@ -15,6 +15,7 @@ use crate::capability::basics::BasicsView;
 use crate::capability::crypto::CryptoView;
 use crate::capability::kv::KvView;
 use crate::capability::outbound::OutboundView;
+use crate::capability::sandbox::SandboxView;
 use crate::capability::types::{self, TypesView};
 use crate::cpu::{CallClock, WallLimit};
 use crate::error::{OverLimit, PluginError};
@@ -47,6 +48,12 @@ impl FilterState {
             table: &mut self.table,
             refusals: &self.caps.refusals,
             output: &self.caps.output,
+        }
+    }
+
+    pub(crate) fn sandbox(&mut self) -> SandboxView<'_> {
+        SandboxView {
+            refusals: &self.caps.refusals,
         }
     }
 

@@ -110,6 +110,8 @@ pub struct FilterMetrics {
     pub(crate) denied: Family<Labels, Counter>,
     /// Edits of headers the gateway keeps itself, refused, by plugin and header.
     pub(crate) refused_edits: Family<Labels, Counter>,
+    /// Plugins looking for files or the environment, which they do not have.
+    pub(crate) sandboxed: Family<Labels, Counter>,
 }
 
 impl FilterMetrics {
@@ -135,6 +137,11 @@ impl FilterMetrics {
                 &registry,
                 "filter_refused_edits",
                 "Edits of headers the gateway keeps itself (content-length, host, ...), refused",
+            ),
+            sandboxed: counters(
+                &registry,
+                "filter_sandbox_refusals",
+                "Plugins that looked for the filesystem or the environment, by plugin and what",
             ),
             plugin_metrics: DashMap::new(),
             registry,

@@ -10,15 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{Reply, Upstream, get, plugin};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use sluice_tests::{Reply, Upstream, free_port, get, plugin};
 
 struct Sluice {
     child: Child,
@@ -193,6 +185,7 @@ call_timeout = "300ms"
 cpu_share = 0.5
 memory_limit_mib = 48
 grants = ["http:a"]
+max_body_bytes = "1MiB"
 
 [upstreams.a]
 targets = ["{a}"]
@@ -269,6 +262,9 @@ async fn each_hostile_plugin_is_contained_while_other_routes_serve() {
         r#"sluice_filter_refused_edits_total{plugin="fault",header="host"} 5"#,
         r#"sluice_filter_refused_edits_total{plugin="fault",header="transfer-encoding"} 5"#,
         r#"sluice_filter_refused_edits_total{plugin="fault",header="content-length"} 5"#,
+        r#"sluice_filter_sandbox_refusals_total{plugin="fault",what="filesystem"} 1"#,
+        // Panicking asks for the environment too.
+        r#"sluice_filter_sandbox_refusals_total{plugin="fault",what="environment"} "#,
     ];
     for series in expected {
         assert!(
@@ -302,6 +298,8 @@ async fn each_hostile_plugin_is_contained_while_other_routes_serve() {
         ["fault", "`http:secret`"],
         ["fault", "`host`"],
         ["fault", "`transfer-encoding`"],
+        ["fault", "asked for its filesystem"],
+        ["fault", "asked for its environment"],
     ] {
         assert!(logged(&words), "no line with {words:?}:\n{text}");
     }

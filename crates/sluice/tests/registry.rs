@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use sluice_tests::{Gateway, Upstream, get, plugin};
+use sluice_tests::{Gateway, Upstream, free_port, get, plugin};
 
 /// A registry on a free loopback port, storing in a folder of its own.
 struct Registry {
@@ -24,11 +24,7 @@ impl Registry {
         // A port found free may be taken before the registry binds it: then
         // it exits, and another port is tried.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
+            let port = free_port();
             let config = dir.join("registry.yml");
             std::fs::write(
                 &config,

@@ -36,7 +36,7 @@ enum Fault {
     Overflow,
     /// Add 10 MiB of request headers.
     HeaderFlood,
-    /// Reply with a 16 MiB body.
+    /// Reply with a 4 MiB body.
     BodyFlood,
     /// Try to read files, and reply with what it found.
     ReadFiles,
@@ -109,7 +109,7 @@ impl HttpFilter for Faulty {
                 }
             }
             Fault::BodyFlood => {
-                return Verdict::Respond(Reply::new(200).body(vec![b'x'; 16 << 20]));
+                return Verdict::Respond(Reply::new(200).body(vec![b'x'; 4 << 20]));
             }
             Fault::ReadFiles => {
                 let found: Vec<String> = ["/etc/passwd", "/proc/self/environ", "sluice.toml", "."]

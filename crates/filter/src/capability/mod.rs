@@ -19,6 +19,7 @@ pub mod crypto;
 pub(crate) mod kv;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
+pub(crate) mod sandbox;
 pub mod types;
 
 use std::collections::HashMap;
@@ -270,6 +271,26 @@ impl Refusals {
         ))
     }
 
+    /// Note that the plugin looked for what the sandbox does not have
+    /// (`filesystem`, `environment`), in the log (at a bounded rate) and
+    /// the metrics.
+    pub(crate) fn refuse_sandbox(&self, what: &'static str) {
+        let plugin = &*self.plugin;
+        // Info, not a warning: standard libraries ask on their own too (Rust's
+        // panic handler reads the environment).
+        crate::log_throttled!(
+            info,
+            ("sandbox", plugin, what),
+            plugin,
+            what,
+            "plugin `{plugin}` asked for its {what}: a plugin has none"
+        );
+        self.metrics
+            .sandboxed
+            .get_or_create(&labels([("plugin", plugin), ("what", what)]))
+            .inc();
+    }
+
     /// The plugin these refusals are for.
     pub(crate) fn plugin(&self) -> &str {
         &self.plugin
@@ -280,6 +301,7 @@ impl Refusals {
 /// (with nothing in it: standard libraries need it to start).
 pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    sandbox::link(linker)?;
     types::link(linker)?;
     basics::link(linker)?;
     kv::link(linker)?;
