@@ -466,3 +466,47 @@ async fn idle_and_slow_head_connections_are_closed() {
     let slow_response = get(&format!("http://{addr}/delay?ms=450"), &[]).await;
     assert_eq!(slow_response.status, 200);
 }
+
+/// Every request has one id: the client's if the listener trusts it and it
+/// is well formed, a fresh UUID otherwise; the upstream gets it, and the
+/// client gets it back on every answer, refusals and errors included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_carries_one_id_to_the_upstream_and_back() {
+    let up = Upstream::start("a").await;
+    let route = r#"match = { path_prefix = "/" }"#;
+    let trusting = limited(&up, "", route).await;
+    let url = trusting.url("/x");
+
+    let fresh = get(&url, &[]).await;
+    let id = fresh.header("x-request-id").to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(fresh.echoed("x-request-id"), [id.as_str()]);
+    let again = get(&url, &[]).await;
+    assert_ne!(again.header("x-request-id"), id, "each request its own");
+
+    let kept = get(&url, &[("x-request-id", "edge-lb-7f3a")]).await;
+    assert_eq!(kept.header("x-request-id"), "edge-lb-7f3a");
+    assert_eq!(kept.echoed("x-request-id"), ["edge-lb-7f3a"]);
+
+    let long = "x".repeat(300);
+    let replaced = get(&url, &[("x-request-id", &long)]).await;
+    assert_eq!(replaced.header("x-request-id").len(), 36);
+    assert_eq!(
+        replaced.echoed("x-request-id"),
+        [replaced.header("x-request-id").to_owned()]
+    );
+
+    // Refused at the edge, and an unknown route: still an id.
+    let refused = request(trusting.addr, "/a/%2f/b", "Host: t\r\n").await;
+    assert!(refused.head.starts_with("HTTP/1.1 400"), "{}", refused.head);
+    assert_eq!(refused.header("x-request-id").len(), 36, "{}", refused.head);
+
+    // A listener that does not trust clients' ids gives its own.
+    let edge = limited(&up, "trust_request_id = false", route).await;
+    let own = get(&edge.url("/x"), &[("x-request-id", "forged")]).await;
+    assert_ne!(own.header("x-request-id"), "forged");
+    assert_eq!(
+        own.echoed("x-request-id"),
+        [own.header("x-request-id").to_owned()]
+    );
+}

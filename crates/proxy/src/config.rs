@@ -36,6 +36,10 @@ pub struct ListenerConfig {
     /// Longest request target, path and query (414 beyond).
     #[serde(default = "defaults::max_uri_bytes")]
     pub max_uri_bytes: ByteSize,
+    /// Keep a client's well-formed `x-request-id` (as a gateway behind
+    /// another should) rather than give every request a fresh one.
+    #[serde(default = "defaults::yes")]
+    pub trust_request_id: bool,
     /// Most open connections on this listener; more are closed at once.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
@@ -64,6 +68,7 @@ impl ListenerConfig {
             max_header_bytes: self.max_header_bytes.as_u64() as usize,
             max_headers: self.max_headers,
             max_uri_bytes: self.max_uri_bytes.as_u64() as usize,
+            trust_request_id: self.trust_request_id,
         }
     }
 }

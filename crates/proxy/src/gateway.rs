@@ -20,7 +20,7 @@ use crate::body::{self, ClientBody, ClientBodyError, ProxyBody, Upload};
 use crate::cache::ResponseCache;
 use crate::compress::{Compression, Encoding};
 use crate::config::{CacheConfig, RouteConfig};
-use crate::edge::strip_hop_by_hop;
+use crate::edge::{request_id, strip_hop_by_hop};
 use crate::listener::ConnectionInfo;
 use crate::metrics::{ProxyMetrics, StatusCounters};
 use crate::phases::{CachePhase, FilterChain, Flow, Phase, PhaseError, RequestCtx};
@@ -178,9 +178,25 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         let (mut head, incoming) = request.into_parts();
         let upgrade = upgrade::requested(&mut head);
-        if let Err(refusal) = conn.edge.admit(&mut head) {
-            return self.refuse(refusal.status(), refusal.code(), &refusal, conn);
-        }
+        let admitted = conn.edge.admit(&mut head);
+        let id = request_id::settle(&mut head.headers, conn.edge.trust_request_id);
+        let mut response = match admitted {
+            Err(refusal) => self.refuse(refusal.status(), refusal.code(), &refusal, &id, conn),
+            Ok(()) => self.route(head, incoming, upgrade, &id, conn).await,
+        };
+        response.headers_mut().insert(request_id::HEADER, id);
+        response
+    }
+
+    /// Find the request's route and serve it there.
+    async fn route(
+        &self,
+        head: http::request::Parts,
+        incoming: Incoming,
+        upgrade: Option<Upgrade>,
+        id: &HeaderValue,
+        conn: &ConnectionInfo,
+    ) -> Response<ProxyBody> {
         let host = host_of(&head);
         let Some(route) = self.routes.find(
             host.as_deref(),
@@ -191,7 +207,7 @@ impl Gateway {
             self.unrouted.count(StatusCode::NOT_FOUND);
             return error_response(StatusCode::NOT_FOUND, "no_route");
         };
-        let response = self.serve(route, head, incoming, upgrade, conn).await;
+        let response = self.serve(route, head, incoming, upgrade, id, conn).await;
         route.responses.count(response.status());
         response
     }
@@ -203,6 +219,7 @@ impl Gateway {
         status: StatusCode,
         code: &'static str,
         why: &dyn std::fmt::Display,
+        id: &HeaderValue,
         conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
         self.shared.metrics.refused(code);
@@ -210,6 +227,7 @@ impl Gateway {
             info,
             ("refused", code),
             client = %conn.client_ip,
+            request_id = log_id(id),
             "request refused ({status}): {why}"
         );
         error_response(status, code)
@@ -222,6 +240,7 @@ impl Gateway {
         head: http::request::Parts,
         incoming: Incoming,
         upgrade: Option<Upgrade>,
+        id: &HeaderValue,
         conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
         let declared = head
@@ -233,15 +252,26 @@ impl Gateway {
                 "route `{}` takes at most {} bytes",
                 route.name, route.max_body
             );
-            return self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &why, conn);
+            return self.refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &why,
+                id,
+                conn,
+            );
         }
         let encoding = route
             .compression
             .as_ref()
             .and_then(|c| c.negotiate(&head.headers));
         let method = encoding.map(|_| head.method.clone());
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut exchange = Box::new(Exchange::new(id, head, conn.client_ip, route.name.clone()));
+        let number = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut exchange = Box::new(Exchange::new(
+            number,
+            head,
+            conn.client_ip,
+            route.name.clone(),
+        ));
         exchange.secure = conn.secure;
         let mut sent = match incoming.is_end_stream() {
             true => Outgoing {
@@ -265,11 +295,11 @@ impl Gateway {
             };
             match whole {
                 Ok(bytes) => exchange.request_body = Some(bytes),
-                Err(error) => return self.client_body_failed(&*error, conn),
+                Err(error) => return self.client_body_failed(&*error, id, conn),
             }
         }
         let mut ctx = RequestCtx::new(exchange, route.filters.len());
-        let response = match self.run(route, &mut ctx, sent, conn).await {
+        let response = match self.run(route, &mut ctx, sent, id, conn).await {
             Ok(()) => respond(ctx),
             Err(response) => response,
         };
@@ -288,14 +318,15 @@ impl Gateway {
         route: &Route,
         ctx: &mut RequestCtx,
         sent: Outgoing,
+        id: &HeaderValue,
         conn: &ConnectionInfo,
     ) -> Result<(), Response<ProxyBody>> {
-        let failed = |error| phase_failed(route, error);
+        let failed = |error| phase_failed(route, error, id);
         let cache_ran = match route.filters.request(ctx).await.map_err(failed)? {
             Flow::Answered => false,
             Flow::Next => {
                 if let Flow::Next = route.cache.request(ctx).await.map_err(failed)? {
-                    self.fetch(route, ctx, sent, conn).await?;
+                    self.fetch(route, ctx, sent, id, conn).await?;
                 }
                 true
             }
@@ -327,14 +358,14 @@ impl Gateway {
         route: &Route,
         ctx: &mut RequestCtx,
         sent: Outgoing,
+        id: &HeaderValue,
         conn: &ConnectionInfo,
     ) -> Result<(), Response<ProxyBody>> {
         let upstream = match &ctx.upstream {
             None => &route.upstream,
-            Some(name) => self
-                .upstreams
-                .get(name)
-                .ok_or_else(|| phase_failed(route, PhaseError::UnknownUpstream(name.clone())))?,
+            Some(name) => self.upstreams.get(name).ok_or_else(|| {
+                phase_failed(route, PhaseError::UnknownUpstream(name.clone()), id)
+            })?,
         };
         let exchange = &mut ctx.exchange;
         let body = match (exchange.request_body.take(), sent.body) {
@@ -381,7 +412,7 @@ impl Gateway {
                 ctx.stream = Some(body::stream(incoming));
                 Ok(())
             }
-            Err(UpstreamError::ClientBody(error)) => Err(self.client_body_failed(&error, conn)),
+            Err(UpstreamError::ClientBody(error)) => Err(self.client_body_failed(&error, id, conn)),
             Err(error) => {
                 let (status, code) = upstream::failure_status(&error);
                 sluice_filter::log_throttled!(
@@ -400,20 +431,15 @@ impl Gateway {
     fn client_body_failed(
         &self,
         error: &(dyn std::error::Error + 'static),
+        id: &HeaderValue,
         conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
-        match ClientBodyError::find(error) {
-            Some(ClientBodyError::TooLarge) => self.refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &error,
-                conn,
-            ),
-            Some(ClientBodyError::Timeout) => {
-                self.refuse(StatusCode::REQUEST_TIMEOUT, "body_timeout", &error, conn)
-            }
-            None => self.refuse(StatusCode::BAD_REQUEST, "body_incomplete", &error, conn),
-        }
+        let (status, code) = match ClientBodyError::find(error) {
+            Some(ClientBodyError::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Some(ClientBodyError::Timeout) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            None => (StatusCode::BAD_REQUEST, "body_incomplete"),
+        };
+        self.refuse(status, code, &error, id, conn)
     }
 }
 
@@ -455,7 +481,7 @@ fn respond(mut ctx: RequestCtx) -> Response<ProxyBody> {
 
 /// The answer when a phase failed: its status and code, logged at a
 /// bounded rate per plugin or cause.
-fn phase_failed(route: &Route, error: PhaseError) -> Response<ProxyBody> {
+fn phase_failed(route: &Route, error: PhaseError, id: &HeaderValue) -> Response<ProxyBody> {
     let (status, code) = error.status();
     match &error {
         PhaseError::Filter(failure) => sluice_filter::log_throttled!(
@@ -464,6 +490,7 @@ fn phase_failed(route: &Route, error: PhaseError) -> Response<ProxyBody> {
             route = &*route.name,
             plugin = &*failure.plugin,
             reason = failure.kind,
+            request_id = log_id(id),
             "{}",
             failure.reason
         ),
@@ -471,10 +498,16 @@ fn phase_failed(route: &Route, error: PhaseError) -> Response<ProxyBody> {
             error,
             ("phase failed", &*route.name, code),
             route = &*route.name,
+            request_id = log_id(id),
             "{other}"
         ),
     }
     error_response(status, code)
+}
+
+/// A request id as a log field (the edge let only printable ASCII through).
+fn log_id(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
 }
 
 /// The request's host in lowercase, without a port (allocating only when

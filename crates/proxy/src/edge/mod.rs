@@ -6,9 +6,11 @@
 //!   taken from the request target (absolute form, HTTP/2 `:authority`)
 //!   when there is one, and refused when the two disagree;
 //! - the path is normalised ([`path`]);
-//! - hop-by-hop headers are gone, before any filter runs.
+//! - hop-by-hop headers are gone, before any filter runs;
+//! - it has one request id ([`request_id`]).
 
 pub mod path;
+pub mod request_id;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
@@ -27,6 +29,8 @@ pub struct Edge {
     pub max_headers: usize,
     /// Longest request target (path and query).
     pub max_uri_bytes: usize,
+    /// Keep a client's well-formed `x-request-id` rather than replace it.
+    pub trust_request_id: bool,
 }
 
 impl Default for Edge {
@@ -36,6 +40,7 @@ impl Default for Edge {
             max_header_bytes: 32 << 10,
             max_headers: 100,
             max_uri_bytes: 8 << 10,
+            trust_request_id: true,
         }
     }
 }

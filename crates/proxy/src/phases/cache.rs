@@ -46,7 +46,7 @@ impl CachePhase {
             Ok(ResponseAnswer::Store(decision)) => Ok(decision),
             Ok(_) => Ok(StoreDecision::FollowUpstream),
             Err(failure) if filter.plugin().fail_open => {
-                failing_open(&failure);
+                failing_open(&failure, ctx);
                 Ok(StoreDecision::Skip)
             }
             Err(failure) => Err(failure.into()),

@@ -13,6 +13,7 @@ use sluice_filter::{Answer, Filter, FilterFailure, Kind, Reply};
 
 use super::{Flow, Phase, PhaseError, RequestCtx, rate_limit};
 use crate::edge::path::{self, EscapedSlashes, PathRules};
+use crate::edge::request_id;
 
 /// The filters of one route.
 pub struct FilterChain {
@@ -89,7 +90,7 @@ impl Phase for FilterChain {
                 // The answering filter's own response phase does not run.
                 Ok(Flow::Answered) => return Ok(Flow::Answered),
                 Err(PhaseError::Filter(failure)) if filter.plugin().fail_open => {
-                    failing_open(&failure);
+                    failing_open(&failure, ctx);
                 }
                 Err(error) => return Err(error),
             }
@@ -107,7 +108,7 @@ impl Phase for FilterChain {
             }
             match filter.on_response(&mut ctx.exchange, lease).await {
                 Ok(_) => {}
-                Err(failure) if filter.plugin().fail_open => failing_open(&failure),
+                Err(failure) if filter.plugin().fail_open => failing_open(&failure, ctx),
                 Err(failure) => return Err(failure.into()),
             }
         }
@@ -151,12 +152,17 @@ impl FilterChain {
 }
 
 /// A fail-open filter failed and is skipped; logged at a bounded rate.
-pub(super) fn failing_open(failure: &FilterFailure) {
+pub(super) fn failing_open(failure: &FilterFailure, ctx: &RequestCtx) {
+    let headers = &ctx.exchange.request.headers;
+    let id = headers
+        .get(&request_id::HEADER)
+        .and_then(|v| v.to_str().ok());
     sluice_filter::log_throttled!(
         warn,
         ("failing open", &*failure.plugin, failure.kind),
         plugin = &*failure.plugin,
         reason = failure.kind,
+        request_id = id.unwrap_or("-"),
         "failing open: {}",
         failure.reason
     );
