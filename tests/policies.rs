@@ -237,7 +237,11 @@ filters = [{{ plugin = "router", config = {{ sticky = "header:x-user", split = [
 async fn transform_edits_headers_paths_queries_versions_and_json_bodies() {
     let up = Upstream::start("a").await;
     let gw = Gateway::start(&format!(
-        r#"[plugins.transform]
+        r#"[admin]
+address = "127.0.0.1:0"
+token = "test-admin-token"
+
+[plugins.transform]
 path = "{}"
 
 [upstreams.a]
@@ -246,7 +250,10 @@ targets = ["{}"]
 [[routes]]
 upstream = "a"
 filters = [{{ plugin = "transform", body = true, config = {{
-  rewrite = [{{ pattern = "^/old/(?P<rest>.*)$", replacement = "/new/${{rest}}" }}],
+  rewrite = [
+    {{ pattern = "^/old/(?P<rest>.*)$", replacement = "/new/${{rest}}" }},
+    {{ pattern = "^/escape$", replacement = "/../../etc/passwd" }},
+  ],
   version = {{ header = "accept-version", prefixes = {{ "2" = "/v2" }} }},
   query = {{ set = {{ source = "gw" }}, remove = ["debug"] }},
   request_headers = {{ set = {{ x-env = "prod" }}, add = {{ x-via = "sluice" }}, remove = ["x-debug"] }},
@@ -276,6 +283,13 @@ filters = [{{ plugin = "transform", body = true, config = {{
     assert_eq!(moved.header("server"), "");
     let versioned = get(&gw.url("/items"), &[("accept-version", "2")]).await;
     assert_eq!(versioned.json()["uri"], "/v2/items?source=gw");
+    // A rewrite that would climb above the root is the filter's failure.
+    let escaped = get(&gw.url("/escape"), &[]).await;
+    assert_eq!(escaped.status, 500);
+    assert_eq!(escaped.header("x-sluice-error"), "filter_failed");
+    let metrics = gw.metrics().await;
+    let counted = r#"sluice_filter_failures_total{plugin="transform",reason="invalid_answer"} 1"#;
+    assert!(metrics.contains(counted), "{metrics}");
 
     let body = r#"{"user":"ann","password":"hunter2","internal":{"cost":3}}"#;
     let mirrored = send_body(

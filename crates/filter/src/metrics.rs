@@ -126,7 +126,7 @@ impl FilterMetrics {
             failures: counters(
                 &registry,
                 "filter_failures",
-                "Filter calls that failed, by reason: trap, timeout, out_of_memory, stack_overflow, over_limit",
+                "Filter calls that failed, by reason: trap, timeout, out_of_memory, stack_overflow, over_limit, invalid_answer",
             ),
             denied: counters(
                 &registry,

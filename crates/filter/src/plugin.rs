@@ -11,6 +11,7 @@ use wasmtime::component::InstancePre;
 use crate::capability::Capabilities;
 use crate::config::{FailurePolicy, PluginConfig};
 use crate::cpu::CpuShare;
+use crate::error::FilterFailure;
 use crate::instance::FilterState;
 use crate::kinds::{Exports, Kind};
 
@@ -63,6 +64,13 @@ impl Plugin {
             cpu: Arc::new(CpuShare::new(config.cpu_share, workers())),
             slots: Arc::new(Semaphore::new(config.max_concurrency as usize)),
         }
+    }
+
+    /// A failure of this plugin found outside its call (an answer the
+    /// proxy cannot use), counted as the runtime counts its own.
+    pub fn failed(&self, kind: &'static str, reason: impl Into<String>) -> FilterFailure {
+        self.caps.count_failure(kind);
+        FilterFailure::new(self.name.clone(), kind, reason)
     }
 
     /// Whether every request keeps its instance for its response call, as

@@ -172,11 +172,8 @@ pub(super) fn failing_open(failure: &FilterFailure, ctx: &RequestCtx) {
 /// normalised as the client's was (escaped slashes the filter wrote are its own).
 fn rewrite(ctx: &mut RequestCtx, target: &str, filter: &Filter) -> Result<(), FilterFailure> {
     let invalid = || {
-        FilterFailure::new(
-            filter.plugin().name.clone(),
-            "invalid_answer",
-            format!("rewrote the path to an invalid one: `{target}`"),
-        )
+        let why = format!("rewrote the path to an invalid one: `{target}`");
+        filter.plugin().failed("invalid_answer", why)
     };
     let (path, query) = target
         .split_once('?')
@@ -205,8 +202,7 @@ pub(super) fn into_response(
     reply: Reply,
     filter: &Filter,
 ) -> Result<(http::response::Parts, Bytes), FilterFailure> {
-    let fail =
-        |reason: String| FilterFailure::new(filter.plugin().name.clone(), "invalid_answer", reason);
+    let fail = |reason: String| filter.plugin().failed("invalid_answer", reason);
     let status = StatusCode::from_u16(reply.status)
         .map_err(|_| fail(format!("replied with invalid status {}", reply.status)))?;
     let (mut head, ()) = http::Response::new(()).into_parts();
