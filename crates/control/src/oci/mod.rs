@@ -421,7 +421,9 @@ impl Registries {
     ) -> Result<transport::Answer, String> {
         let registry = &reference.registry;
         let mut authorization = self.auth.authorization(registry);
-        for _ in 0..2 {
+        // What was granted before may have expired or be for another
+        // repository: a refusal of it is answered once, as a first one is.
+        for first in [true, false] {
             let mut all = headers.to_vec();
             if let Some(value) = &authorization {
                 all.push((header::AUTHORIZATION, value));
@@ -432,7 +434,7 @@ impl Registries {
                 .await
                 .map_err(|e| format!("{reference}: {e}"))?;
             let challenge = match (answer.status, answer.header("www-authenticate")) {
-                (StatusCode::UNAUTHORIZED, Some(challenge)) if authorization.is_none() => challenge,
+                (StatusCode::UNAUTHORIZED, Some(challenge)) if first => challenge,
                 _ => return Ok(answer),
             };
             let answered = self
@@ -448,9 +450,7 @@ impl Registries {
                 .map_err(|e| format!("{reference}: {e}"))?;
             authorization = Some(answered);
         }
-        Err(format!(
-            "{reference}: the registry refused the credentials it asked for"
-        ))
+        unreachable!("the second try returns whatever the registry answered")
     }
 
     fn url(&self, reference: &Reference, rest: &str) -> String {
