@@ -159,7 +159,7 @@ upstream = "a"
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"sluice_responses_total{route="route-5",class="2xx"} 1"#),
+        metrics.contains(r#"sluice_requests_total{route="route-5",method="GET",class="2xx"} 1"#),
         "{metrics}"
     );
 }

@@ -80,7 +80,7 @@ async fn failing_filters_answer_500_while_everything_else_keeps_serving() {
         assert!(metrics.contains(&series), "{series}\n{metrics}");
     }
     assert!(
-        metrics.contains(r#"sluice_responses_total{route="faulty",class="5xx"} 23"#),
+        metrics.contains(r#"sluice_requests_total{route="faulty",method="GET",class="5xx"} 23"#),
         "{metrics}"
     );
 }

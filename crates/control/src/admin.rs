@@ -8,6 +8,11 @@
 //! - `PUT /plugins/<name>` with a component as the body: make it the active
 //!   version (under `[trust]`, with its signature in `x-sluice-signature`);
 //! - `POST /plugins/<name>/rollback`: back to the previous version.
+//! - `GET /routes`, `GET /upstreams` (with each target's health), `GET /config`
+//!   (the configuration in force, secrets redacted): JSON;
+//! - `GET /dashboard`: a page showing all of it, with live request and error
+//!   rates (open, like its script: it holds no data, and asks for it with
+//!   the token given in its address, `#token=...`, or typed in).
 //!
 //! It changes running code, so everything else needs the bearer token, a
 //! `Host` it knows itself by (no DNS rebinding), and for changes a content
@@ -87,8 +92,10 @@ impl AdminAccess {
                 "the admin API does not answer to this host name (see `admin.hosts`)",
             ));
         }
-        let open =
-            head.uri.path() == "/healthz" || (self.public_metrics && head.uri.path() == "/metrics");
+        // The dashboard's page and script hold no data: they ask for it with
+        // the token the operator gives the page.
+        let open = matches!(head.uri.path(), "/healthz" | "/dashboard" | "/dashboard.js")
+            || (self.public_metrics && head.uri.path() == "/metrics");
         if !open && !self.authorized(&head.headers) {
             let mut refused = error(
                 StatusCode::UNAUTHORIZED,
@@ -187,6 +194,11 @@ async fn answer(
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::POST, "/reload") => changed(control.reload().await),
         (&Method::GET, "/plugins") => json(StatusCode::OK, &control.plugins().await),
+        (&Method::GET, "/routes") => json(StatusCode::OK, &control.gateway().route_views()),
+        (&Method::GET, "/upstreams") => json(StatusCode::OK, &control.gateway().upstream_views()),
+        (&Method::GET, "/config") => json(StatusCode::OK, &control.redacted_config().await),
+        (&Method::GET, "/dashboard") => page("text/html; charset=utf-8", DASHBOARD_HTML),
+        (&Method::GET, "/dashboard.js") => page("text/javascript; charset=utf-8", DASHBOARD_JS),
         (&Method::PUT, _) if plugin.is_some_and(|p| !p.contains('/')) => {
             let name = plugin.expect("checked above");
             match body::collect(body::stream(incoming), MAX_UPLOAD).await {
@@ -249,6 +261,29 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
     let mut text = serde_json::to_string_pretty(value).expect("plain data serializes");
     text.push('\n');
     self::text(status, "application/json", text)
+}
+
+/// The dashboard: a page and its script, which polls the JSON endpoints.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+
+/// A static page, kept out of frames and limited to this origin's scripts.
+fn page(content_type: &'static str, body: &'static str) -> Response<ProxyBody> {
+    let mut response = text(StatusCode::OK, content_type, body.to_owned());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {

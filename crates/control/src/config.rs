@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sluice_filter::Grant;
 use sluice_filter::config::PluginConfig;
+use sluice_proxy::access_log::AccessLogConfig;
 use sluice_proxy::config::{CacheConfig, ListenerConfig, RouteConfig, UpstreamConfig};
 use sluice_proxy::edge::PathRules;
 use sluice_proxy::router::Matcher;
@@ -35,6 +36,8 @@ pub struct Config {
     /// The response cache that cache-policy filters use.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// One line per request, when configured.
+    pub access_log: Option<Spanned<AccessLogConfig>>,
     /// The admin listener (metrics, reloads, plugin versions), off unless configured.
     pub admin: Option<AdminConfig>,
     /// What triggers a reload besides `SIGHUP` and the admin API.

@@ -22,9 +22,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
-use sluice_filter::metrics::{FilterMetrics, Registry, counters, labels};
+use sluice_filter::metrics::{FilterMetrics, Labels, Registry, counters, labels};
 use sluice_filter::{Capabilities, Compiled, FilterEngine, HttpUpstream, Services};
+use sluice_proxy::access_log::AccessLog;
 use sluice_proxy::listener::{ListenerSettings, Listeners, Wanted};
 use sluice_proxy::upstream::Upstream;
 use sluice_proxy::{Gateway, Shared};
@@ -152,6 +155,8 @@ pub struct Control {
     state: tokio::sync::Mutex<State>,
     reloads_ok: Counter,
     reloads_failed: Counter,
+    /// 1 per active plugin version, by plugin, version and digest.
+    plugin_info: Family<Labels, Gauge>,
 }
 
 impl Control {
@@ -197,6 +202,12 @@ impl Control {
             "Configuration changes applied or refused",
         );
         let reloads = |result| reloads.get_or_create(&labels([("result", result)])).clone();
+        let plugin_info = Family::<Labels, Gauge>::default();
+        kept.shared.registry.register(
+            "plugin_info",
+            "1 for each plugin's active version, by plugin, version and sha256",
+            plugin_info.clone(),
+        );
         let state = State {
             text: config.source.text().to_owned(),
             plugins: plugin_infos(&config, &versions),
@@ -205,6 +216,7 @@ impl Control {
             versions,
             generation: 1,
         };
+        publish(&plugin_info, &state.plugins);
         Ok(Arc::new(Control {
             path: config.source.path.clone(),
             hook,
@@ -212,6 +224,7 @@ impl Control {
             admin: std::sync::Mutex::new(admin),
             reloads_ok: reloads("ok"),
             reloads_failed: reloads("error"),
+            plugin_info,
             kept,
             gateway,
             listeners,
@@ -299,6 +312,17 @@ impl Control {
         }
     }
 
+    /// The configuration in force, as JSON, with every value whose key
+    /// names a secret (tokens, passwords, secrets, private keys, API keys)
+    /// replaced by `"<redacted>"`.
+    pub async fn redacted_config(&self) -> serde_json::Value {
+        let text = self.state.lock().await.text.clone();
+        let mut value: toml::Value =
+            toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
+        redact(&mut value);
+        serde_json::to_value(value).unwrap_or_default()
+    }
+
     /// The files a reload reads (the configuration and the plugins), and
     /// whether their changes should trigger one.
     pub(crate) async fn files(&self) -> (Vec<PathBuf>, bool) {
@@ -325,6 +349,7 @@ impl Control {
                 state.generation += 1;
                 state.text = config.source.text().to_owned();
                 state.plugins = plugin_infos(&config, &versions);
+                publish(&self.plugin_info, &state.plugins);
                 state.files = watched_files(&config);
                 state.watch = config.reload.watch;
                 state.versions = versions;
@@ -597,9 +622,29 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
             })?;
         plugins.insert(name.clone(), Arc::new(loaded));
     }
-    Gateway::build(&config.routes, &plugins, upstreams, &kept.shared)
-        .await
-        .map_err(|e| src.error(e.at, e.key, e.message).into())
+    let access_log = match &config.access_log {
+        Some(log) => {
+            let dropped = kept.shared.metrics.access_log_dropped.clone();
+            let opened = AccessLog::open(log.get_ref(), src.dir(), dropped).map_err(|e| {
+                src.error(
+                    log.span().start,
+                    "access_log.to",
+                    format!("{}: {e}", log.get_ref().to),
+                )
+            })?;
+            Some(opened)
+        }
+        None => None,
+    };
+    Gateway::build(
+        &config.routes,
+        &plugins,
+        upstreams,
+        &kept.shared,
+        access_log,
+    )
+    .await
+    .map_err(|e| src.error(e.at, e.key, e.message).into())
 }
 
 /// Each listener's address, and its TLS acceptor (certificates read now).
@@ -639,6 +684,50 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
         )
         .map(|p| std::path::absolute(&p).unwrap_or(p))
         .collect()
+}
+
+/// Whether a configuration key's value is a secret.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let named = [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "credential",
+        "private",
+    ];
+    named.iter().any(|n| key.contains(n)) || key == "key" || key.ends_with("_key")
+}
+
+/// Replace every secret in `value`, however deep.
+fn redact(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table.iter_mut() {
+                match is_secret(key) {
+                    true => *value = toml::Value::String("<redacted>".into()),
+                    false => redact(value),
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// Show `plugins`' active versions in `sluice_plugin_info`.
+fn publish(info: &Family<Labels, Gauge>, plugins: &[PluginInfo]) {
+    info.clear();
+    for plugin in plugins {
+        let version = plugin.version.to_string();
+        let set = [
+            ("plugin", plugin.name.as_str()),
+            ("version", version.as_str()),
+            ("sha256", plugin.sha256.as_str()),
+        ];
+        info.get_or_create(&labels(set)).set(1);
+    }
 }
 
 fn plugin_infos(config: &Config, versions: &Versions) -> Vec<PluginInfo> {

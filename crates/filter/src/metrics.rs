@@ -15,7 +15,8 @@ use prometheus_client::registry::Metric;
 
 /// A metric's labels, as name/value pairs.
 pub type Labels = Vec<(String, String)>;
-type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+/// Histograms by label set, each made with the same buckets.
+pub type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Distinct metrics plugins may define, all together.
 const MAX_PLUGIN_METRICS: usize = 256;
@@ -97,6 +98,16 @@ pub fn counters(registry: &Registry, name: &str, help: &str) -> Family<Labels, C
     family
 }
 
+/// A family of latency histograms in seconds registered under `name`:
+/// buckets from 50 µs doubling to about 3.3 s, which covers a filter call
+/// as well as a slow upstream.
+pub fn latencies(registry: &Registry, name: &str, help: &str) -> HistogramFamily {
+    let family: HistogramFamily =
+        Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 17)));
+    registry.register(name, help, family.clone());
+    family
+}
+
 /// The filter runtime's metrics: calls, failures and refused capabilities
 /// per plugin, and the metrics plugins define.
 pub struct FilterMetrics {
@@ -104,6 +115,8 @@ pub struct FilterMetrics {
     plugin_metrics: DashMap<String, PluginMetric>,
     /// Filter calls, by plugin and phase (`request`, `response`).
     pub(crate) calls: Family<Labels, Counter>,
+    /// How long filter calls took, by plugin and phase.
+    pub(crate) call_seconds: HistogramFamily,
     /// Failed filter calls, by plugin and reason.
     pub(crate) failures: Family<Labels, Counter>,
     /// Capability calls refused for want of a grant, by plugin and grant.
@@ -122,6 +135,11 @@ impl FilterMetrics {
                 &registry,
                 "filter_calls",
                 "Calls into filters, by plugin and phase",
+            ),
+            call_seconds: latencies(
+                &registry,
+                "filter_call_seconds",
+                "How long calls into filters took, by plugin and phase (failed calls too)",
             ),
             failures: counters(
                 &registry,

@@ -6,8 +6,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::answer::{Answer, ResponseAnswer};
@@ -32,6 +34,8 @@ pub struct Filter {
     response_phase: AtomicBool,
     /// Calls made: request phase, response phase.
     calls: [Counter; 2],
+    /// How long they took, likewise.
+    call_seconds: [Histogram; 2],
     idle: Arc<Idle>,
 }
 
@@ -83,6 +87,7 @@ impl Filter {
     ) -> Result<Filter, PluginError> {
         let first = Instance::new(&plugin, &config).await?;
         let calls = ["request", "response"].map(|phase| plugin.caps.calls(phase));
+        let call_seconds = ["request", "response"].map(|phase| plugin.caps.call_seconds(phase));
         Ok(Filter {
             response_phase: AtomicBool::new(plugin.kind.has_response_phase()),
             idle: Arc::new(Idle {
@@ -93,6 +98,7 @@ impl Filter {
             config,
             body_access,
             calls,
+            call_seconds,
         })
     }
 
@@ -127,7 +133,10 @@ impl Filter {
         let mut lease = self.checkout().await?;
         self.calls[0].inc();
         let instance = lease.instance.as_mut().expect("a lease holds its instance");
-        match instance.request(exchange, self.body_access).await {
+        let started = Instant::now();
+        let called = instance.request(exchange, self.body_access).await;
+        self.call_seconds[0].observe(started.elapsed().as_secs_f64());
+        match called {
             Ok((answer, asked_to_keep)) => {
                 instance.uses += 1;
                 let keep = asked_to_keep || self.plugin.always_kept();
@@ -150,7 +159,10 @@ impl Filter {
         };
         self.calls[1].inc();
         let instance = lease.instance.as_mut().expect("a lease holds its instance");
-        match instance.response(exchange, self.body_access).await {
+        let started = Instant::now();
+        let called = instance.response(exchange, self.body_access).await;
+        self.call_seconds[1].observe(started.elapsed().as_secs_f64());
+        match called {
             Ok(ResponseAnswer::Unused) => {
                 if self.response_phase.swap(false, Ordering::Relaxed) {
                     tracing::debug!(

@@ -3,6 +3,7 @@
 //! body held to its route's size limit and its listener's body timeout.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -74,17 +75,24 @@ impl ClientBodyError {
     }
 }
 
-/// When a client's upload ended, so the upstream's response timeout can
-/// start then rather than when the request was sent.
+/// How a client's upload went: when it ended, so the upstream's response
+/// timeout can start then rather than when the request was sent, and how
+/// many bytes it had (for the access log).
 #[derive(Debug, Default)]
 pub struct Upload {
     finished: OnceLock<Instant>,
+    read: AtomicU64,
 }
 
 impl Upload {
     /// When the last byte was read, if it has been.
     pub fn finished_at(&self) -> Option<Instant> {
         self.finished.get().copied()
+    }
+
+    /// The body's bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 }
 
@@ -151,6 +159,7 @@ where
                         return Poll::Ready(Some(Err(ClientBodyError::TooLarge.into())));
                     }
                     this.left -= len;
+                    this.upload.read.fetch_add(len, Ordering::Relaxed);
                 }
                 if this.inner.is_end_stream() {
                     let _ = this.upload.finished.set(Instant::now());

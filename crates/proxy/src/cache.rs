@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use lru::LruCache;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 use crate::config::CacheConfig;
@@ -80,11 +81,13 @@ pub struct ResponseCache {
     fills: Mutex<HashMap<String, watch::Sender<()>>>,
     max_bytes: usize,
     max_entry: usize,
+    /// The bytes held, for `sluice_cache_bytes`.
+    held: Gauge,
 }
 
 impl ResponseCache {
-    /// An empty cache with the configured bounds.
-    pub fn new(config: &CacheConfig) -> ResponseCache {
+    /// An empty cache with the configured bounds; `held` shows its size.
+    pub fn new(config: &CacheConfig, held: Gauge) -> ResponseCache {
         ResponseCache {
             entries: Mutex::new(Entries {
                 lru: LruCache::unbounded(),
@@ -93,6 +96,7 @@ impl ResponseCache {
             fills: Mutex::new(HashMap::new()),
             max_bytes: config.max_mib << 20,
             max_entry: config.max_entry_kib << 10,
+            held,
         }
     }
 
@@ -107,6 +111,7 @@ impl ResponseCache {
         if entry.expires <= Instant::now() {
             entries.lru.pop(key);
             entries.bytes -= entry.size;
+            self.held.set(entries.bytes as i64);
             return None;
         }
         entry.fits(request).then_some(entry)
@@ -189,6 +194,7 @@ impl ResponseCache {
             };
             entries.bytes -= evicted.size;
         }
+        self.held.set(entries.bytes as i64);
     }
 }
 
@@ -271,10 +277,12 @@ mod tests {
 
     #[test]
     fn least_recently_used_entries_are_evicted_to_stay_within_bytes() {
-        let cache = ResponseCache::new(&CacheConfig {
+        let held = Gauge::default();
+        let config = CacheConfig {
             max_mib: 1,
             max_entry_kib: 600,
-        });
+        };
+        let cache = ResponseCache::new(&config, held.clone());
         let body = Bytes::from(vec![0u8; 400 << 10]);
         let none = HeaderMap::new();
         let ttl = Duration::from_secs(60);
@@ -309,5 +317,7 @@ mod tests {
         );
         assert!(cache.fresh("a", &none).is_some());
         assert!(cache.fresh("c", &none).is_some());
+        let two = (2 * (400 << 10) + 2) as i64;
+        assert_eq!(held.get(), two, "the gauge shows what is held");
     }
 }

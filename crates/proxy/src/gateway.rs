@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -16,13 +17,14 @@ use sluice_filter::metrics::Registry;
 use sluice_filter::store::{MemoryStore, StateStore};
 use sluice_filter::{Exchange, Filter, Plugin, PluginError};
 
+use crate::access_log::{AccessLog, Record, Served};
 use crate::body::{self, ClientBody, ClientBodyError, ProxyBody, Upload};
 use crate::cache::ResponseCache;
 use crate::compress::{Compression, Encoding};
 use crate::config::{CacheConfig, RouteConfig};
 use crate::edge::{request_id, strip_hop_by_hop};
 use crate::listener::ConnectionInfo;
-use crate::metrics::{ProxyMetrics, StatusCounters};
+use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::phases::{CachePhase, FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::router::{Matcher, RouteTable};
 use crate::upgrade::{self, Upgrade};
@@ -35,14 +37,14 @@ pub const MAX_BUFFERED_BODY: usize = 16 << 20;
 pub struct Route {
     /// Its name, for logs and filters.
     pub name: Arc<str>,
-    upstream: Arc<Upstream>,
-    filters: FilterChain,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) filters: FilterChain,
     cache: CachePhase,
     /// The largest request body it takes.
     max_body: u64,
     compression: Option<Compression>,
-    /// Responses by status class, counted without a lookup per request.
-    responses: StatusCounters,
+    /// Its requests by method and status class, and their latency.
+    pub(crate) metrics: RouteMetrics,
 }
 
 /// What outlives one configuration (and so a reload): the plugins' state
@@ -65,10 +67,11 @@ pub struct Shared {
 impl Shared {
     /// In-process state, a cache sized by `cache`, and metrics registered in `registry`.
     pub fn new(cache: &CacheConfig, registry: Arc<Registry>) -> Shared {
+        let metrics = Arc::new(ProxyMetrics::new(&registry));
         Shared {
             store: Arc::new(MemoryStore::default()),
-            cache: Arc::new(ResponseCache::new(cache)),
-            metrics: Arc::new(ProxyMetrics::new(&registry)),
+            cache: Arc::new(ResponseCache::new(cache, metrics.cache_bytes.clone())),
+            metrics,
             targets: Arc::default(),
             registry,
         }
@@ -93,9 +96,10 @@ pub struct Gateway {
     routes: RouteTable<Route>,
     upstreams: HashMap<String, Arc<Upstream>>,
     shared: Shared,
-    unrouted: StatusCounters,
+    unrouted: RouteMetrics,
     /// Numbers requests (`request.id` for filters).
     next_id: AtomicU64,
+    access_log: Option<AccessLog>,
 }
 
 impl Gateway {
@@ -107,6 +111,7 @@ impl Gateway {
         plugins: &HashMap<String, Arc<Plugin>>,
         upstreams: HashMap<String, Arc<Upstream>>,
         shared: &Shared,
+        access_log: Option<AccessLog>,
     ) -> Result<Gateway, BuildError> {
         let mut routes = Vec::with_capacity(configured.len());
         for (i, route) in configured.iter().enumerate() {
@@ -136,7 +141,7 @@ impl Gateway {
                 })?;
                 filters.push(built);
             }
-            let filters = FilterChain::new(filters, shared.store.clone());
+            let filters = FilterChain::new(filters, shared.store.clone(), &shared.metrics);
             let compression = match &route.compression {
                 Some(config) => Some(Compression::new(config).map_err(|message| BuildError {
                     at: route.upstream.span().start,
@@ -146,10 +151,10 @@ impl Gateway {
                 None => None,
             };
             let route = Route {
-                responses: StatusCounters::new(&shared.metrics, &name),
+                metrics: RouteMetrics::new(&shared.metrics, &name),
                 name,
                 upstream: upstreams[route.upstream.get_ref()].clone(),
-                cache: CachePhase::new(shared.cache.clone(), &filters),
+                cache: CachePhase::new(shared.cache.clone(), &filters, &shared.metrics),
                 filters,
                 max_body: route.max_body.as_u64(),
                 compression,
@@ -159,9 +164,10 @@ impl Gateway {
         Ok(Gateway {
             routes: RouteTable::new(routes),
             upstreams,
-            unrouted: StatusCounters::new(&shared.metrics, ""),
+            unrouted: RouteMetrics::new(&shared.metrics, ""),
             shared: shared.clone(),
             next_id: AtomicU64::new(1),
+            access_log,
         })
     }
 
@@ -170,22 +176,41 @@ impl Gateway {
         &self.shared.metrics
     }
 
+    /// Its routes, in match order.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
+    /// Its upstreams.
+    pub(crate) fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams.values()
+    }
+
     /// Serve one request that came on `conn`.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
+        let started = Instant::now();
         let (mut head, incoming) = request.into_parts();
         let upgrade = upgrade::requested(&mut head);
         let admitted = conn.edge.admit(&mut head);
         let id = request_id::settle(&mut head.headers, conn.edge.trust_request_id);
+        let record =
+            (self.access_log.as_ref()).map(|_| Record::begin(&head, started, conn.client_ip, &id));
         let mut response = match admitted {
             Err(refusal) => self.refuse(refusal.status(), refusal.code(), &refusal, &id, conn),
-            Ok(()) => self.route(head, incoming, upgrade, &id, conn).await,
+            Ok(()) => {
+                self.route(head, incoming, upgrade, &id, conn, started)
+                    .await
+            }
         };
         response.headers_mut().insert(request_id::HEADER, id);
-        response
+        match (&self.access_log, record) {
+            (Some(log), Some(record)) => log.follow(record, response),
+            _ => response,
+        }
     }
 
     /// Find the request's route and serve it there.
@@ -196,7 +221,9 @@ impl Gateway {
         upgrade: Option<Upgrade>,
         id: &HeaderValue,
         conn: &ConnectionInfo,
+        started: Instant,
     ) -> Response<ProxyBody> {
+        let method = head.method.clone();
         let host = host_of(&head);
         let Some(route) = self.routes.find(
             host.as_deref(),
@@ -204,11 +231,22 @@ impl Gateway {
             &head.method,
             &head.headers,
         ) else {
-            self.unrouted.count(StatusCode::NOT_FOUND);
+            self.unrouted
+                .record(&method, StatusCode::NOT_FOUND, started.elapsed());
             return error_response(StatusCode::NOT_FOUND, "no_route");
         };
-        let response = self.serve(route, head, incoming, upgrade, id, conn).await;
-        route.responses.count(response.status());
+        let mut response = self.serve(route, head, incoming, upgrade, id, conn).await;
+        (route.metrics).record(&method, response.status(), started.elapsed());
+        if self.access_log.is_some() && response.extensions().get::<Served>().is_none() {
+            // Refused before its phases began: the route is all there is to say.
+            response.extensions_mut().insert(Served {
+                route: route.name.clone(),
+                upstream: Some(route.upstream.name.as_str().into()),
+                identity: None,
+                filters: Vec::new(),
+                upload: None,
+            });
+        }
         response
     }
 
@@ -299,10 +337,27 @@ impl Gateway {
             }
         }
         let mut ctx = RequestCtx::new(exchange, route.filters.len());
-        let response = match self.run(route, &mut ctx, sent, id, conn).await {
+        let upload = sent.upload.clone();
+        let ran = self.run(route, &mut ctx, sent, id, conn).await;
+        let served = self.access_log.as_ref().map(|_| Served {
+            route: route.name.clone(),
+            upstream: Some(
+                ctx.upstream
+                    .as_deref()
+                    .unwrap_or(&route.upstream.name)
+                    .into(),
+            ),
+            identity: ctx.exchange.identity.as_ref().map(|i| i.subject.clone()),
+            filters: route.filters.decisions(&ctx),
+            upload,
+        });
+        let mut response = match ran {
             Ok(()) => respond(ctx),
             Err(response) => response,
         };
+        if let Some(served) = served {
+            response.extensions_mut().insert(served);
+        }
         match (&route.compression, encoding, method) {
             (Some(compression), Some(encoding), Some(method)) => {
                 compress(compression, encoding, &method, response)
@@ -396,6 +451,7 @@ impl Gateway {
             client_ip: exchange.client_ip,
             upload: sent.upload.as_deref(),
             upgrade: sent.upgrade.is_some(),
+            mark: self.access_log.is_some(),
         };
         // Boxed: the upstream's retries and connections are kilobytes of
         // future, which would otherwise be moved at every level above.

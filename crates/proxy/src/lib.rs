@@ -2,9 +2,11 @@
 //! [`listener`] → [`edge`] (one view of each request) → [`router`] → the
 //! route's [`phases`] (its filters, then the [`cache`]) → [`upstream`] →
 //! back through the phases → client. [`gateway`] takes one request along
-//! it; [`config`] describes it all.
+//! it, and the [`access_log`] tells of each; [`config`] describes it all;
+//! [`overview`] is what the admin API shows of it.
 #![deny(missing_docs)]
 
+pub mod access_log;
 pub mod body;
 pub mod cache;
 pub mod compress;
@@ -13,6 +15,7 @@ pub mod edge;
 pub mod gateway;
 pub mod listener;
 pub mod metrics;
+pub mod overview;
 pub mod phases;
 pub mod router;
 pub mod tls;

@@ -1,16 +1,31 @@
-//! The data path's metrics: responses by route and status class, what the
-//! edge and the listeners refused, and how upstreams' targets fare.
+//! The data path's metrics: requests by route, method and status class and
+//! how long they took, what the edge and the listeners refused, how
+//! upstreams' targets fare, rate-limit decisions and the response cache.
 
-use http::StatusCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use sluice_filter::metrics::{Labels, Registry, counters, labels};
+use prometheus_client::metrics::histogram::Histogram;
+use sluice_filter::metrics::{HistogramFamily, Labels, Registry, counters, labels, latencies};
 
 /// The proxy's metric families, registered once and kept across reloads.
 pub struct ProxyMetrics {
-    /// Responses by route and status class (`2xx`, ...).
-    responses: Family<Labels, Counter>,
+    /// Requests by route, method and status class (`2xx`, ...).
+    requests: Family<Labels, Counter>,
+    /// Time to the response head, by route.
+    request_seconds: HistogramFamily,
+    /// Time to a target's response head, by upstream and target.
+    pub(crate) upstream_seconds: HistogramFamily,
+    /// Rate-limit decisions, by plugin and `allowed`/`limited`.
+    pub(crate) rate_limit: Family<Labels, Counter>,
+    /// Cache lookups, by `hit`/`miss`.
+    pub(crate) cache_lookups: Family<Labels, Counter>,
+    /// Bytes of responses the cache holds.
+    pub cache_bytes: Gauge,
     /// Requests refused at the edge or for a route's limits, by reason.
     pub(crate) requests_refused: Family<Labels, Counter>,
     /// Connections closed on arrival for a listener's limits, by listener and limit.
@@ -23,13 +38,48 @@ pub struct ProxyMetrics {
     pub(crate) upstream_ejections: Family<Labels, Counter>,
     /// 1 while active health checks find a target healthy.
     pub(crate) upstream_healthy: Family<Labels, Gauge>,
+    /// Access log records dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
 }
 
 impl ProxyMetrics {
     /// The proxy's metrics, registered in `registry`.
     pub fn new(registry: &Registry) -> ProxyMetrics {
         ProxyMetrics {
-            responses: counters(registry, "responses", "Responses by route and status class"),
+            requests: counters(
+                registry,
+                "requests",
+                "Requests by route, method and status class",
+            ),
+            request_seconds: latencies(
+                registry,
+                "request_duration_seconds",
+                "Time from a request's head to its response's head, by route",
+            ),
+            upstream_seconds: latencies(
+                registry,
+                "upstream_response_seconds",
+                "Time from sending to a target to its response head, by upstream and target",
+            ),
+            rate_limit: counters(
+                registry,
+                "rate_limit_decisions",
+                "Rate-limit decisions, by plugin and decision (allowed, limited)",
+            ),
+            cache_lookups: counters(
+                registry,
+                "cache_lookups",
+                "Response cache lookups, by result (hit, miss)",
+            ),
+            cache_bytes: {
+                let gauge = Gauge::default();
+                registry.register(
+                    "cache_bytes",
+                    "Bytes of responses in the cache",
+                    gauge.clone(),
+                );
+                gauge
+            },
             requests_refused: counters(
                 registry,
                 "requests_refused",
@@ -64,6 +114,15 @@ impl ProxyMetrics {
                 );
                 family
             },
+            access_log_dropped: {
+                let counter = Counter::default();
+                registry.register(
+                    "access_log_dropped",
+                    "Access log records dropped because the writer fell behind",
+                    counter.clone(),
+                );
+                counter
+            },
         }
     }
 
@@ -75,22 +134,73 @@ impl ProxyMetrics {
     }
 }
 
-/// One response counter per status class of one route, so counting a
-/// response needs no lookup.
-pub(crate) struct StatusCounters([Counter; 5]);
+/// Methods with a label of their own; others count as `other`.
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-impl StatusCounters {
-    pub(crate) fn new(metrics: &ProxyMetrics, route: &str) -> StatusCounters {
-        StatusCounters(["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-            metrics
-                .responses
-                .get_or_create(&labels([("route", route), ("class", class)]))
-                .clone()
-        }))
+/// One route's request counters and latency histogram. A counter is looked
+/// up once, the first time its method and class occur, and kept, so
+/// counting a request needs no lookup and no series appears before it is used.
+pub(crate) struct RouteMetrics {
+    route: String,
+    requests: Family<Labels, Counter>,
+    counters: [[OnceLock<Counter>; 5]; METHODS.len() + 1],
+    seconds: Histogram,
+}
+
+impl RouteMetrics {
+    pub(crate) fn new(metrics: &ProxyMetrics, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_owned(),
+            requests: metrics.requests.clone(),
+            counters: Default::default(),
+            seconds: metrics
+                .request_seconds
+                .get_or_create(&labels([("route", route)]))
+                .clone(),
+        }
     }
 
-    pub(crate) fn count(&self, status: StatusCode) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.0[class].inc();
+    /// Requests answered so far, and how many of them with a 5xx.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        let count = |cell: &OnceLock<Counter>| cell.get().map_or(0, Counter::get);
+        let all = self.counters.iter().flatten().map(count).sum();
+        let errors = self
+            .counters
+            .iter()
+            .map(|by_class| count(&by_class[4]))
+            .sum();
+        (all, errors)
+    }
+
+    /// Count a `method` request answered with `status` after `took`.
+    pub(crate) fn record(&self, method: &Method, status: StatusCode, took: Duration) {
+        let m = METHODS
+            .iter()
+            .position(|known| known == method)
+            .unwrap_or(METHODS.len());
+        let c = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.counters[m][c]
+            .get_or_init(|| {
+                let method = METHODS.get(m).map_or("other", Method::as_str);
+                let set = [
+                    ("route", &*self.route),
+                    ("method", method),
+                    ("class", CLASSES[c]),
+                ];
+                self.requests.get_or_create(&labels(set)).clone()
+            })
+            .inc();
+        self.seconds.observe(took.as_secs_f64());
     }
 }

@@ -143,6 +143,11 @@ impl<T> RouteTable<T> {
         RouteTable { routes }
     }
 
+    /// Every route, in match order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.routes.iter().map(|(_, t)| t)
+    }
+
     /// The route for this request, if any.
     pub fn find(
         &self,

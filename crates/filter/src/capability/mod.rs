@@ -214,6 +214,17 @@ impl Capabilities {
             .clone()
     }
 
+    /// The histogram of this plugin's call durations in `phase`.
+    pub(crate) fn call_seconds(
+        &self,
+        phase: &str,
+    ) -> prometheus_client::metrics::histogram::Histogram {
+        self.counters
+            .call_seconds
+            .get_or_create(&labels([("plugin", &self.plugin), ("phase", phase)]))
+            .clone()
+    }
+
     /// Count a failed call of this plugin, by why (`trap`, `timeout`, ...).
     pub(crate) fn count_failure(&self, reason: &str) {
         self.counters

@@ -7,26 +7,42 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Method};
+use prometheus_client::metrics::counter::Counter;
+use sluice_filter::metrics::labels;
 use sluice_filter::{Filter, ResponseAnswer, StoreDecision};
 
 use super::filters::failing_open;
 use super::{FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::body;
 use crate::cache::{self, Lookup, ResponseCache};
+use crate::metrics::ProxyMetrics;
 
 /// A route's use of the response cache.
 pub struct CachePhase {
     cache: Arc<ResponseCache>,
     /// The cache-policy filter that decides what to store, and its place in the chain.
     policy: Option<(usize, Arc<Filter>)>,
+    /// Lookups that found a fresh response, and those that did not.
+    hits: Counter,
+    misses: Counter,
 }
 
 impl CachePhase {
     /// The cache phase of a route with `chain`.
-    pub fn new(cache: Arc<ResponseCache>, chain: &FilterChain) -> CachePhase {
+    pub fn new(
+        cache: Arc<ResponseCache>,
+        chain: &FilterChain,
+        metrics: &ProxyMetrics,
+    ) -> CachePhase {
+        let lookups = |result| {
+            let set = labels([("result", result)]);
+            metrics.cache_lookups.get_or_create(&set).clone()
+        };
         CachePhase {
             cache,
             policy: chain.cache_policy(),
+            hits: lookups("hit"),
+            misses: lookups("miss"),
         }
     }
 
@@ -41,7 +57,7 @@ impl CachePhase {
         let Some((i, filter)) = &self.policy else {
             return Ok(StoreDecision::FollowUpstream);
         };
-        let lease = ctx.leases[*i].take();
+        let lease = ctx.slots[*i].lease.take();
         match filter.on_response(&mut ctx.exchange, lease).await {
             Ok(ResponseAnswer::Store(decision)) => Ok(decision),
             Ok(_) => Ok(StoreDecision::FollowUpstream),
@@ -65,6 +81,7 @@ impl Phase for CachePhase {
         };
         match self.cache.lookup(key, &ctx.exchange.request.headers).await {
             Lookup::Hit(hit) => {
+                self.hits.inc();
                 let (mut head, ()) = http::Response::new(()).into_parts();
                 head.status = hit.status;
                 head.headers = hit.headers.clone();
@@ -79,6 +96,7 @@ impl Phase for CachePhase {
             }
             // Held until the response is stored, so concurrent misses wait for this fetch.
             Lookup::Miss(guard) => {
+                self.misses.inc();
                 ctx.filling = guard;
                 Ok(Flow::Next)
             }

@@ -11,23 +11,38 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use sluice_filter::store::StateStore;
 use sluice_filter::{Answer, Filter, FilterFailure, Kind, Reply};
 
-use super::{Flow, Phase, PhaseError, RequestCtx, rate_limit};
+use super::{Decision, Flow, Phase, PhaseError, RequestCtx, rate_limit};
 use crate::edge::path::{self, EscapedSlashes, PathRules};
 use crate::edge::request_id;
+use crate::metrics::ProxyMetrics;
 
 /// The filters of one route.
 pub struct FilterChain {
     filters: Vec<Arc<Filter>>,
     /// Where rate-limit filters' buckets are kept.
     store: Arc<dyn StateStore>,
+    /// Per filter, in chain order: its rate-limit decisions' counters.
+    limits: Vec<rate_limit::Decisions>,
 }
 
 impl FilterChain {
     /// A chain of `filters`, given in configuration order; put in phase order here.
-    pub fn new(filters: Vec<Filter>, store: Arc<dyn StateStore>) -> FilterChain {
+    pub fn new(
+        filters: Vec<Filter>,
+        store: Arc<dyn StateStore>,
+        metrics: &ProxyMetrics,
+    ) -> FilterChain {
         let mut filters: Vec<Arc<Filter>> = filters.into_iter().map(Arc::new).collect();
         in_phase_order(&mut filters, |f| f.kind());
-        FilterChain { filters, store }
+        let limits = filters
+            .iter()
+            .map(|f| rate_limit::Decisions::new(metrics, &f.plugin().name))
+            .collect();
+        FilterChain {
+            filters,
+            store,
+            limits,
+        }
     }
 
     /// How many filters it has.
@@ -80,8 +95,14 @@ impl Phase for FilterChain {
             ctx.ran = i;
             let answered = match filter.on_request(&mut ctx.exchange).await {
                 Ok((answer, lease)) => {
-                    ctx.leases[i] = lease;
-                    self.apply(ctx, filter, answer).await
+                    ctx.slots[i].lease = lease;
+                    let decision = decision(&answer);
+                    let flow = self.apply(ctx, i, answer).await;
+                    ctx.slots[i].decision = match (&flow, decision) {
+                        (Ok(Flow::Answered), Decision::Admitted) => Decision::Limited,
+                        _ => decision,
+                    };
+                    flow
                 }
                 Err(failure) => Err(failure.into()),
             };
@@ -90,9 +111,16 @@ impl Phase for FilterChain {
                 // The answering filter's own response phase does not run.
                 Ok(Flow::Answered) => return Ok(Flow::Answered),
                 Err(PhaseError::Filter(failure)) if filter.plugin().fail_open => {
+                    ctx.slots[i].decision = Decision::FailedOpen(failure.kind);
                     failing_open(&failure, ctx);
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    ctx.slots[i].decision = Decision::Failed(match &error {
+                        PhaseError::Filter(failure) => failure.kind,
+                        _ => "store",
+                    });
+                    return Err(error);
+                }
             }
         }
         ctx.ran = self.filters.len();
@@ -102,14 +130,20 @@ impl Phase for FilterChain {
     async fn response(&self, ctx: &mut RequestCtx) -> Result<(), PhaseError> {
         for i in (0..ctx.ran).rev() {
             let filter = &self.filters[i];
-            let lease = ctx.leases[i].take();
+            let lease = ctx.slots[i].lease.take();
             if !edits_responses(filter) {
                 continue;
             }
             match filter.on_response(&mut ctx.exchange, lease).await {
                 Ok(_) => {}
-                Err(failure) if filter.plugin().fail_open => failing_open(&failure, ctx),
-                Err(failure) => return Err(failure.into()),
+                Err(failure) if filter.plugin().fail_open => {
+                    ctx.slots[i].decision = Decision::FailedOpen(failure.kind);
+                    failing_open(&failure, ctx);
+                }
+                Err(failure) => {
+                    ctx.slots[i].decision = Decision::Failed(failure.kind);
+                    return Err(failure.into());
+                }
             }
         }
         Ok(())
@@ -117,13 +151,25 @@ impl Phase for FilterChain {
 }
 
 impl FilterChain {
+    /// Its filters' plugin names, in chain order.
+    pub fn plugin_names(&self) -> impl Iterator<Item = &str> {
+        self.filters.iter().map(|f| &*f.plugin().name)
+    }
+
+    /// Each filter's name and what it decided on this request, in chain order.
+    pub fn decisions(&self, ctx: &RequestCtx) -> Vec<(Arc<str>, Decision)> {
+        let named = self.filters.iter().map(|f| f.plugin().name.clone());
+        named.zip(ctx.slots.iter().map(|s| s.decision)).collect()
+    }
+
     /// Act on what `filter` answered.
     async fn apply(
         &self,
         ctx: &mut RequestCtx,
-        filter: &Filter,
+        i: usize,
         answer: Answer,
     ) -> Result<Flow, PhaseError> {
+        let filter = &self.filters[i];
         match answer {
             Answer::Next => {}
             Answer::Allow(identity) => ctx.exchange.identity = Some(identity),
@@ -133,7 +179,8 @@ impl FilterChain {
                 return Ok(Flow::Answered);
             }
             Answer::Limit(limit) => {
-                return rate_limit::admit(ctx, filter, limit, &*self.store).await;
+                let decisions = &self.limits[i];
+                return rate_limit::admit(ctx, filter, limit, &*self.store, decisions).await;
             }
             Answer::Rewrite(target) => rewrite(ctx, &target, filter)?,
             Answer::Route {
@@ -148,6 +195,20 @@ impl FilterChain {
             Answer::CacheKey(key) => ctx.cache_key = key,
         }
         Ok(Flow::Next)
+    }
+}
+
+/// What `answer` decides (a rate limit's, before the bucket is asked).
+fn decision(answer: &Answer) -> Decision {
+    match answer {
+        Answer::Next => Decision::Next,
+        Answer::Allow(_) => Decision::Allow,
+        Answer::Reply(reply) => StatusCode::from_u16(reply.status)
+            .map_or(Decision::Failed("invalid_answer"), Decision::Reply),
+        Answer::Limit(_) => Decision::Admitted,
+        Answer::Rewrite(_) => Decision::Rewrite,
+        Answer::Route { .. } => Decision::Route,
+        Answer::CacheKey(_) => Decision::CacheKey,
     }
 }
 

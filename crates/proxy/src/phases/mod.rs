@@ -37,8 +37,9 @@ pub struct RequestCtx {
     /// The response body as it streams from the upstream, when it is not
     /// buffered in the exchange.
     pub stream: Option<ProxyBody>,
-    /// Per filter, in chain order: the instance it keeps for its response call.
-    leases: Vec<Option<Lease>>,
+    /// Per filter, in chain order: the instance it keeps for its response
+    /// call, and what it decided (for the access log).
+    slots: Vec<Slot>,
     /// Held while this request fetches what other requests wait on for the cache.
     filling: Option<FillGuard>,
     /// How many filters saw the request (their response phases run later).
@@ -54,7 +55,9 @@ impl RequestCtx {
             cache_key: None,
             rate_limit: None,
             stream: None,
-            leases: std::iter::repeat_with(|| None).take(filters).collect(),
+            slots: std::iter::repeat_with(Slot::default)
+                .take(filters)
+                .collect(),
             filling: None,
             ran: 0,
         }
@@ -65,6 +68,60 @@ impl RequestCtx {
         self.exchange.response = Some(head);
         self.exchange.response_body = Some(body);
         self.stream = None;
+    }
+}
+
+/// One filter's part in a request.
+#[derive(Default)]
+struct Slot {
+    lease: Option<Lease>,
+    decision: Decision,
+}
+
+/// What a filter made of a request, as the access log reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Decision {
+    /// It was not called (an earlier filter answered or failed).
+    #[default]
+    Skipped,
+    /// It let the request go on unchanged.
+    Next,
+    /// It authenticated the request.
+    Allow,
+    /// It answered instead of the upstream, with this status.
+    Reply(StatusCode),
+    /// Its rate limit had tokens for the request.
+    Admitted,
+    /// Its rate limit had none: 429.
+    Limited,
+    /// It rewrote the path.
+    Rewrite,
+    /// It chose the upstream.
+    Route,
+    /// It chose the cache key (or bypass).
+    CacheKey,
+    /// It failed and was skipped (fail-open), for this reason.
+    FailedOpen(&'static str),
+    /// It failed and so did the request, for this reason.
+    Failed(&'static str),
+}
+
+impl Decision {
+    /// Its name in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Decision::Skipped => "skipped",
+            Decision::Next => "next",
+            Decision::Allow => "allow",
+            Decision::Reply(_) => "reply",
+            Decision::Admitted => "admitted",
+            Decision::Limited => "limited",
+            Decision::Rewrite => "rewrite",
+            Decision::Route => "route",
+            Decision::CacheKey => "cache_key",
+            Decision::FailedOpen(_) => "failed_open",
+            Decision::Failed(_) => "failed",
+        }
     }
 }
 

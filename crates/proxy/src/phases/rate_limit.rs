@@ -3,12 +3,51 @@
 //! the shared store), answers 429 with `Retry-After` when there are none,
 //! and reports the last decision in `RateLimit-*` response headers.
 
+use std::sync::{Arc, OnceLock};
+
 use http::{HeaderMap, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use sluice_filter::metrics::{Labels, labels};
 use sluice_filter::store::StateStore;
 use sluice_filter::{Filter, Limit, Reply};
 
+use crate::metrics::ProxyMetrics;
+
 use super::filters::into_response;
 use super::{Flow, PhaseError, RequestCtx};
+
+/// One filter's rate-limit decisions, counted by plugin; made for every
+/// filter of a chain, and created in the registry only when first counted.
+pub(super) struct Decisions {
+    plugin: Arc<str>,
+    allowed: OnceLock<Counter>,
+    limited: OnceLock<Counter>,
+    family: Family<Labels, Counter>,
+}
+
+impl Decisions {
+    pub(super) fn new(metrics: &ProxyMetrics, plugin: &Arc<str>) -> Decisions {
+        Decisions {
+            plugin: plugin.clone(),
+            allowed: Default::default(),
+            limited: Default::default(),
+            family: metrics.rate_limit.clone(),
+        }
+    }
+
+    fn count(&self, allowed: bool) {
+        let (cell, decision) = match allowed {
+            true => (&self.allowed, "allowed"),
+            false => (&self.limited, "limited"),
+        };
+        cell.get_or_init(|| {
+            let set = labels([("plugin", &*self.plugin), ("decision", decision)]);
+            self.family.get_or_create(&set).clone()
+        })
+        .inc();
+    }
+}
 
 /// Take `limit`'s tokens for this request; answer 429 if there are none.
 pub(super) async fn admit(
@@ -16,6 +55,7 @@ pub(super) async fn admit(
     filter: &Filter,
     limit: Limit,
     store: &dyn StateStore,
+    decisions: &Decisions,
 ) -> Result<Flow, PhaseError> {
     // Buckets are namespaced by plugin, like its key-value entries.
     let key = format!("{}\0{}", filter.plugin().name, limit.key);
@@ -24,6 +64,7 @@ pub(super) async fn admit(
         .await
         .map_err(|e| PhaseError::Store(e.to_string()))?;
     ctx.rate_limit = Some(admission);
+    decisions.count(admission.allowed);
     if admission.allowed {
         return Ok(Flow::Next);
     }

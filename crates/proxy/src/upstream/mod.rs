@@ -9,7 +9,7 @@
 //!            └── retry, another target ◄── failure ──┘  (target: outlier record)
 //! ```
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -92,7 +92,14 @@ pub struct Sending<'a> {
     pub upload: Option<&'a Upload>,
     /// The request switches protocols (WebSocket): a connection of its own.
     pub upgrade: bool,
+    /// Mark the response with the target that gave it ([`AnsweredBy`]).
+    pub mark: bool,
 }
+
+/// The target that answered, in the response's extensions when
+/// [`Sending::mark`] asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnsweredBy(pub SocketAddr);
 
 /// When to try again, and how long to wait.
 struct Policy {
@@ -133,6 +140,8 @@ impl Upstream {
             fingerprint: resolve::fingerprint(name, config),
             connector: connector.clone(),
             idle_timeout: config.idle_timeout,
+            upstream: name.to_owned(),
+            seconds: metrics.upstream_seconds.clone(),
         };
         let configured = config.targets.get_ref().clone();
         let targets = resolver.resolve(&configured).await?;
@@ -170,6 +179,12 @@ impl Upstream {
             }
         }
         Ok(upstream)
+    }
+
+    /// Its targets as now resolved.
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        let members = self.members.load();
+        members.targets.iter().map(|(t, _)| t.clone()).collect()
     }
 
     /// Send `request` (already prepared by [`prepare_request`]) to a target
@@ -259,6 +274,9 @@ impl Upstream {
                         continue;
                     }
                     self.stick(&key, target, response.headers_mut());
+                    if sending.mark {
+                        response.extensions_mut().insert(AnsweredBy(target.addr));
+                    }
                     return Ok(response);
                 }
                 Err(Failure::ClientBody(error)) => return Err(UpstreamError::ClientBody(error)),
@@ -597,6 +615,7 @@ impl sluice_filter::HttpUpstream for Upstream {
             client_ip: IpAddr::from([127, 0, 0, 1]),
             upload: None,
             upgrade: false,
+            mark: false,
         };
         let response = Upstream::send(self, request.map(Payload::Bytes), &sending)
             .await

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
 use http::uri::Authority;
+use sluice_filter::metrics::{HistogramFamily, labels};
 
 use super::connect::Connector;
 use super::pool::Pool;
@@ -55,6 +56,9 @@ pub(super) struct Resolver {
     pub(super) fingerprint: String,
     pub(super) connector: Arc<Connector>,
     pub(super) idle_timeout: std::time::Duration,
+    /// The upstream's name and where its targets' latencies go.
+    pub(super) upstream: String,
+    pub(super) seconds: HistogramFamily,
 }
 
 impl Resolver {
@@ -86,7 +90,10 @@ impl Resolver {
                 let target = self.registry.get_or_insert(key, || {
                     let host = authority.host().trim_matches(['[', ']']);
                     let pool = Pool::new(addr, host, self.connector.clone(), self.idle_timeout);
-                    Target::new(addr, authority.clone(), pool)
+                    let addr_text = addr.to_string();
+                    let set = [("upstream", &*self.upstream), ("target", &addr_text)];
+                    let seconds = self.seconds.get_or_create(&labels(set)).clone();
+                    Target::new(addr, authority.clone(), pool, seconds)
                 });
                 resolved.push((target, configured.weight()));
             }

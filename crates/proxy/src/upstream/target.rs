@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::pool::Pool;
 use crate::config::OutlierConfig;
@@ -19,6 +20,8 @@ pub struct Target {
     /// The configured `host:port`: the default `Host` and TLS name.
     pub authority: Authority,
     pub(super) pool: Arc<Pool>,
+    /// Times to its response heads (`sluice_upstream_response_seconds`).
+    seconds: Histogram,
     in_flight: AtomicU32,
     /// Moving average of the time to a response head, in microseconds.
     latency_us: AtomicU64,
@@ -58,11 +61,17 @@ fn now_ms() -> u64 {
 }
 
 impl Target {
-    pub(super) fn new(addr: SocketAddr, authority: Authority, pool: Arc<Pool>) -> Target {
+    pub(super) fn new(
+        addr: SocketAddr,
+        authority: Authority,
+        pool: Arc<Pool>,
+        seconds: Histogram,
+    ) -> Target {
         Target {
             addr,
             authority,
             pool,
+            seconds,
             in_flight: AtomicU32::new(0),
             latency_us: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
@@ -76,6 +85,17 @@ impl Target {
     /// Whether requests may go to it now.
     pub fn available(&self) -> bool {
         self.healthy.load(Ordering::Relaxed) && !self.ejected()
+    }
+
+    /// `ejected` (outlier detection), `unhealthy` (active checks) or `healthy`.
+    pub fn state(&self) -> &'static str {
+        if self.ejected() {
+            "ejected"
+        } else if self.healthy.load(Ordering::Relaxed) {
+            "healthy"
+        } else {
+            "unhealthy"
+        }
     }
 
     /// Whether outlier detection has it ejected now.
@@ -102,6 +122,7 @@ impl Target {
 
     /// A response head came after `took`: into the moving average.
     pub(super) fn answered(&self, took: Duration) {
+        self.seconds.observe(took.as_secs_f64());
         let sample = took.as_micros() as u64;
         let old = self.latency_us.load(Ordering::Relaxed);
         let new = match old {
