@@ -606,3 +606,140 @@ async fn the_dashboard_renders_in_a_real_browser_and_follows_traffic() {
     browser.wait_for(public, "7").await;
     browser.quit().await;
 }
+
+/// An OTLP/HTTP receiver: keeps every span posted to it (JSON-encoded).
+struct Collector {
+    addr: std::net::SocketAddr,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let kept = kept.clone();
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let kept = kept.clone();
+                    async move {
+                        use http_body_util::BodyExt;
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let export: serde_json::Value =
+                            serde_json::from_slice(&body).expect("OTLP JSON");
+                        let spans = export["resourceSpans"].as_array().into_iter().flatten();
+                        let spans = spans
+                            .flat_map(|r| r["scopeSpans"].as_array().into_iter().flatten())
+                            .flat_map(|s| s["spans"].as_array().into_iter().flatten());
+                        kept.lock().unwrap().extend(spans.cloned());
+                        let ok = http::Response::new(http_body_util::Full::new(Bytes::from("{}")));
+                        Ok::<_, hyper::Error>(ok)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+                );
+            }
+        });
+        Collector { addr, spans }
+    }
+
+    /// The spans of trace `trace_id`, once there are `count` of them.
+    async fn trace(&self, trace_id: &str, count: usize) -> Vec<serde_json::Value> {
+        for _ in 0..100 {
+            let spans: Vec<_> = (self.spans.lock().unwrap().iter())
+                .filter(|s| s["traceId"] == trace_id)
+                .cloned()
+                .collect();
+            if spans.len() >= count {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "trace {trace_id} never had {count} spans: {:#?}",
+            self.spans.lock().unwrap()
+        );
+    }
+}
+
+/// A span's attribute, as text (OTLP JSON gives integers as strings or numbers).
+fn attribute(span: &serde_json::Value, key: &str) -> String {
+    let found = span["attributes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["key"] == key);
+    let value = &found.unwrap_or_else(|| panic!("no {key} in {span}"))["value"];
+    match value.as_object().and_then(|v| v.values().next()) {
+        Some(serde_json::Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+        None => panic!("{key} has no value in {span}"),
+    }
+}
+
+/// `SPAN_KIND_SERVER` is 2, `SPAN_KIND_CLIENT` 3, `SPAN_KIND_INTERNAL` 1.
+fn kind(span: &serde_json::Value) -> i64 {
+    span["kind"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("kind in {span}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_follow_the_client_through_filters_and_upstream_tries_to_a_collector() {
+    let collector = Collector::start().await;
+    let up = Upstream::start("a").await;
+    let tracing = format!(
+        "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nexport_every = \"100ms\"",
+        collector.addr
+    );
+    let gw = Gateway::start(&config(&up, &tracing)).await.unwrap();
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let client_span = "b7ad6b7169203331";
+    let parent = format!("00-{trace_id}-{client_span}-01");
+    let headers = [("traceparent", parent.as_str()), ("x-api-key", "k-alice")];
+    let reply = get(&gw.url("/api/orders"), &headers).await;
+    assert_eq!(reply.status, 200);
+
+    let spans = collector.trace(trace_id, 4).await;
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no span {name} in {spans:#?}"))
+    };
+    let server = named("GET api");
+    assert_eq!(
+        (kind(server), server["parentSpanId"].as_str()),
+        (2, Some(client_span))
+    );
+    assert_eq!(attribute(server, "http.route"), "api");
+    assert_eq!(attribute(server, "http.response.status_code"), "200");
+    assert_eq!(
+        attribute(server, "sluice.request_id"),
+        reply.header("x-request-id")
+    );
+    let server_id = server["spanId"].as_str().unwrap();
+
+    for (plugin, decision) in [("auth", "allow"), ("limit", "admitted")] {
+        let span = named(&format!("filter {plugin}"));
+        assert_eq!(span["parentSpanId"], server_id, "{span}");
+        assert_eq!(attribute(span, "sluice.decision"), decision);
+    }
+
+    // The upstream got the try's span as its parent.
+    let tried = named("upstream a");
+    assert_eq!(
+        (kind(tried), tried["parentSpanId"].as_str()),
+        (3, Some(server_id))
+    );
+    assert_eq!(attribute(tried, "server.address"), up.addr.to_string());
+    let sent = reply.echoed("traceparent");
+    let tried_id = tried["spanId"].as_str().unwrap();
+    assert_eq!(sent, [format!("00-{trace_id}-{tried_id}-01")]);
+}

@@ -13,6 +13,7 @@ use sluice_proxy::access_log::AccessLogConfig;
 use sluice_proxy::config::{CacheConfig, ListenerConfig, RouteConfig, UpstreamConfig};
 use sluice_proxy::edge::PathRules;
 use sluice_proxy::router::Matcher;
+use sluice_proxy::trace::TracingConfig;
 use toml::Spanned;
 
 use crate::trust::{Trust, TrustConfig};
@@ -38,6 +39,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// One line per request, when configured.
     pub access_log: Option<Spanned<AccessLogConfig>>,
+    /// Spans to an OpenTelemetry collector, when configured (read at start).
+    pub tracing: Option<Spanned<TracingConfig>>,
     /// The admin listener (metrics, reloads, plugin versions), off unless configured.
     pub admin: Option<AdminConfig>,
     /// What triggers a reload besides `SIGHUP` and the admin API.

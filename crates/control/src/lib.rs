@@ -29,6 +29,7 @@ use sluice_filter::metrics::{FilterMetrics, Labels, Registry, counters, labels};
 use sluice_filter::{Capabilities, Compiled, FilterEngine, HttpUpstream, Services};
 use sluice_proxy::access_log::AccessLog;
 use sluice_proxy::listener::{ListenerSettings, Listeners, Wanted};
+use sluice_proxy::trace::Tracing;
 use sluice_proxy::upstream::Upstream;
 use sluice_proxy::{Gateway, Shared};
 use tokio::net::TcpListener;
@@ -134,10 +135,16 @@ struct Kept {
 impl Kept {
     fn new(config: &Config) -> anyhow::Result<Kept> {
         let registry = Registry::new();
+        let mut shared = Shared::new(&config.cache, registry.clone());
+        if let Some(tracing) = &config.tracing {
+            let started = Tracing::start(tracing.get_ref())
+                .map_err(|e| config.source.error(tracing.span().start, "tracing", e))?;
+            shared.tracing = Some(started);
+        }
         Ok(Kept {
             engine: FilterEngine::new(config.engine.cache_dir().as_deref())?,
-            filters: Arc::new(FilterMetrics::new(registry.clone())),
-            shared: Shared::new(&config.cache, registry),
+            filters: Arc::new(FilterMetrics::new(registry)),
+            shared,
         })
     }
 }

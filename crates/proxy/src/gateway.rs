@@ -27,6 +27,7 @@ use crate::listener::ConnectionInfo;
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::phases::{CachePhase, FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::router::{Matcher, RouteTable};
+use crate::trace::{Trace, Tracing};
 use crate::upgrade::{self, Upgrade};
 use crate::upstream::{self, Payload, Sending, TargetRegistry, Upstream, UpstreamError};
 
@@ -62,6 +63,8 @@ pub struct Shared {
     pub metrics: Arc<ProxyMetrics>,
     /// Upstream targets, reused by a reload that keeps them.
     pub targets: Arc<TargetRegistry>,
+    /// Where spans go, when `[tracing]` is configured (read at start).
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 impl Shared {
@@ -73,6 +76,7 @@ impl Shared {
             cache: Arc::new(ResponseCache::new(cache, metrics.cache_bytes.clone())),
             metrics,
             targets: Arc::default(),
+            tracing: None,
             registry,
         }
     }
@@ -199,14 +203,27 @@ impl Gateway {
         let id = request_id::settle(&mut head.headers, conn.edge.trust_request_id);
         let record =
             (self.access_log.as_ref()).map(|_| Record::begin(&head, started, conn.client_ip, &id));
-        let mut response = match admitted {
-            Err(refusal) => self.refuse(refusal.status(), refusal.code(), &refusal, &id, conn),
-            Ok(()) => {
-                self.route(head, incoming, upgrade, &id, conn, started)
-                    .await
-            }
+        let trace = (self.shared.tracing.as_ref())
+            .map(|tracing| Trace::request(tracing, &head, conn.client_ip, &id));
+        let at = Arrival {
+            id,
+            conn,
+            started,
+            trace,
         };
-        response.headers_mut().insert(request_id::HEADER, id);
+        let mut response = match admitted {
+            Err(refusal) => self.refuse(refusal.status(), refusal.code(), &refusal, &at),
+            Ok(()) => self.route(head, incoming, upgrade, &at).await,
+        };
+        if let Some(trace) = &at.trace {
+            let status = response.status();
+            trace.set("http.response.status_code", i64::from(status.as_u16()));
+            if status.is_server_error() {
+                trace.fail(status.to_string());
+            }
+            trace.end();
+        }
+        response.headers_mut().insert(request_id::HEADER, at.id);
         match (&self.access_log, record) {
             (Some(log), Some(record)) => log.follow(record, response),
             _ => response,
@@ -219,9 +236,7 @@ impl Gateway {
         head: http::request::Parts,
         incoming: Incoming,
         upgrade: Option<Upgrade>,
-        id: &HeaderValue,
-        conn: &ConnectionInfo,
-        started: Instant,
+        at: &Arrival<'_>,
     ) -> Response<ProxyBody> {
         let method = head.method.clone();
         let host = host_of(&head);
@@ -232,11 +247,15 @@ impl Gateway {
             &head.headers,
         ) else {
             self.unrouted
-                .record(&method, StatusCode::NOT_FOUND, started.elapsed());
+                .record(&method, StatusCode::NOT_FOUND, at.started.elapsed());
             return error_response(StatusCode::NOT_FOUND, "no_route");
         };
-        let mut response = self.serve(route, head, incoming, upgrade, id, conn).await;
-        (route.metrics).record(&method, response.status(), started.elapsed());
+        let mut response = self.serve(route, head, incoming, upgrade, at).await;
+        (route.metrics).record(&method, response.status(), at.started.elapsed());
+        if let Some(trace) = &at.trace {
+            trace.rename(format!("{method} {}", route.name));
+            trace.set("http.route", route.name.to_string());
+        }
         if self.access_log.is_some() && response.extensions().get::<Served>().is_none() {
             // Refused before its phases began: the route is all there is to say.
             response.extensions_mut().insert(Served {
@@ -257,15 +276,14 @@ impl Gateway {
         status: StatusCode,
         code: &'static str,
         why: &dyn std::fmt::Display,
-        id: &HeaderValue,
-        conn: &ConnectionInfo,
+        at: &Arrival<'_>,
     ) -> Response<ProxyBody> {
         self.shared.metrics.refused(code);
         sluice_filter::log_throttled!(
             info,
             ("refused", code),
-            client = %conn.client_ip,
-            request_id = log_id(id),
+            client = %at.conn.client_ip,
+            request_id = log_id(&at.id),
             "request refused ({status}): {why}"
         );
         error_response(status, code)
@@ -278,8 +296,7 @@ impl Gateway {
         head: http::request::Parts,
         incoming: Incoming,
         upgrade: Option<Upgrade>,
-        id: &HeaderValue,
-        conn: &ConnectionInfo,
+        at: &Arrival<'_>,
     ) -> Response<ProxyBody> {
         let declared = head
             .headers
@@ -290,13 +307,7 @@ impl Gateway {
                 "route `{}` takes at most {} bytes",
                 route.name, route.max_body
             );
-            return self.refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &why,
-                id,
-                conn,
-            );
+            return self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &why, at);
         }
         let encoding = route
             .compression
@@ -307,10 +318,10 @@ impl Gateway {
         let mut exchange = Box::new(Exchange::new(
             number,
             head,
-            conn.client_ip,
+            at.conn.client_ip,
             route.name.clone(),
         ));
-        exchange.secure = conn.secure;
+        exchange.secure = at.conn.secure;
         let mut sent = match incoming.is_end_stream() {
             true => Outgoing {
                 body: None,
@@ -318,7 +329,8 @@ impl Gateway {
                 upgrade,
             },
             false => {
-                let (body, upload) = ClientBody::new(incoming, route.max_body, conn.body_timeout);
+                let (body, upload) =
+                    ClientBody::new(incoming, route.max_body, at.conn.body_timeout);
                 Outgoing {
                     body: Some(body::stream(body)),
                     upload: Some(upload),
@@ -333,12 +345,13 @@ impl Gateway {
             };
             match whole {
                 Ok(bytes) => exchange.request_body = Some(bytes),
-                Err(error) => return self.client_body_failed(&*error, id, conn),
+                Err(error) => return self.client_body_failed(&*error, at),
             }
         }
         let mut ctx = RequestCtx::new(exchange, route.filters.len());
+        ctx.trace = at.trace.clone();
         let upload = sent.upload.clone();
-        let ran = self.run(route, &mut ctx, sent, id, conn).await;
+        let ran = self.run(route, &mut ctx, sent, at).await;
         let served = self.access_log.as_ref().map(|_| Served {
             route: route.name.clone(),
             upstream: Some(
@@ -373,15 +386,14 @@ impl Gateway {
         route: &Route,
         ctx: &mut RequestCtx,
         sent: Outgoing,
-        id: &HeaderValue,
-        conn: &ConnectionInfo,
+        at: &Arrival<'_>,
     ) -> Result<(), Response<ProxyBody>> {
-        let failed = |error| phase_failed(route, error, id);
+        let failed = |error| phase_failed(route, error, &at.id);
         let cache_ran = match route.filters.request(ctx).await.map_err(failed)? {
             Flow::Answered => false,
             Flow::Next => {
                 if let Flow::Next = route.cache.request(ctx).await.map_err(failed)? {
-                    self.fetch(route, ctx, sent, id, conn).await?;
+                    self.fetch(route, ctx, sent, at).await?;
                 }
                 true
             }
@@ -413,13 +425,12 @@ impl Gateway {
         route: &Route,
         ctx: &mut RequestCtx,
         sent: Outgoing,
-        id: &HeaderValue,
-        conn: &ConnectionInfo,
+        at: &Arrival<'_>,
     ) -> Result<(), Response<ProxyBody>> {
         let upstream = match &ctx.upstream {
             None => &route.upstream,
             Some(name) => self.upstreams.get(name).ok_or_else(|| {
-                phase_failed(route, PhaseError::UnknownUpstream(name.clone()), id)
+                phase_failed(route, PhaseError::UnknownUpstream(name.clone()), &at.id)
             })?,
         };
         let exchange = &mut ctx.exchange;
@@ -452,6 +463,7 @@ impl Gateway {
             upload: sent.upload.as_deref(),
             upgrade: sent.upgrade.is_some(),
             mark: self.access_log.is_some(),
+            trace: at.trace.as_ref(),
         };
         // Boxed: the upstream's retries and connections are kilobytes of
         // future, which would otherwise be moved at every level above.
@@ -461,14 +473,14 @@ impl Gateway {
                 let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if let Some(upgrade) = sent.upgrade.filter(|_| switched) {
                     upgrade.restore(response.headers_mut());
-                    upgrade.join(&mut response, conn.idle_timeout);
+                    upgrade.join(&mut response, at.conn.idle_timeout);
                 }
                 let (head, incoming) = response.into_parts();
                 exchange.response = Some(head);
                 ctx.stream = Some(body::stream(incoming));
                 Ok(())
             }
-            Err(UpstreamError::ClientBody(error)) => Err(self.client_body_failed(&error, id, conn)),
+            Err(UpstreamError::ClientBody(error)) => Err(self.client_body_failed(&error, at)),
             Err(error) => {
                 let (status, code) = upstream::failure_status(&error);
                 sluice_filter::log_throttled!(
@@ -487,16 +499,24 @@ impl Gateway {
     fn client_body_failed(
         &self,
         error: &(dyn std::error::Error + 'static),
-        id: &HeaderValue,
-        conn: &ConnectionInfo,
+        at: &Arrival<'_>,
     ) -> Response<ProxyBody> {
         let (status, code) = match ClientBodyError::find(error) {
             Some(ClientBodyError::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Some(ClientBodyError::Timeout) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             None => (StatusCode::BAD_REQUEST, "body_incomplete"),
         };
-        self.refuse(status, code, &error, id, conn)
+        self.refuse(status, code, &error, at)
     }
+}
+
+/// What the gateway knows of a request from its arrival on: its id, its
+/// connection, when it came, and its span when tracing.
+struct Arrival<'a> {
+    id: HeaderValue,
+    conn: &'a ConnectionInfo,
+    started: Instant,
+    trace: Option<Trace>,
 }
 
 /// The client's request body on its way upstream, and when its upload ended.

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use sluice_filter::store::StateStore;
 use sluice_filter::{Answer, Filter, FilterFailure, Kind, Reply};
 
@@ -15,6 +17,7 @@ use super::{Decision, Flow, Phase, PhaseError, RequestCtx, rate_limit};
 use crate::edge::path::{self, EscapedSlashes, PathRules};
 use crate::edge::request_id;
 use crate::metrics::ProxyMetrics;
+use crate::trace::Trace;
 
 /// The filters of one route.
 pub struct FilterChain {
@@ -93,6 +96,7 @@ impl Phase for FilterChain {
     async fn request(&self, ctx: &mut RequestCtx) -> Result<Flow, PhaseError> {
         for (i, filter) in self.filters.iter().enumerate() {
             ctx.ran = i;
+            let span = filter_span(ctx, filter, "request");
             let answered = match filter.on_request(&mut ctx.exchange).await {
                 Ok((answer, lease)) => {
                     ctx.slots[i].lease = lease;
@@ -106,6 +110,14 @@ impl Phase for FilterChain {
                 }
                 Err(failure) => Err(failure.into()),
             };
+            if let Some(span) = span {
+                let decision = match &answered {
+                    Ok(_) => ctx.slots[i].decision,
+                    Err(PhaseError::Filter(failure)) => Decision::Failed(failure.kind),
+                    Err(_) => Decision::Failed("store"),
+                };
+                span_ends(span, decision);
+            }
             match answered {
                 Ok(Flow::Next) => {}
                 // The answering filter's own response phase does not run.
@@ -134,7 +146,13 @@ impl Phase for FilterChain {
             if !edits_responses(filter) {
                 continue;
             }
-            match filter.on_response(&mut ctx.exchange, lease).await {
+            let span = filter_span(ctx, filter, "response");
+            let called = filter.on_response(&mut ctx.exchange, lease).await;
+            if let Some(span) = span {
+                let failed = called.as_ref().err().map(|f| Decision::Failed(f.kind));
+                span_ends(span, failed.unwrap_or(Decision::Next));
+            }
+            match called {
                 Ok(_) => {}
                 Err(failure) if filter.plugin().fail_open => {
                     ctx.slots[i].decision = Decision::FailedOpen(failure.kind);
@@ -196,6 +214,27 @@ impl FilterChain {
         }
         Ok(Flow::Next)
     }
+}
+
+/// A span for `filter`'s call in `phase`, when the request is traced.
+fn filter_span(ctx: &RequestCtx, filter: &Filter, phase: &'static str) -> Option<Trace> {
+    let plugin = filter.plugin().name.to_string();
+    ctx.trace.as_ref().map(|trace| {
+        let attributes = vec![
+            KeyValue::new("sluice.plugin", plugin.clone()),
+            KeyValue::new("sluice.phase", phase),
+        ];
+        trace.child(format!("filter {plugin}"), SpanKind::Internal, attributes)
+    })
+}
+
+/// End a filter call's span with what the filter decided.
+fn span_ends(span: Trace, decision: Decision) {
+    span.set("sluice.decision", decision.name());
+    if let Decision::Failed(reason) | Decision::FailedOpen(reason) = decision {
+        span.fail(reason);
+    }
+    span.end();
 }
 
 /// What `answer` decides (a rate limit's, before the bucket is asked).

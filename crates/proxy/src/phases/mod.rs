@@ -23,6 +23,7 @@ use sluice_filter::{Exchange, FilterFailure, Lease};
 
 use crate::body::ProxyBody;
 use crate::cache::FillGuard;
+use crate::trace::Trace;
 
 /// What one request carries through its route's phases.
 pub struct RequestCtx {
@@ -44,6 +45,8 @@ pub struct RequestCtx {
     filling: Option<FillGuard>,
     /// How many filters saw the request (their response phases run later).
     ran: usize,
+    /// The request's span, when tracing: filter calls are its children.
+    pub trace: Option<Trace>,
 }
 
 impl RequestCtx {
@@ -60,6 +63,7 @@ impl RequestCtx {
                 .collect(),
             filling: None,
             ran: 0,
+            trace: None,
         }
     }
 

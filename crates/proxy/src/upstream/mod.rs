@@ -18,11 +18,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 use crate::body::{BoxError, ClientBodyError, ProxyBody, Upload};
 use crate::config::{Balance, HashOn, OutlierConfig, TargetConfig, UpstreamConfig};
 use crate::edge::strip_hop_by_hop;
 use crate::metrics::ProxyMetrics;
+use crate::trace::Trace;
 use sluice_filter::metrics::labels;
 
 mod balance;
@@ -94,6 +97,9 @@ pub struct Sending<'a> {
     pub upgrade: bool,
     /// Mark the response with the target that gave it ([`AnsweredBy`]).
     pub mark: bool,
+    /// The request's span, when tracing: each try is a child span, whose
+    /// `traceparent` the target gets.
+    pub trace: Option<&'a Trace>,
 }
 
 /// The target that answered, in the response's extensions when
@@ -231,12 +237,40 @@ impl Upstream {
             };
             tried.push(i);
             let target = &members.targets[i].0;
-            let request = match next.take() {
+            let mut request = match next.take() {
                 Some(request) => request,
                 None => replay.as_ref().expect("retried only with a copy").request(),
             };
+            let span = sending.trace.map(|trace| {
+                let attributes = vec![
+                    KeyValue::new("sluice.upstream", self.name.clone()),
+                    KeyValue::new("server.address", target.addr.to_string()),
+                    KeyValue::new("sluice.try", tried.len() as i64),
+                ];
+                let span = trace.child(
+                    format!("upstream {}", self.name),
+                    SpanKind::Client,
+                    attributes,
+                );
+                span.inject(request.headers_mut());
+                span
+            });
             let try_started = Instant::now();
             let outcome = self.try_once(target, request, sending, started).await;
+            if let Some(span) = span {
+                match &outcome {
+                    Ok(response) => {
+                        let status = response.status();
+                        span.set("http.response.status_code", i64::from(status.as_u16()));
+                        if status.is_server_error() {
+                            span.fail(status.to_string());
+                        }
+                    }
+                    Err(Failure::ClientBody(error)) => span.fail(error.to_string()),
+                    Err(Failure::Failed { error, .. }) => span.fail(error.to_string()),
+                }
+                span.end();
+            }
             // Another try: retries left, another target, the budget allows.
             let may_retry = |why: &str| {
                 let more = tried.len() <= self.policy.retries as usize
@@ -616,6 +650,7 @@ impl sluice_filter::HttpUpstream for Upstream {
             upload: None,
             upgrade: false,
             mark: false,
+            trace: None,
         };
         let response = Upstream::send(self, request.map(Payload::Bytes), &sending)
             .await
