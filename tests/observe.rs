@@ -401,6 +401,12 @@ async fn a_real_prometheus_scrapes_requests_latencies_plugins_and_limits() {
         ),
         (r#"sum(sluice_plugin_info)"#, 2.0),
         (r#"up{job="sluice"}"#, 1.0),
+        // Requests came one at a time: one kept-alive connection, idle now.
+        (
+            r#"sum(sluice_upstream_idle_connections{upstream="a"})"#,
+            1.0,
+        ),
+        (r#"sum(sluice_upstream_in_flight)"#, 0.0),
     ];
     for (query, want) in expected {
         prometheus.expect(query, want).await;

@@ -79,6 +79,11 @@ impl Registry {
         self.lock().register(name, help, metric);
     }
 
+    /// Register `collector`, asked for its metrics at each scrape.
+    pub fn register_collector(&self, collector: impl prometheus_client::collector::Collector) {
+        self.lock().register_collector(Box::new(collector));
+    }
+
     /// Everything, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut text = String::new();

@@ -24,7 +24,7 @@ use crate::compress::{Compression, Encoding};
 use crate::config::{CacheConfig, RouteConfig};
 use crate::edge::{request_id, strip_hop_by_hop};
 use crate::listener::ConnectionInfo;
-use crate::metrics::{ProxyMetrics, RouteMetrics};
+use crate::metrics::{ProxyMetrics, RouteMetrics, TargetGauges};
 use crate::phases::{CachePhase, FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::router::{Matcher, RouteTable};
 use crate::trace::{Trace, Tracing};
@@ -71,11 +71,13 @@ impl Shared {
     /// In-process state, a cache sized by `cache`, and metrics registered in `registry`.
     pub fn new(cache: &CacheConfig, registry: Arc<Registry>) -> Shared {
         let metrics = Arc::new(ProxyMetrics::new(&registry));
+        let targets = Arc::new(TargetRegistry::default());
+        registry.register_collector(TargetGauges(targets.clone()));
         Shared {
             store: Arc::new(MemoryStore::default()),
             cache: Arc::new(ResponseCache::new(cache, metrics.cache_bytes.clone())),
             metrics,
-            targets: Arc::default(),
+            targets,
             tracing: None,
             registry,
         }

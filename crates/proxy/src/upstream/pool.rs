@@ -71,6 +71,14 @@ impl Pool {
         pool
     }
 
+    /// Connections open and waiting for a request: idle HTTP/1.1 ones, and
+    /// the shared HTTP/2 one.
+    pub(super) fn idle(&self) -> usize {
+        let shared = self.shared.lock().expect("pool lock");
+        let h2 = shared.as_ref().is_some_and(|s| !s.is_closed());
+        self.idle.lock().expect("pool lock").len() + usize::from(h2)
+    }
+
     /// Close the connections idle for longer than the idle timeout.
     fn close_stale(&self) {
         let mut idle = self.idle.lock().expect("pool lock");

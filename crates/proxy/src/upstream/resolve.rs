@@ -32,6 +32,25 @@ impl TargetRegistry {
     }
 }
 
+impl TargetRegistry {
+    /// Call `f` with each live target and its upstream's name.
+    pub(crate) fn each(&self, mut f: impl FnMut(&str, &Target)) {
+        let known = self.0.lock().expect("registry lock");
+        for (key, target) in known.iter() {
+            if let Some(target) = target.upgrade() {
+                let upstream = key.split('|').next().unwrap_or("");
+                f(upstream, &target);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for TargetRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TargetRegistry")
+    }
+}
+
 /// What makes two targets' connections interchangeable.
 pub(super) fn fingerprint(name: &str, config: &UpstreamConfig) -> String {
     format!(

@@ -103,6 +103,11 @@ impl Target {
         self.ejected_until.load(Ordering::Relaxed) > now_ms()
     }
 
+    /// Its connections open and waiting for a request.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle()
+    }
+
     /// Requests in flight to it.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
