@@ -83,6 +83,12 @@ async fn failing_filters_answer_500_while_everything_else_keeps_serving() {
         metrics.contains(r#"sluice_requests_total{route="faulty",method="GET",class="5xx"} 23"#),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(
+            r#"sluice_filter_failure_outcomes_total{plugin="fault",outcome="failed_closed"} 23"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,6 +100,9 @@ async fn a_fail_open_plugin_is_skipped_when_it_fails() {
         assert_eq!(reply.status, 200, "{fault}");
         assert_eq!(reply.header("x-upstream"), "a");
     }
+    let metrics = gw.metrics().await;
+    let skipped = r#"sluice_filter_failure_outcomes_total{plugin="fault",outcome="failed_open"} 2"#;
+    assert!(metrics.contains(skipped), "{metrics}");
 }
 
 /// One thread serves everything here, as with `--workers 1`: a call that

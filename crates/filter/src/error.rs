@@ -51,6 +51,9 @@ pub struct FilterFailure {
     pub reason: String,
 }
 
+/// Why a call that found no free slot failed.
+pub(crate) const BUSY: &str = "too many calls in flight (`max_concurrency`)";
+
 impl FilterFailure {
     /// A failed call of `plugin`.
     pub fn new(plugin: Arc<str>, kind: &'static str, reason: impl Into<String>) -> FilterFailure {
@@ -59,15 +62,6 @@ impl FilterFailure {
             kind,
             reason: reason.into(),
         }
-    }
-
-    /// A call of `plugin` that found no free slot.
-    pub fn busy(plugin: Arc<str>) -> FilterFailure {
-        FilterFailure::new(
-            plugin,
-            "busy",
-            "too many calls in flight (`max_concurrency`)",
-        )
     }
 
     /// An overload rather than a fault.

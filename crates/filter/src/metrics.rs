@@ -124,6 +124,8 @@ pub struct FilterMetrics {
     pub(crate) call_seconds: HistogramFamily,
     /// Failed filter calls, by plugin and reason.
     pub(crate) failures: Family<Labels, Counter>,
+    /// Failures by plugin and what the failure policy made of them.
+    pub(crate) outcomes: Family<Labels, Counter>,
     /// Capability calls refused for want of a grant, by plugin and grant.
     pub(crate) denied: Family<Labels, Counter>,
     /// Edits of headers the gateway keeps itself, refused, by plugin and header.
@@ -150,6 +152,11 @@ impl FilterMetrics {
                 &registry,
                 "filter_failures",
                 "Filter calls that failed, by reason: trap, timeout, out_of_memory, stack_overflow, over_limit, invalid_answer",
+            ),
+            outcomes: counters(
+                &registry,
+                "filter_failure_outcomes",
+                "Filter failures by the failure policy's outcome: failed_open (skipped) or failed_closed (the request failed)",
             ),
             denied: counters(
                 &registry,

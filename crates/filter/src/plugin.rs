@@ -66,10 +66,11 @@ impl Plugin {
         }
     }
 
-    /// A failure of this plugin found outside its call (an answer the
-    /// proxy cannot use), counted as the runtime counts its own.
+    /// A failure of this plugin (a trap, a timeout, an overload, an answer
+    /// the proxy cannot use, ...): counted by why, and by what its failure
+    /// policy makes of it (`failed_open`: skipped, or `failed_closed`).
     pub fn failed(&self, kind: &'static str, reason: impl Into<String>) -> FilterFailure {
-        self.caps.count_failure(kind);
+        self.caps.count_failure(kind, self.fail_open);
         FilterFailure::new(self.name.clone(), kind, reason)
     }
 

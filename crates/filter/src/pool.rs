@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::answer::{Answer, ResponseAnswer};
-use crate::error::{FilterFailure, PluginError};
+use crate::error::{BUSY, FilterFailure, PluginError};
 use crate::exchange::Exchange;
 use crate::instance::Instance;
 use crate::kinds::Kind;
@@ -187,7 +187,7 @@ impl Filter {
                     .await
                     .ok()
                     .and_then(Result::ok)
-                    .ok_or_else(|| FilterFailure::busy(plugin.name.clone()))?
+                    .ok_or_else(|| plugin.failed("busy", BUSY))?
             }
         };
         let idle = self
@@ -202,9 +202,7 @@ impl Filter {
             // finding a warm instance (nearly all) should not carry.
             None => Box::pin(Instance::new(plugin, &self.config))
                 .await
-                .map_err(|e| {
-                    FilterFailure::new(plugin.name.clone(), "start_failed", e.to_string())
-                })?,
+                .map_err(|e| plugin.failed("start_failed", e.to_string()))?,
         };
         Ok(Lease {
             instance: Some(instance),
@@ -217,11 +215,11 @@ impl Filter {
     fn failed(&self, mut lease: Lease, error: &wasmtime::Error) -> FilterFailure {
         let instance = lease.instance.take().expect("a lease holds its instance");
         let (why, reason) = instance.describe(error);
-        self.plugin.caps.count_failure(why);
+
         tracing::debug!(
             plugin = &*self.plugin.name,
             "filter failed, instance replaced: {reason}"
         );
-        FilterFailure::new(self.plugin.name.clone(), why, reason)
+        self.plugin.failed(why, reason)
     }
 }

@@ -225,11 +225,21 @@ impl Capabilities {
             .clone()
     }
 
-    /// Count a failed call of this plugin, by why (`trap`, `timeout`, ...).
-    pub(crate) fn count_failure(&self, reason: &str) {
+    /// Count a failure of this plugin, by why (`trap`, `timeout`, ...) and
+    /// by the outcome its failure policy gives it.
+    pub(crate) fn count_failure(&self, reason: &str, fail_open: bool) {
         self.counters
             .failures
             .get_or_create(&labels([("plugin", &self.plugin), ("reason", reason)]))
+            .inc();
+        let outcome = if fail_open {
+            "failed_open"
+        } else {
+            "failed_closed"
+        };
+        self.counters
+            .outcomes
+            .get_or_create(&labels([("plugin", &self.plugin), ("outcome", outcome)]))
             .inc();
     }
 }
