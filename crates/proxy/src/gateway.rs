@@ -352,7 +352,7 @@ impl Gateway {
         }
         let mut ctx = RequestCtx::new(exchange, route.filters.len());
         ctx.trace = at.trace.clone();
-        let upload = sent.upload.clone();
+        let upload = self.access_log.as_ref().and_then(|_| sent.upload.clone());
         let ran = self.run(route, &mut ctx, sent, at).await;
         let served = self.access_log.as_ref().map(|_| Served {
             route: route.name.clone(),

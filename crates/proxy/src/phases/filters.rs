@@ -218,8 +218,8 @@ impl FilterChain {
 
 /// A span for `filter`'s call in `phase`, when the request is traced.
 fn filter_span(ctx: &RequestCtx, filter: &Filter, phase: &'static str) -> Option<Trace> {
-    let plugin = filter.plugin().name.to_string();
     ctx.trace.as_ref().map(|trace| {
+        let plugin = filter.plugin().name.to_string();
         let attributes = vec![
             KeyValue::new("sluice.plugin", plugin.clone()),
             KeyValue::new("sluice.phase", phase),
