@@ -157,7 +157,7 @@ impl FilterEngine {
 /// The version of `sluice:filter` a component exports, as it names it
 /// (the host links a 0.2.0 or 0.2.1 component with its 0.2.2 bindings).
 fn contract_of(engine: &Engine, component: &Component) -> &'static str {
-    const KNOWN: [&str; 4] = ["0.2.2", "0.2.1", "0.2.0", "0.1.0"];
+    const KNOWN: [&str; 4] = [crate::CONTRACT, "0.2.1", "0.2.0", "0.1.0"];
     component
         .component_type()
         .exports(engine)

@@ -50,3 +50,6 @@ pub use exchange::{Exchange, Identity};
 pub use kinds::Kind;
 pub use plugin::Plugin;
 pub use pool::{Filter, Lease};
+
+/// The version of `sluice:filter` in `wit/`: what new plugins are built against.
+pub const CONTRACT: &str = "0.2.2";

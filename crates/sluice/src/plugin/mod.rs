@@ -1,5 +1,8 @@
-//! `sluice plugin`: look at, sign, verify, push and pull a component
+//! `sluice plugin`: look at, test, sign, verify, push and pull a component
 //! without a gateway.
+
+mod cases;
+mod new;
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +22,25 @@ pub enum PluginCommand {
         /// Trusted minisign public keys (`RW…` or a `.pub` file) to check its signature with.
         #[arg(long = "key")]
         keys: Vec<String>,
+    },
+    /// Make a project for a new filter: source, WIT, build script and test cases.
+    New {
+        /// The language to write it in.
+        #[arg(long)]
+        lang: new::Lang,
+        /// Its name (lowercase letters, digits and `-`); the folder made.
+        name: String,
+        /// Where to make it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run the cases a TOML file describes (requests, and what the filter
+    /// should decide and edit) against a component, without a gateway.
+    Test {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The cases file.
+        cases: PathBuf,
     },
     /// Sign a component: writes FILE.minisig (minisign's format). An
     /// encrypted key's password comes from SLUICE_SIGNING_PASSWORD.
@@ -157,6 +179,8 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PluginCommand::Inspect { file, keys } => inspect(&file, &keys),
+        PluginCommand::Test { file, cases } => cases::run(&file, &cases).await,
+        PluginCommand::New { lang, name, dir } => new::create(lang, &name, &dir),
         PluginCommand::Sign { file, key } => {
             let bytes = read(&file)?;
             let secret = std::fs::read_to_string(&key)

