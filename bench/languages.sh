@@ -6,7 +6,8 @@
 # Needs the toolchains .ci/run installs. Usage: bench/languages.sh [CALLS]
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --release -p sluice -p sluice-filter --example languages
+cargo build --release -p sluice
+cargo build --release -p sluice-filter --example languages
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 set --  "${1:-20000}"

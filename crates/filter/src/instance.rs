@@ -1,6 +1,7 @@
 //! One instance of a plugin: its store (the host data every import borrows
 //! a view of), its exports, and the calls into it with an exchange lent.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,13 +16,17 @@ use crate::capability::basics::BasicsView;
 use crate::capability::crypto::CryptoView;
 use crate::capability::kv::KvView;
 use crate::capability::outbound::OutboundView;
-use crate::capability::sandbox::SandboxView;
+use crate::capability::sandbox::{PollView, SandboxView};
 use crate::capability::types::{self, TypesView};
+use crate::capability::wasi_http::WasiHttp;
 use crate::cpu::{CallClock, WallLimit};
 use crate::error::{OverLimit, PluginError};
 use crate::exchange::Exchange;
 use crate::kinds::Guest;
 use crate::plugin::Plugin;
+
+/// Calls whose handles a guest may still hold before its instance is replaced.
+const MAX_LINGERING: usize = 1024;
 
 /// The guest's panic messages land here; kept small, read when a call fails.
 const STDERR_CAPACITY: usize = 16 << 10;
@@ -40,6 +45,8 @@ pub(crate) struct FilterState {
     started: Instant,
     /// Crypto keys the plugin holds in `table`.
     keys: usize,
+    /// `wasi:http`, sending through the granted upstreams.
+    http: WasiHttp,
 }
 
 impl FilterState {
@@ -77,6 +84,18 @@ impl FilterState {
             table: &mut self.table,
             keys: &mut self.keys,
         }
+    }
+
+    pub(crate) fn poll(&mut self) -> PollView<'_> {
+        PollView {
+            table: &mut self.table,
+            clock: &mut self.clock,
+        }
+    }
+
+    /// The resource table and `wasi:http`'s state, borrowed together.
+    pub(crate) fn http_parts(&mut self) -> (&mut ResourceTable, &mut WasiHttp) {
+        (&mut self.table, &mut self.http)
     }
 
     pub(crate) fn outbound(&mut self) -> OutboundView<'_> {
@@ -136,10 +155,13 @@ pub(crate) struct Instance {
     /// Holds the exchange's place while the exchange is lent to a call.
     spare: Option<Box<Exchange>>,
     pub(crate) uses: u32,
-    /// Set when a call left it unfit for another: a handle kept past its
-    /// call, or a call that never finished (its future was dropped, as when
-    /// the client hangs up mid-call, leaving the guest halfway through).
+    /// Set when a call left it unfit for another: too many handles kept
+    /// past their calls, or a call that never finished (its future was
+    /// dropped, as when the client hangs up mid-call, leaving the guest
+    /// halfway through).
     pub(crate) spoiled: bool,
+    /// Earlier calls' entries the guest still holds handles under.
+    lingering: VecDeque<types::Lingering>,
 }
 
 impl Instance {
@@ -166,6 +188,7 @@ impl Instance {
             stderr: stderr.clone(),
             started: Instant::now(),
             keys: 0,
+            http: WasiHttp::new(plugin.caps.clone()),
         };
         let mut store = Store::new(plugin.pre.engine(), state);
         store.limiter(|s| &mut s.memory);
@@ -195,6 +218,7 @@ impl Instance {
             spare: Some(Exchange::placeholder()),
             uses: 0,
             spoiled: false,
+            lingering: VecDeque::new(),
         })
     }
 
@@ -266,10 +290,18 @@ impl Instance {
         request: wasmtime::component::Resource<types::RequestEntry>,
         response: Option<wasmtime::component::Resource<types::ResponseEntry>>,
     ) -> bool {
-        let mut back = types::take_back(&mut self.store.data_mut().table, request, response);
+        let table = &mut self.store.data_mut().table;
+        let mut back = types::take_back(table, request, response);
         back.exchange.body_access = false;
         self.spare = Some(std::mem::replace(exchange, back.exchange));
-        self.spoiled = !back.clean;
+        // Handles a garbage-collected guest has not dropped yet keep their
+        // entries; too many, and the instance is replaced rather than grow.
+        // Oldest first, stopping at one still held: a call costs O(1) here.
+        while self.lingering.front_mut().is_some_and(|l| l.clear(table)) {
+            self.lingering.pop_front();
+        }
+        self.lingering.extend(back.lingering);
+        self.spoiled = self.lingering.len() > MAX_LINGERING;
         back.keep
     }
 

@@ -72,9 +72,11 @@ fn gateway_config(upstream: &Upstream, component: &Path, filter: &str) -> String
 [upstreams.backend]
 targets = ["{}"]
 
+# Generous: the tests share two cores with builds, and check behaviour.
 [plugins.sample]
 path = {}
 deny = ["kv", "http", "metrics", "crypto"]
+call_timeout = "2s"
 
 [[routes]]
 upstream = "backend"
@@ -257,6 +259,146 @@ async fn a_go_filter_checks_webhook_signatures_in_a_gateway() {
     assert!(
         format!("{error:#}").contains("`secrets` must list at least one secret"),
         "{error:#}"
+    );
+}
+
+/// An identity provider's introspection endpoint (RFC 7662) that knows
+/// one token; it reads the form body, so it is a small server of its own.
+async fn identity_provider() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // One request per connection: read until the head and its body are in.
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen);
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() < length {
+                        continue;
+                    }
+                    let basic =
+                        head.contains("authorization: Basic Z2F0ZXdheTpnYXRld2F5LXNlY3JldA==");
+                    let answer = if basic && body.starts_with("token=good-token&") {
+                        r#"{"active":true,"sub":"alice","scope":"orders:read"}"#
+                    } else {
+                        r#"{"active":false}"#
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = socket.write_all(reply.as_bytes()).await;
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_javascript_filter_fetches_only_from_granted_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = sample("js/introspect", dir.path());
+    let upstream = Upstream::start("backend").await;
+    let idp = identity_provider().await;
+    let config = |url: &str| {
+        format!(
+            r#"
+[admin]
+address = "127.0.0.1:0"
+token = "test-admin-token"
+
+[upstreams.backend]
+targets = ["{}"]
+[upstreams.idp]
+targets = ["{idp}"]
+[upstreams.billing]
+targets = ["{}"]
+
+[plugins.introspect]
+path = {}
+grants = ["http:idp"]
+deny = ["kv", "metrics", "crypto"]
+call_timeout = "2s"
+[plugins.headers]
+path = {}
+
+[[routes]]
+upstream = "backend"
+filters = [
+  {{ plugin = "introspect", config = {{ url = "{url}", client_id = "gateway", client_secret = "gateway-secret" }} }},
+  {{ plugin = "headers", config = {{ request = {{ set = {{ x-user = "{{identity}}", x-scope = "{{claim.scope}}" }} }} }} }},
+]
+"#,
+            upstream.addr,
+            upstream.addr,
+            toml_str(component.to_str().unwrap()),
+            toml_str(&sluice_tests::plugin("headers")),
+        )
+    };
+    let gw = Gateway::start(&config("http://idp/introspect"))
+        .await
+        .unwrap();
+
+    // fetch() reached the granted upstream, and its answer became the identity.
+    let allowed = get(
+        &gw.url("/orders"),
+        &[("authorization", "Bearer good-token")],
+    )
+    .await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    assert_eq!(allowed.echoed("x-user"), ["alice"]);
+    assert_eq!(allowed.echoed("x-scope"), ["orders:read"]);
+    let inactive = get(
+        &gw.url("/orders"),
+        &[("authorization", "Bearer stale-token")],
+    )
+    .await;
+    assert_eq!(inactive.status, 401);
+    assert_eq!(inactive.json()["error"], "invalid_token");
+    let missing = get(&gw.url("/orders"), &[]).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(upstream.hits(), 1);
+
+    // A fetch to an upstream the plugin was not granted fails cleanly: the
+    // filter answers 503, and the refusal is counted against the plugin.
+    let gw = Gateway::start(&config("http://billing/introspect"))
+        .await
+        .unwrap();
+    let refused = get(
+        &gw.url("/orders"),
+        &[("authorization", "Bearer good-token")],
+    )
+    .await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.json()["error"], "temporarily_unavailable");
+    assert_eq!(upstream.hits(), 1, "billing was never called");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"sluice_capability_denied_total{plugin="introspect",grant="http:billing"} 1"#
+        ),
+        "{metrics}"
     );
 }
 

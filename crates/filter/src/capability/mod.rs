@@ -21,6 +21,7 @@ pub(crate) mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod sandbox;
 pub mod types;
+pub(crate) mod wasi_http;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -105,6 +106,10 @@ pub const CAPABILITIES: [&str; 4] = ["kv", "metrics", "crypto", "http"];
 /// The capability an imported interface needs, from its name
 /// (`sluice:filter/kv@0.2.2` needs `kv`); `None` for what every plugin has.
 pub fn capability_of(import: &str) -> Option<&'static str> {
+    // `wasi:http` is outbound HTTP by another name (see `wasi_http`).
+    if import.starts_with("wasi:http/") {
+        return Some("http");
+    }
     let interface = import.strip_prefix("sluice:filter/")?;
     match interface.split('@').next()? {
         "kv" => Some("kv"),
@@ -329,6 +334,7 @@ pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
     outbound::link(linker)?;
     metrics::link(linker)?;
     crypto::link(linker)?;
+    wasi_http::link(linker)?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use crate::error::HostError;
 use crate::instance::FilterState;
 
 /// Largest outbound response body handed to a plugin.
-const MAX_OUTBOUND_BODY: usize = 8 << 20;
+pub(crate) const MAX_OUTBOUND_BODY: usize = 8 << 20;
 /// Most requests in one `send-all`.
 const MAX_BATCH: usize = 16;
 
@@ -83,14 +83,23 @@ impl Outbound {
         }
     }
 
+    /// The upstream `name`, if granted (a refusal is counted), and how long a call to it may take.
+    pub(crate) fn upstream(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<dyn HttpUpstream>, Duration), HostError> {
+        match self.granted.get(name) {
+            Some(upstream) => Ok((upstream.clone(), self.timeout)),
+            None => Err(self.refusals.refuse(&Grant::Http(name.to_owned()))),
+        }
+    }
+
     async fn send(&self, call: Call) -> Result<Answer, HostError> {
-        let Some(upstream) = self.granted.get(&call.upstream) else {
-            return Err(self.refusals.refuse(&Grant::Http(call.upstream)));
-        };
+        let (upstream, timeout) = self.upstream(&call.upstream)?;
         let limit = call
             .timeout_millis
-            .map_or(self.timeout, |ms| Duration::from_millis(ms.into()))
-            .min(self.timeout);
+            .map_or(timeout, |ms| Duration::from_millis(ms.into()))
+            .min(timeout);
         let request = build_request(call)?;
         let exchange = async {
             let response = upstream

@@ -1,12 +1,17 @@
 //! What WASI gives a plugin in place of the machine: no directories and
 //! an empty environment. Standard libraries ask for them when a plugin
 //! reaches for a file or a variable; the asking is noted (metric and log,
-//! naming the plugin), and the answer is nothing.
+//! naming the plugin), and the answer is nothing. And a guest blocked in
+//! `wasi:io/poll` (waiting for a `wasi:http` response) is waiting on the
+//! host: that time does not count against its `call_timeout`.
 
-use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::filesystem::Descriptor;
+use wasmtime_wasi::p2::DynPollable;
+use wasmtime_wasi::p2::bindings::io::poll;
 use wasmtime_wasi::p2::bindings::{cli::environment, filesystem::preopens};
 
+use crate::cpu::CallClock;
 use crate::instance::FilterState;
 
 /// What the sandbox borrows from the instance's store data.
@@ -20,13 +25,51 @@ impl HasData for SandboxData {
     type Data<'a> = SandboxView<'a>;
 }
 
-/// Link over WASI's own `preopens` and `environment` (linked first).
+/// What `wasi:io/poll` borrows: WASI's table, and the call's clock.
+pub(crate) struct PollView<'a> {
+    pub(crate) table: &'a mut ResourceTable,
+    pub(crate) clock: &'a mut CallClock,
+}
+
+struct PollData;
+
+impl HasData for PollData {
+    type Data<'a> = PollView<'a>;
+}
+
+/// Link over WASI's own `preopens`, `environment` and `poll` (linked first).
 pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     preopens::add_to_linker::<_, SandboxData>(linker, FilterState::sandbox)?;
     environment::add_to_linker::<_, SandboxData>(linker, FilterState::sandbox)?;
+    poll::add_to_linker::<_, PollData>(linker, FilterState::poll)?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// WASI's own polling, timed as host waits.
+impl poll::Host for PollView<'_> {
+    async fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        self.clock
+            .wait(poll::Host::poll(&mut *self.table, pollables))
+            .await
+    }
+}
+
+impl poll::HostPollable for PollView<'_> {
+    async fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        self.clock
+            .wait(poll::HostPollable::block(&mut *self.table, pollable))
+            .await
+    }
+
+    async fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
+        poll::HostPollable::ready(&mut *self.table, pollable).await
+    }
+
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        poll::HostPollable::drop(&mut *self.table, pollable)
+    }
 }
 
 impl preopens::Host for SandboxView<'_> {

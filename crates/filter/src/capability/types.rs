@@ -150,11 +150,37 @@ pub(crate) fn fill(
 /// What a call hands back.
 pub(crate) struct Returned {
     pub exchange: Box<Exchange>,
-    /// The call left the table clean (a guest that keeps a headers handle
-    /// past the call leaves it not).
-    pub clean: bool,
+    /// The call's entries, if the guest still holds handles under them.
+    pub lingering: Option<Lingering>,
     /// The guest asked to keep its instance for the response call.
     pub keep: bool,
+}
+
+/// A call's entries that outlived it because the guest still holds a
+/// `headers` handle under them: a garbage-collected guest (JavaScript)
+/// drops its handles when it next collects, not when the call returns.
+/// Each is deleted once its handles are gone; until then they hold no
+/// exchange, so a late use of such a handle fails.
+pub(crate) struct Lingering {
+    request: u32,
+    response: Option<u32>,
+}
+
+impl Lingering {
+    /// Delete what can be deleted now; whether all of it is gone.
+    pub(crate) fn clear(&mut self, table: &mut ResourceTable) -> bool {
+        if let Some(rep) = self.response
+            && table
+                .delete(Resource::<ResponseEntry>::new_own(rep))
+                .is_ok()
+        {
+            self.response = None;
+        }
+        self.response.is_none()
+            && table
+                .delete(Resource::<RequestEntry>::new_own(self.request))
+                .is_ok()
+    }
 }
 
 /// Take the exchange back after a call.
@@ -163,7 +189,7 @@ pub(crate) fn take_back(
     request: Resource<RequestEntry>,
     response: Option<Resource<ResponseEntry>>,
 ) -> Returned {
-    let mut clean = response.is_none_or(|r| table.delete(r).is_ok());
+    let response = response.map(|r| (r.rep(), table.delete(r).is_ok()));
     let entry = table
         .get_mut(&request)
         .expect("the request entry lives until it is taken back");
@@ -172,10 +198,15 @@ pub(crate) fn take_back(
         .exchange
         .take()
         .expect("the request entry holds the exchange until it is taken back");
-    clean &= table.delete(request).is_ok();
+    let rep = request.rep();
+    let response = response.and_then(|(rep, deleted)| (!deleted).then_some(rep));
+    let lingering = (response.is_some() || table.delete(request).is_err()).then_some(Lingering {
+        request: rep,
+        response,
+    });
     Returned {
         exchange,
-        clean,
+        lingering,
         keep,
     }
 }

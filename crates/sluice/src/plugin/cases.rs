@@ -218,6 +218,11 @@ async fn load(component: &Path, cases: &Cases) -> anyhow::Result<Filter> {
     let engine = FilterEngine::new(EngineConfig::default().cache_dir().as_deref())?;
     let compiled = engine.compile(&bytes).map_err(anyhow::Error::msg)?;
     let mut settings = cases.plugin.clone();
+    // The cases check behaviour, not speed: a machine busy with other work
+    // should not fail them (a `call_timeout` in `[plugin]` still applies).
+    settings
+        .entry("call_timeout")
+        .or_insert_with(|| "5s".into());
     settings.insert(
         "path".into(),
         component.to_string_lossy().into_owned().into(),
