@@ -609,3 +609,45 @@ macro_rules! types_host {
 
 types_host!(v2, v2::types::Error, v2::types::Error::from);
 types_host!(v1, String, |e: HostError| e.to_string());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lent(table: &mut ResourceTable) -> Resource<RequestEntry> {
+        let (request, _) = open(table, false).unwrap();
+        fill(table, &request, Exchange::placeholder());
+        request
+    }
+
+    #[test]
+    fn a_call_whose_handles_are_dropped_leaves_nothing() {
+        let mut table = ResourceTable::new();
+        let request = lent(&mut table);
+        let back = take_back(&mut table, request, None);
+        assert!(back.lingering.is_none());
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_handle_kept_past_its_call_lingers_until_dropped() {
+        let mut table = ResourceTable::new();
+        let request = lent(&mut table);
+        let headers = table
+            .push_child(
+                HeadersEntry {
+                    request: request.rep(),
+                    response: false,
+                },
+                &request,
+            )
+            .unwrap();
+        let mut lingering = take_back(&mut table, request, None)
+            .lingering
+            .expect("the headers handle keeps its request entry");
+        assert!(!lingering.clear(&mut table), "still held");
+        table.delete(headers).unwrap();
+        assert!(lingering.clear(&mut table));
+        assert!(table.is_empty());
+    }
+}
