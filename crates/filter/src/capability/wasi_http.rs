@@ -64,16 +64,19 @@ impl WasiHttpHooks for Granted {
         let caps = self.caps.clone();
         Box::new(async move {
             let name = request.uri().host().unwrap_or_default().to_owned();
-            let (upstream, timeout) = caps
-                .outbound
-                .upstream(&name)
-                .map_err(|_| Error::HttpRequestDenied)?;
+            // The body first, even for a refusal: a guest still writing it
+            // when the request fails sees a broken stream, not the refusal
+            // (StarlingMonkey then aborts its event loop).
             let (head, body) = request.into_parts();
             let body = Limited::new(body, MAX_OUTBOUND_BODY)
                 .collect()
                 .await
                 .map_err(|_| Error::HttpRequestBodySize(None))?
                 .to_bytes();
+            let (upstream, timeout) = caps
+                .outbound
+                .upstream(&name)
+                .map_err(|_| Error::HttpRequestDenied)?;
             let mut outgoing = http::Request::new(body);
             *outgoing.method_mut() = head.method;
             *outgoing.headers_mut() = head.headers;
