@@ -189,7 +189,11 @@ pub(crate) fn take_back(
     request: Resource<RequestEntry>,
     response: Option<Resource<ResponseEntry>>,
 ) -> Returned {
-    let response = response.map(|r| (r.rep(), table.delete(r).is_ok()));
+    // A response entry the guest still holds handles under stays (its rep kept).
+    let response = response.and_then(|r| {
+        let rep = r.rep();
+        table.delete(r).is_err().then_some(rep)
+    });
     let entry = table
         .get_mut(&request)
         .expect("the request entry lives until it is taken back");
@@ -199,7 +203,6 @@ pub(crate) fn take_back(
         .take()
         .expect("the request entry holds the exchange until it is taken back");
     let rep = request.rep();
-    let response = response.and_then(|(rep, deleted)| (!deleted).then_some(rep));
     let lingering = (response.is_some() || table.delete(request).is_err()).then_some(Lingering {
         request: rep,
         response,

@@ -261,13 +261,11 @@ async fn run_case(filter: &Filter, case: &Case, body: bool, id: u64) -> anyhow::
             None => Ok(()),
         };
     }
-    let mut head = http::Response::builder().status(response.status);
-    for (name, values) in &response.headers {
-        for value in values.list() {
-            head = head.header(name, value);
-        }
-    }
-    let (parts, ()) = head.body(())?.into_parts();
+    let (mut parts, ()) = http::Response::builder()
+        .status(response.status)
+        .body(())?
+        .into_parts();
+    parts.headers = header_map(&response.headers)?;
     exchange.response = Some(parts);
     if body {
         exchange.response_body = Some(Bytes::from(
@@ -288,18 +286,13 @@ async fn run_case(filter: &Filter, case: &Case, body: bool, id: u64) -> anyhow::
 }
 
 fn exchange(spec: &RequestSpec, id: u64) -> anyhow::Result<Box<Exchange>> {
-    let mut head = http::Request::builder()
+    let (mut parts, ()) = http::Request::builder()
         .method(spec.method.as_str())
-        .uri(spec.path.as_str());
-    for (name, values) in &spec.headers {
-        for value in values.list() {
-            head = head.header(name, value);
-        }
-    }
-    let (parts, ()) = head
+        .uri(spec.path.as_str())
         .body(())
         .map_err(|e| anyhow!("[case.request]: {e}"))?
         .into_parts();
+    parts.headers = header_map(&spec.headers)?;
     let mut exchange = Box::new(Exchange::new(
         id,
         parts,
@@ -311,6 +304,18 @@ fn exchange(spec: &RequestSpec, id: u64) -> anyhow::Result<Box<Exchange>> {
         claims: i.claims.clone().into_iter().collect(),
     });
     Ok(exchange)
+}
+
+/// Header fields as a cases file writes them.
+fn header_map(fields: &BTreeMap<String, Values>) -> anyhow::Result<HeaderMap> {
+    let mut map = HeaderMap::new();
+    for (name, values) in fields {
+        let name = HeaderName::try_from(name.as_str())?;
+        for value in values.list() {
+            map.append(&name, value.as_str().try_into()?);
+        }
+    }
+    Ok(map)
 }
 
 fn check_answer(answer: &Answer, exchange: &Exchange, expect: &Expect) -> anyhow::Result<()> {

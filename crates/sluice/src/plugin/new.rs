@@ -101,7 +101,9 @@ pub fn create(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<()> {
     let guide = format!(
         "\nThe {} guide is `docs/languages/{}.md` in Sluice's repository.",
         lang.named(),
-        format!("{lang:?}").to_lowercase()
+        clap::ValueEnum::to_possible_value(&lang)
+            .expect("every language is offered")
+            .get_name()
     );
     let fill = |text: &str| {
         text.replace("{{name}}", name)
