@@ -2,7 +2,10 @@
 //! (SNI and verification against the target's host or `server_name`), and
 //! the HTTP handshake: HTTP/1.1, or HTTP/2 by ALPN or prior knowledge.
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -18,10 +21,10 @@ use tokio_rustls::TlsConnector;
 use crate::body::{BoxError, ProxyBody};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 
-/// A connection's sending half; its I/O runs on a task of its own.
+/// A connection's sending half.
 pub(super) enum Sender {
-    /// One exchange at a time.
-    H1(http1::SendRequest<ProxyBody>),
+    /// One exchange at a time; its I/O is driven by whoever uses it.
+    H1(http1::SendRequest<ProxyBody>, Io),
     /// Any number of exchanges at once (cloned per request).
     H2(http2::SendRequest<ProxyBody>),
 }
@@ -37,13 +40,68 @@ impl Sender {
         host: &str,
     ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
         match self {
-            Sender::H1(sender) => sender.try_send_request(request).await,
+            Sender::H1(sender, io) => {
+                let mut sending = pin!(sender.try_send_request(request));
+                poll_fn(|cx| drive(io, cx, |cx| sending.as_mut().poll(cx))).await
+            }
             Sender::H2(sender) => {
                 to_h2(&mut request, secure, host);
                 sender.try_send_request(request).await
             }
         }
     }
+}
+
+/// An HTTP/1.1 connection's I/O (hyper's `Connection`), polled by the task
+/// of the request using the connection rather than by a task of its own: an
+/// exchange then costs no hand-off between tasks and back. `None` once the
+/// connection ended, and for one that may switch protocols (it runs on a
+/// task of its own, as the upgraded stream outlives the request).
+pub(super) type Io = Option<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>>;
+
+/// Poll `work`; while it waits, let the connection read and write (which
+/// may be what it waits for), then poll it again.
+pub(super) fn drive<T>(
+    io: &mut Io,
+    cx: &mut Context<'_>,
+    mut work: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> Poll<T> {
+    if let Poll::Ready(done) = work(cx) {
+        return Poll::Ready(done);
+    }
+    if io.is_none() {
+        return Poll::Pending;
+    }
+    poll_io(io, cx);
+    work(cx)
+}
+
+/// Let the connection read and write what it can now.
+fn poll_io(io: &mut Io, cx: &mut Context<'_>) {
+    if let Some(connection) = io
+        && let Poll::Ready(ended) = connection.as_mut().poll(cx)
+    {
+        if let Err(error) = ended {
+            tracing::debug!("upstream connection ended: {error}");
+        }
+        *io = None;
+    }
+}
+
+/// Let an idle connection take in what happened while nobody polled it:
+/// the server may have closed it.
+pub(super) async fn catch_up(io: &mut Io) {
+    poll_fn(|cx| {
+        poll_io(io, cx);
+        Poll::Ready(())
+    })
+    .await
+}
+
+/// Wait for `work`, driving `io` meanwhile.
+pub(super) async fn driving<F: Future>(io: &mut Io, work: F) -> F::Output {
+    let mut work = pin!(work);
+    poll_fn(|cx| drive(io, cx, |cx| work.as_mut().poll(cx))).await
 }
 
 /// HTTP/2 carries the scheme and authority in the request line, not in `Host`.
@@ -141,7 +199,7 @@ impl Connector {
 
 async fn handshake<S>(stream: S, h2: bool, upgrades: bool) -> Result<Sender, BoxError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let io = TokioIo::new(stream);
     if h2 {
@@ -158,14 +216,13 @@ where
         return Ok(Sender::H2(sender));
     }
     let (sender, connection) = http1::handshake(io).await?;
+    if !upgrades {
+        return Ok(Sender::H1(sender, Some(Box::pin(connection))));
+    }
     tokio::spawn(async move {
-        let ended = match upgrades {
-            true => connection.with_upgrades().await,
-            false => connection.await,
-        };
-        if let Err(error) = ended {
+        if let Err(error) = connection.with_upgrades().await {
             tracing::debug!("upstream connection ended: {error}");
         }
     });
-    Ok(Sender::H1(sender))
+    Ok(Sender::H1(sender, None))
 }

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 
-use super::connect::{Connector, Sender};
+use super::connect::{Connector, Io, Sender, catch_up, drive, driving};
 use crate::body::{BoxError, ProxyBody};
 
 /// Idle connections kept per target; more are opened under load and closed after.
@@ -32,7 +32,7 @@ pub(super) struct Pool {
     /// opened for a burst should not hold their buffers forever.
     idle_timeout: Duration,
     /// Most recently used last: reusing warm connections lets cold ones expire.
-    idle: Mutex<Vec<(http1::SendRequest<ProxyBody>, Instant)>>,
+    idle: Mutex<Vec<(http1::SendRequest<ProxyBody>, Io, Instant)>>,
     /// The HTTP/2 connection, once there is one.
     shared: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
@@ -85,7 +85,7 @@ impl Pool {
         // Oldest first: the stale ones are a prefix.
         let stale = idle
             .iter()
-            .take_while(|(_, since)| since.elapsed() > self.idle_timeout)
+            .take_while(|(_, _, since)| since.elapsed() > self.idle_timeout)
             .count();
         idle.drain(..stale);
     }
@@ -99,15 +99,17 @@ impl Pool {
         }
         loop {
             let idle = self.idle.lock().expect("pool lock").pop();
-            let Some((mut sender, since)) = idle else {
+            let Some((mut sender, mut io, since)) = idle else {
                 break;
             };
-            if sender.is_closed() || since.elapsed() > self.idle_timeout {
+            catch_up(&mut io).await;
+            if io.is_none() || sender.is_closed() || since.elapsed() > self.idle_timeout {
                 continue;
             }
-            // The previous exchange may still be winding down on the connection's task.
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Ok(self.conn(Sender::H1(sender), true));
+            // The connection may still have the previous exchange to wind
+            // down, or find that the server closed it meanwhile.
+            if sender.is_ready() || driving(&mut io, sender.ready()).await.is_ok() {
+                return Ok(self.conn(Sender::H1(sender, io), true));
             }
         }
         self.connect().await
@@ -140,10 +142,10 @@ impl Pool {
         }
     }
 
-    fn put(&self, sender: http1::SendRequest<ProxyBody>) {
+    fn put(&self, sender: http1::SendRequest<ProxyBody>, io: Io) {
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() < MAX_IDLE {
-            idle.push((sender, Instant::now()));
+            idle.push((sender, io, Instant::now()));
         }
     }
 }
@@ -198,14 +200,15 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     fn release(&mut self) {
+        // A connection whose I/O ended is not worth keeping.
         if let Some(Conn {
-            sender: Sender::H1(sender),
+            sender: Sender::H1(sender, io @ Some(_)),
             pool,
             pooled: true,
             ..
         }) = self.conn.take()
         {
-            pool.put(sender);
+            pool.put(sender, io);
         }
     }
 }
@@ -218,7 +221,15 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.incoming).poll_frame(cx);
+        let UpstreamBody { incoming, conn } = &mut *self;
+        let mut incoming = Pin::new(incoming);
+        let polled = match conn {
+            Some(Conn {
+                sender: Sender::H1(_, io),
+                ..
+            }) => drive(io, cx, |cx| incoming.as_mut().poll_frame(cx)),
+            _ => incoming.poll_frame(cx),
+        };
         if let Poll::Ready(None) = polled {
             self.release();
         }
