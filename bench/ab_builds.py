@@ -5,6 +5,9 @@ own core, alternating for a few rounds: req/s and user/system CPU per request
 `policy5` (the five policy plugins of the chains scenario).
 
     python3 bench/ab_builds.py SCENARIO DIR [DIR ...]   # DIRs from bench.py --save-baseline
+
+`plugins:DIR` runs the current binary with DIR's plugins (an older
+contract's, loaded through the host's adapter).
 """
 import pathlib
 import statistics
@@ -22,9 +25,13 @@ SCENARIOS = {
     "policy5": bench.policies_toml,
 }
 scenario = SCENARIOS[sys.argv[1]]
-builds = [("current", bench.CURRENT)] + [
-    (d, bench.Build(pathlib.Path(d) / "sluice", pathlib.Path(d) / "plugins")) for d in sys.argv[2:]
-]
+def build(arg):
+    if arg.startswith("plugins:"):
+        return bench.Build(bench.CURRENT.binary, pathlib.Path(arg[len("plugins:"):]) / "plugins")
+    return bench.Build(pathlib.Path(arg) / "sluice", pathlib.Path(arg) / "plugins")
+
+
+builds = [("current", bench.CURRENT)] + [(arg, build(arg)) for arg in sys.argv[2:]]
 rows = {name: [] for name, _ in builds}
 with tempfile.TemporaryDirectory() as tmp:
     workdir = pathlib.Path(tmp)
