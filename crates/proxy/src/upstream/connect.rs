@@ -40,10 +40,7 @@ impl Sender {
         host: &str,
     ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
         match self {
-            Sender::H1(sender, io) => {
-                let mut sending = pin!(sender.try_send_request(request));
-                poll_fn(|cx| drive(io, cx, |cx| sending.as_mut().poll(cx))).await
-            }
+            Sender::H1(sender, io) => driving(io, sender.try_send_request(request)).await,
             Sender::H2(sender) => {
                 to_h2(&mut request, secure, host);
                 sender.try_send_request(request).await
