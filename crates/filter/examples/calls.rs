@@ -7,6 +7,9 @@
 //! Requests carry `Authorization: Bearer $CALLS_TOKEN` when that is set, and
 //! `native-rs256=key.pem` times verifying that token natively (ring, as a
 //! gateway with JWT checks built in does: decode, verify, parse the claims).
+//!
+//! Wall time on a shared machine moves by tens of percent between runs;
+//! `bench/plugin_instructions.sh` counts instructions instead (valgrind).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +24,12 @@ const GRANTS: &[&str] = &["kv", "metrics", "crypto"];
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let n: u32 = args.next().unwrap_or_else(|| "100000".into()).parse()?;
-    let engine = FilterEngine::new(None)?;
+    // Under valgrind (`bench/plugin_calls.sh` with INSTRUCTIONS=1): compiled
+    // components kept in `CALLS_CACHE` (compiling under it takes minutes),
+    // and a pool small enough for its address space.
+    let cache = std::env::var_os("CALLS_CACHE").map(std::path::PathBuf::from);
+    let instances = std::env::var("CALLS_INSTANCES").map_or(Ok(2_000), |v| v.parse())?;
+    let engine = FilterEngine::with_instances(cache.as_deref(), instances)?;
     let services = Services::standalone();
     let token = std::env::var("CALLS_TOKEN").unwrap_or_else(|_| "abc".into());
     let authorization = format!("Bearer {token}");
@@ -38,8 +46,12 @@ async fn main() -> anyhow::Result<()> {
         let bytes = std::fs::read(path)?;
         let compiled = engine.compile(&bytes).map_err(anyhow::Error::msg)?;
         // Every capability granted, as a realistic plugin would be.
+        // Under valgrind everything runs ~50 times slower: `CALLS_TIMEOUT`.
+        let timeout = std::env::var("CALLS_TIMEOUT")
+            .map(|t| format!("call_timeout = {t:?}"))
+            .unwrap_or_default();
         let plugin_config: PluginConfig = toml::from_str(&format!(
-            "path = {path:?}\ngrants = {GRANTS:?}\ndeny = [\"http\"]"
+            "path = {path:?}\ngrants = {GRANTS:?}\ndeny = [\"http\"]\n{timeout}"
         ))?;
         let caps = Capabilities::bind(name, &plugin_config, &services);
         let plugin = engine.load(name, path.as_ref(), &compiled, &plugin_config, caps)?;

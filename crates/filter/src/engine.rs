@@ -51,6 +51,16 @@ impl FilterEngine {
     /// sha256 of their bytes (and the compiler's settings), so a restart
     /// does not compile an unchanged plugin again.
     pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<FilterEngine> {
+        FilterEngine::with_instances(cache_dir, 2_000)
+    }
+
+    /// [`FilterEngine::new`] with room for `instances` live instances at
+    /// once (each reserves its memory's address space up front, ~4 GiB: a
+    /// small pool lets a tool such as valgrind run the engine).
+    pub fn with_instances(
+        cache_dir: Option<&Path>,
+        instances: u32,
+    ) -> anyhow::Result<FilterEngine> {
         let mut config = Config::new();
         let cache = match cache_dir {
             Some(dir) => {
@@ -64,11 +74,11 @@ impl FilterEngine {
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(2_000)
-            .total_core_instances(8_000)
-            .total_memories(2_000)
-            .total_tables(4_000)
-            .total_stacks(2_000)
+        pool.total_component_instances(instances)
+            .total_core_instances(4 * instances)
+            .total_memories(instances)
+            .total_tables(2 * instances)
+            .total_stacks(instances)
             .max_memory_size(256 << 20);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
