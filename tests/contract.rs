@@ -1,14 +1,32 @@
-//! The contract, `sluice:filter@0.2.0`: state kept from a request to its
+//! The contract, `sluice:filter@0.2.x`: state kept from a request to its
 //! response, typed capability errors, headers a filter may not change; and
-//! components built for 0.1.0, which still load and run.
+//! components built for 0.2.2 and 0.1.0, which still load and run.
 
 use sluice_tests::{Gateway, Upstream, get, plugin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_keeps_state_from_a_request_to_its_response() {
+    keeps_state(&plugin("server-timing"), sluice_filter::CONTRACT).await;
+}
+
+/// The same plugin as built for 0.2.2, before `header` and `edit-headers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_built_for_0_2_2_still_load_and_keep_state() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/contract-0.2.2/server_timing.wasm"
+    );
+    keeps_state(fixture, "0.2.2").await;
+}
+
+async fn keeps_state(path: &str, contract: &str) {
     let up = Upstream::start("a").await;
     let gw = Gateway::start(&format!(
-        r#"[plugins.server-timing]
+        r#"[admin]
+address = "127.0.0.1:0"
+token = "test-admin-token"
+
+[plugins.server-timing]
 path = "{}"
 
 [upstreams.a]
@@ -18,11 +36,12 @@ targets = ["{}"]
 upstream = "a"
 filters = [{{ plugin = "server-timing" }}]
 "#,
-        plugin("server-timing"),
-        up.addr
+        path, up.addr
     ))
     .await
     .unwrap();
+    let listed = gw.admin("GET", "/plugins", "").await.json();
+    assert_eq!(listed["plugins"][0]["contract"], contract);
     // Slow and fast requests at once, so instances would mix them up if a
     // response could reach another request's instance.
     let requests = (0..40).map(|i| {

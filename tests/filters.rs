@@ -74,8 +74,8 @@ async fn headers_are_edited_both_ways() {
     let gw = gateway_with(
         &up,
         r#"{ plugin = "headers", config = {
-    request = { set = { x-route = "{route}", x-replaced = "new" }, add = { x-multi = "added" }, remove = ["cookie"] },
-    response = { set = { x-served-by = "sluice" }, add = { x-path = "{method} {path}" }, remove = ["server"] },
+    request = { set = { x-route = "{route}", x-replaced = "new", x-cookie-was = "{header.cookie}", x-none = "{header.x-absent}" }, add = { x-multi = "added" }, remove = ["cookie"] },
+    response = { set = { x-served-by = "sluice", x-upstream-was = "by {header.x-upstream}" }, add = { x-path = "{method} {path}" }, remove = ["server"] },
 } },"#,
     )
     .await;
@@ -93,6 +93,13 @@ async fn headers_are_edited_both_ways() {
     assert_eq!(reply.echoed("x-replaced"), ["new"]);
     assert_eq!(reply.echoed("x-multi"), ["original", "added"]);
     assert!(reply.echoed("cookie").is_empty());
+    // Templates read the headers as they reached the filter, before its edits.
+    assert_eq!(reply.echoed("x-cookie-was"), ["secret=1"]);
+    assert!(
+        reply.echoed("x-none").is_empty(),
+        "a missing header is left out"
+    );
+    assert_eq!(reply.header("x-upstream-was"), "by a");
     assert_eq!(reply.header("x-served-by"), "sluice");
     assert_eq!(reply.header("x-path"), "GET /things");
     assert_eq!(

@@ -5,7 +5,13 @@
 #![allow(missing_docs, unsafe_code, clippy::all)]
 
 pub mod imports {
-    wit_bindgen::generate!({ path: "../wit", world: "imports" });
+    // Borrowed arguments: an edit list or a record is passed without
+    // copying its strings first.
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "imports",
+        ownership: Borrowing { duplicate_if_necessary: false },
+    });
 }
 
 macro_rules! worlds {
@@ -21,13 +27,13 @@ macro_rules! worlds {
                     pub_export_macro: true,
                     export_macro_name: "export",
                     with: {
-                        "sluice:filter/types@0.2.2": crate::bindings::imports::sluice::filter::types,
-                        "sluice:filter/log@0.2.2": crate::bindings::imports::sluice::filter::log,
-                        "sluice:filter/clock@0.2.2": crate::bindings::imports::sluice::filter::clock,
-                        "sluice:filter/kv@0.2.2": crate::bindings::imports::sluice::filter::kv,
-                        "sluice:filter/outbound@0.2.2": crate::bindings::imports::sluice::filter::outbound,
-                        "sluice:filter/metrics@0.2.2": crate::bindings::imports::sluice::filter::metrics,
-                        "sluice:filter/crypto@0.2.2": crate::bindings::imports::sluice::filter::crypto,
+                        "sluice:filter/types@0.2.3": crate::bindings::imports::sluice::filter::types,
+                        "sluice:filter/log@0.2.3": crate::bindings::imports::sluice::filter::log,
+                        "sluice:filter/clock@0.2.3": crate::bindings::imports::sluice::filter::clock,
+                        "sluice:filter/kv@0.2.3": crate::bindings::imports::sluice::filter::kv,
+                        "sluice:filter/outbound@0.2.3": crate::bindings::imports::sluice::filter::outbound,
+                        "sluice:filter/metrics@0.2.3": crate::bindings::imports::sluice::filter::metrics,
+                        "sluice:filter/crypto@0.2.3": crate::bindings::imports::sluice::filter::crypto,
                     },
                 });
             }

@@ -9,44 +9,115 @@ use crate::Error;
 use crate::bindings::imports::sluice::filter::types as raw;
 
 /// Header fields of a request or response. Names are case-insensitive.
-pub struct Headers(raw::Headers);
+///
+/// Reading one field ([`Headers::get`]) and each edit, or batch of edits
+/// ([`Headers::edit`]), is one call to the gateway; a handle on the whole
+/// set is fetched only for [`Headers::get_all`], [`Headers::has`] and
+/// [`Headers::entries`].
+pub struct Headers<'a> {
+    of: Of<'a>,
+    handle: OnceCell<raw::Headers>,
+}
 
-impl Headers {
+/// Whose header fields.
+#[derive(Clone, Copy)]
+enum Of<'a> {
+    Request(&'a raw::Request),
+    Response(&'a raw::Response),
+}
+
+/// One edit of header fields, for [`Headers::edit`]; it borrows its name
+/// and value, so a list of edits is sent without copying them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit<'e> {
+    /// Replace the values of a name with a value.
+    Set(&'e str, &'e str),
+    /// Add a value to a name, keeping those already there.
+    Append(&'e str, &'e str),
+    /// Remove every value of a name.
+    Remove(&'e str),
+}
+
+impl<'e> From<Edit<'e>> for raw::HeaderEdit<'e> {
+    fn from(edit: Edit<'e>) -> raw::HeaderEdit<'e> {
+        match edit {
+            Edit::Set(name, value) => raw::HeaderEdit::Set((name, value)),
+            Edit::Append(name, value) => raw::HeaderEdit::Append((name, value)),
+            Edit::Remove(name) => raw::HeaderEdit::Remove(name),
+        }
+    }
+}
+
+impl<'a> Headers<'a> {
+    fn of(of: Of<'a>) -> Headers<'a> {
+        Headers {
+            of,
+            handle: OnceCell::new(),
+        }
+    }
+
+    fn handle(&self) -> &raw::Headers {
+        self.handle.get_or_init(|| match self.of {
+            Of::Request(r) => r.headers(),
+            Of::Response(r) => r.headers(),
+        })
+    }
+
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<String> {
-        self.0.get(name)
+        match self.of {
+            Of::Request(r) => r.header(name),
+            Of::Response(r) => r.header(name),
+        }
     }
 
     /// Every value of `name`, in order.
     pub fn get_all(&self, name: &str) -> Vec<String> {
-        self.0.get_all(name)
+        self.handle().get_all(name)
     }
 
     /// Whether `name` is present.
     pub fn has(&self, name: &str) -> bool {
-        self.0.has(name)
+        self.handle().has(name)
     }
 
-    /// Replace the values of `name`. Fails on an invalid name or value, and
-    /// for headers the gateway keeps right itself (`content-length`,
-    /// `transfer-encoding`, `host`, `connection`, ...).
+    /// Apply `edits` in order, in one call to the gateway. An edit that is
+    /// refused is skipped and the others are made; the first refusal is the
+    /// error: an invalid name or value, or a header the gateway keeps right
+    /// itself (`content-length`, `transfer-encoding`, `host`, `connection`, ...).
+    pub fn edit(&self, edits: &[Edit<'_>]) -> Result<(), Error> {
+        match edits {
+            [] => Ok(()),
+            [one] => self.send(&[(*one).into()]),
+            many => self.send(&many.iter().map(|&e| e.into()).collect::<Vec<_>>()),
+        }
+    }
+
+    fn send(&self, edits: &[raw::HeaderEdit<'_>]) -> Result<(), Error> {
+        Ok(match self.of {
+            Of::Request(r) => r.edit_headers(edits),
+            Of::Response(r) => r.edit_headers(edits),
+        }?)
+    }
+
+    /// Replace the values of `name`. Fails as [`Headers::edit`] does.
     pub fn set(&self, name: &str, value: &str) -> Result<(), Error> {
-        Ok(self.0.set(name, value)?)
+        self.edit(&[Edit::Set(name, value)])
     }
 
-    /// Add a value to `name`. Fails as [`Headers::set`] does.
+    /// Add a value to `name`. Fails as [`Headers::edit`] does.
     pub fn append(&self, name: &str, value: &str) -> Result<(), Error> {
-        Ok(self.0.append(name, value)?)
+        self.edit(&[Edit::Append(name, value)])
     }
 
-    /// Remove every value of `name`.
+    /// Remove every value of `name` (a header the gateway keeps stays).
     pub fn remove(&self, name: &str) {
-        self.0.remove(name)
+        let _ = self.edit(&[Edit::Remove(name)]);
     }
 
     /// All fields as `(name, value)` pairs.
     pub fn entries(&self) -> Vec<(String, String)> {
-        self.0.entries()
+        self.handle().entries()
     }
 }
 
@@ -86,7 +157,7 @@ impl Identity {
 /// The client's request, as it passes through the chain.
 pub struct Request<'a> {
     raw: &'a raw::Request,
-    headers: OnceCell<Headers>,
+    headers: OnceCell<Headers<'a>>,
 }
 
 impl<'a> Request<'a> {
@@ -164,13 +235,14 @@ impl<'a> Request<'a> {
     }
 
     /// The request's headers.
-    pub fn headers(&self) -> &Headers {
-        self.headers.get_or_init(|| Headers(self.raw.headers()))
+    pub fn headers(&self) -> &Headers<'a> {
+        self.headers
+            .get_or_init(|| Headers::of(Of::Request(self.raw)))
     }
 
     /// Shorthand for `headers().get(name)`.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers().get(name)
+        self.raw.header(name)
     }
 
     /// The identity an auth filter established, if any.
@@ -200,7 +272,7 @@ thread_local! {
 /// The response on its way back to the client.
 pub struct Response<'a> {
     raw: &'a raw::Response,
-    headers: OnceCell<Headers>,
+    headers: OnceCell<Headers<'a>>,
 }
 
 impl<'a> Response<'a> {
@@ -223,13 +295,14 @@ impl<'a> Response<'a> {
     }
 
     /// The response's headers.
-    pub fn headers(&self) -> &Headers {
-        self.headers.get_or_init(|| Headers(self.raw.headers()))
+    pub fn headers(&self) -> &Headers<'a> {
+        self.headers
+            .get_or_init(|| Headers::of(Of::Response(self.raw)))
     }
 
     /// Shorthand for `headers().get(name)`.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers().get(name)
+        self.raw.header(name)
     }
 
     /// The whole body; only for filters configured with `body = true`.

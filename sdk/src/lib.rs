@@ -63,7 +63,7 @@ pub mod outbound;
 mod policy;
 
 pub use error::Error;
-pub use http::{Headers, Identity, Reply, Request, Response};
+pub use http::{Edit, Headers, Identity, Reply, Request, Response};
 pub use policy::{
     Action, Auth, AuthDecision, CacheLookup, CachePolicy, CacheStore, HttpFilter, Limit, Plugin,
     RateLimit, RouteTo, Routing, Transform, Verdict,

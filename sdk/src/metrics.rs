@@ -5,19 +5,12 @@
 use crate::Error;
 use crate::bindings::imports::sluice::filter::metrics as raw;
 
-fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
-    labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
 /// Add `value` to counter `name` (exported as `sluice_plugin_<name>_total`).
 pub fn counter(name: &str, labels: &[(&str, &str)], value: u64) -> Result<(), Error> {
-    Ok(raw::counter_add(name, &owned(labels), value)?)
+    Ok(raw::counter_add(name, labels, value)?)
 }
 
 /// Record one observation in histogram `name` (seconds, bytes, ...).
 pub fn histogram(name: &str, labels: &[(&str, &str)], value: f64) -> Result<(), Error> {
-    Ok(raw::histogram_record(name, &owned(labels), value)?)
+    Ok(raw::histogram_record(name, labels, value)?)
 }

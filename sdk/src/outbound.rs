@@ -64,18 +64,25 @@ impl Outbound {
 
     /// Send it and wait for the whole response.
     pub fn send(self) -> Result<Answer, Error> {
-        raw::send(&self.into_raw())
+        let headers = self.raw_headers();
+        raw::send(self.as_raw(&headers))
             .map(Answer::from_raw)
             .map_err(Error::from)
     }
 
-    fn into_raw(self) -> raw::OutboundRequest {
+    fn raw_headers(&self) -> Vec<(&str, &str)> {
+        (self.headers.iter())
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect()
+    }
+
+    fn as_raw<'a>(&'a self, headers: &'a [(&'a str, &'a str)]) -> raw::OutboundRequest<'a> {
         raw::OutboundRequest {
-            upstream: self.upstream,
-            method: self.method,
-            path: self.path,
-            headers: self.headers,
-            body: self.body,
+            upstream: &self.upstream,
+            method: &self.method,
+            path: &self.path,
+            headers,
+            body: &self.body,
             timeout_millis: self
                 .timeout
                 .map(|t| t.as_millis().min(u128::from(u32::MAX)) as u32),
@@ -85,7 +92,10 @@ impl Outbound {
 
 /// Send several requests at once; the answers come in the same order.
 pub fn send_all(requests: Vec<Outbound>) -> Vec<Result<Answer, Error>> {
-    let raw: Vec<_> = requests.into_iter().map(Outbound::into_raw).collect();
+    let headers: Vec<_> = requests.iter().map(Outbound::raw_headers).collect();
+    let raw: Vec<_> = (requests.iter().zip(&headers))
+        .map(|(request, headers)| request.as_raw(headers))
+        .collect();
     raw::send_all(&raw)
         .into_iter()
         .map(|r| r.map(Answer::from_raw).map_err(Error::from))

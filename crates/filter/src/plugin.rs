@@ -77,7 +77,7 @@ impl Plugin {
     /// Whether every request keeps its instance for its response call, as
     /// contracts before 0.2.2 promised (later ones ask with `keep-instance`).
     pub(crate) fn always_kept(&self) -> bool {
-        self.contract != crate::CONTRACT
+        matches!(self.contract, "0.2.1" | "0.2.0" | "0.1.0" | "unknown")
     }
 }
 

@@ -1,13 +1,16 @@
 //! Header edits from configuration: set, add and remove request headers on
 //! the way in and response headers on the way out. Values are templates:
-//! `{identity}`, `{claim.NAME}`, `{route}`, `{client_ip}`, `{method}`, `{path}`.
-//! A header whose template names something the request doesn't have (no
-//! identity, no such claim) is left out.
+//! `{identity}`, `{claim.NAME}`, `{route}`, `{client_ip}`, `{method}`, `{path}`,
+//! and `{header.NAME}`: a header of the message being edited (the request's
+//! on the way in, the response's on the way out), as it reached this filter.
+//! A header whose template names something the message doesn't have (no
+//! identity, no such claim or header) is left out.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use sluice_sdk::{Action, Headers, Plugin, Request, Response, Transform};
+use sluice_sdk::{Action, Edit, Headers, Plugin, Request, Response, Transform};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -65,7 +68,8 @@ fn check_template(template: &str) -> Result<(), String> {
             .find('}')
             .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
         let name = &rest[start + 1..start + end];
-        if !VARIABLES.contains(&name) && !name.starts_with("claim.") {
+        if !VARIABLES.contains(&name) && !name.starts_with("claim.") && !name.starts_with("header.")
+        {
             return Err(format!("unknown variable `{{{name}}}` in `{template}`"));
         }
         rest = &rest[start + end + 1..];
@@ -73,8 +77,12 @@ fn check_template(template: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Fill in a template; `None` when it names something the request lacks.
-fn render(template: &str, req: &Request) -> Option<String> {
+/// Fill in a template; `None` when it names something the message lacks
+/// (a template without variables is used as it is.)
+fn render<'t>(template: &'t str, req: &Request, headers: &Headers) -> Option<Cow<'t, str>> {
+    if !template.contains('{') {
+        return Some(Cow::Borrowed(template));
+    }
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find('{') {
@@ -87,6 +95,7 @@ fn render(template: &str, req: &Request) -> Option<String> {
             "client_ip" => req.client_ip(),
             "method" => req.method(),
             "path" => req.path(),
+            header if header.starts_with("header.") => headers.get(&header["header.".len()..])?,
             claim => req
                 .identity()?
                 .get(claim.strip_prefix("claim.")?)?
@@ -96,23 +105,31 @@ fn render(template: &str, req: &Request) -> Option<String> {
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
+/// The headers whose templates render, with their values.
+fn render_all<'t>(
+    templates: &'t BTreeMap<String, String>,
+    req: &Request,
+    headers: &Headers,
+) -> Vec<(&'t str, Cow<'t, str>)> {
+    (templates.iter())
+        .filter_map(|(name, template)| Some((name.as_str(), render(template, req, headers)?)))
+        .collect()
+}
+
+/// Every edit in one call to the gateway. A header whose template names
+/// something the request lacks is left out; one the gateway refuses is
+/// skipped, the others are made.
 fn apply(edits: &Edits, headers: &Headers, req: &Request) {
-    for name in &edits.remove {
-        headers.remove(name);
-    }
-    for (name, template) in &edits.set {
-        if let Some(value) = render(template, req) {
-            let _ = headers.set(name, &value);
-        }
-    }
-    for (name, template) in &edits.add {
-        if let Some(value) = render(template, req) {
-            let _ = headers.append(name, &value);
-        }
-    }
+    let rendered = |templates| render_all(templates, req, headers);
+    let (sets, adds) = (rendered(&edits.set), rendered(&edits.add));
+    let list: Vec<Edit> = (edits.remove.iter().map(|name| Edit::Remove(name)))
+        .chain(sets.iter().map(|(name, value)| Edit::Set(name, value)))
+        .chain(adds.iter().map(|(name, value)| Edit::Append(name, value)))
+        .collect();
+    let _ = headers.edit(&list);
 }
 
 impl Transform for HeaderEdits {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_sdk::{Action, Headers, Plugin, Reply, Request, Response, Transform};
+use sluice_sdk::{Action, Edit, Headers, Plugin, Reply, Request, Response, Transform};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,17 +76,18 @@ struct HeaderEdits {
 }
 
 impl HeaderEdits {
+    /// Every edit in one call to the gateway. Names and values were checked
+    /// by `check`; one the gateway keeps itself is skipped.
     fn apply(&self, headers: &Headers) {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        // Names and values were checked by `check`, so these cannot fail.
-        for (name, value) in &self.set {
-            let _ = headers.set(name, value);
-        }
-        for (name, value) in &self.add {
-            let _ = headers.append(name, value);
-        }
+        let list: Vec<Edit> = (self.remove.iter().map(|name| Edit::Remove(name)))
+            .chain(self.set.iter().map(|(name, value)| Edit::Set(name, value)))
+            .chain(
+                self.add
+                    .iter()
+                    .map(|(name, value)| Edit::Append(name, value)),
+            )
+            .collect();
+        let _ = headers.edit(&list);
     }
 
     fn check(&self) -> Result<(), String> {

@@ -259,8 +259,14 @@ impl TypesView<'_> {
         Ok(self.table.get(response)?.request)
     }
 
-    fn headers(&self, h: &Resource<HeadersEntry>) -> wasmtime::Result<&HeaderMap> {
+    /// Which header fields a handle reads and edits: its request entry, and
+    /// whether it is the response's.
+    fn fields_of(&self, h: &Resource<HeadersEntry>) -> wasmtime::Result<(u32, bool)> {
         let &HeadersEntry { request, response } = self.table.get(h)?;
+        Ok((request, response))
+    }
+
+    fn fields(&self, request: u32, response: bool) -> wasmtime::Result<&HeaderMap> {
         let exchange = self.exchange(request)?;
         match response {
             false => Ok(&exchange.request.headers),
@@ -272,8 +278,7 @@ impl TypesView<'_> {
         }
     }
 
-    fn headers_mut(&mut self, h: &Resource<HeadersEntry>) -> wasmtime::Result<&mut HeaderMap> {
-        let &HeadersEntry { request, response } = self.table.get(h)?;
+    fn fields_mut(&mut self, request: u32, response: bool) -> wasmtime::Result<&mut HeaderMap> {
         let exchange = self.exchange_mut(request)?;
         match response {
             false => Ok(&mut exchange.request.headers),
@@ -283,6 +288,20 @@ impl TypesView<'_> {
                 .map(|r| &mut r.headers)
                 .ok_or_else(|| wasmtime::format_err!("no response yet")),
         }
+    }
+
+    fn headers(&self, h: &Resource<HeadersEntry>) -> wasmtime::Result<&HeaderMap> {
+        let (request, response) = self.fields_of(h)?;
+        self.fields(request, response)
+    }
+
+    /// The first value of `name` (if valid UTF-8).
+    fn first(&self, request: u32, response: bool, name: &str) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .fields(request, response)?
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned))
     }
 
     /// A new headers handle, a child of the request entry.
@@ -296,9 +315,11 @@ impl TypesView<'_> {
             .push_child(HeadersEntry { request, response }, &request_of(request))?)
     }
 
+    /// Set (or, with `append`, add) `value` to `name`, or remove `name`
+    /// without a value, in the request's or the response's header fields.
     fn edit(
         &mut self,
-        h: &Resource<HeadersEntry>,
+        (request, response): (u32, bool),
         name: &str,
         value: Option<&str>,
         append: bool,
@@ -312,9 +333,9 @@ impl TypesView<'_> {
             return Ok(Err(self.refusals.refuse_edit(&name)));
         }
         if let Some(value) = value {
-            self.charge(h, name.as_str().len() + value.len())?;
+            self.charge(request, name.as_str().len() + value.len())?;
         }
-        let headers = self.headers_mut(h)?;
+        let headers = self.fields_mut(request, response)?;
         let Some(value) = value else {
             headers.remove(&name);
             return Ok(Ok(()));
@@ -331,10 +352,29 @@ impl TypesView<'_> {
         Ok(Ok(()))
     }
 
+    /// Apply `edits` in order; those refused are skipped, and the first
+    /// refusal is the answer.
+    fn edit_all(
+        &mut self,
+        fields: (u32, bool),
+        edits: Vec<v2::types::HeaderEdit>,
+    ) -> wasmtime::Result<Result<(), HostError>> {
+        use v2::types::HeaderEdit;
+        let mut answer = Ok(());
+        for edit in &edits {
+            let done = match edit {
+                HeaderEdit::Set((name, value)) => self.edit(fields, name, Some(value), false)?,
+                HeaderEdit::Append((name, value)) => self.edit(fields, name, Some(value), true)?,
+                HeaderEdit::Remove(name) => self.edit(fields, name, None, false)?,
+            };
+            answer = answer.and(done);
+        }
+        Ok(answer)
+    }
+
     /// Count `bytes` of header fields against the call's limit; past it,
     /// the call fails.
-    fn charge(&mut self, h: &Resource<HeadersEntry>, bytes: usize) -> wasmtime::Result<()> {
-        let request = self.table.get(h)?.request;
+    fn charge(&mut self, request: u32, bytes: usize) -> wasmtime::Result<()> {
         let entry = self.table.get_mut(&request_of(request))?;
         entry.added += bytes;
         Ok(self.output.check_headers(entry.added)?)
@@ -415,11 +455,8 @@ macro_rules! types_host {
                 h: Resource<HeadersEntry>,
                 name: String,
             ) -> wasmtime::Result<Option<String>> {
-                Ok(self
-                    .headers(&h)?
-                    .get(name.as_str())
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned))
+                let (request, response) = self.fields_of(&h)?;
+                self.first(request, response, &name)
             }
 
             fn get_all(
@@ -445,7 +482,8 @@ macro_rules! types_host {
                 name: String,
                 value: String,
             ) -> wasmtime::Result<Result<(), $error>> {
-                Ok(self.edit(&h, &name, Some(&value), false)?.map_err($convert))
+                let fields = self.fields_of(&h)?;
+                Ok(self.edit(fields, &name, Some(&value), false)?.map_err($convert))
             }
 
             fn append(
@@ -454,13 +492,15 @@ macro_rules! types_host {
                 name: String,
                 value: String,
             ) -> wasmtime::Result<Result<(), $error>> {
-                Ok(self.edit(&h, &name, Some(&value), true)?.map_err($convert))
+                let fields = self.fields_of(&h)?;
+                Ok(self.edit(fields, &name, Some(&value), true)?.map_err($convert))
             }
 
             fn remove(&mut self, h: Resource<HeadersEntry>, name: String) -> wasmtime::Result<()> {
                 // Removing what a filter may not change is refused quietly, as
                 // `remove` has no error to report.
-                let _ = self.edit(&h, &name, None, false)?;
+                let fields = self.fields_of(&h)?;
+                let _ = self.edit(fields, &name, None, false)?;
                 Ok(())
             }
 
@@ -594,6 +634,8 @@ macro_rules! types_host {
             fn drop(&mut self, _: Resource<ResponseEntry>) -> wasmtime::Result<()> {
                 Ok(())
             }
+
+            types_host!(@response $v);
         }
     };
     // `request.id` is new in 0.2.0, `request.keep-instance` in 0.2.2.
@@ -606,8 +648,37 @@ macro_rules! types_host {
             self.table.get_mut(&r)?.keep = true;
             Ok(())
         }
+
+        // New in 0.2.3: headers read and edited without a handle.
+        fn header(&mut self, r: Resource<RequestEntry>, name: String) -> wasmtime::Result<Option<String>> {
+            self.first(r.rep(), false, &name)
+        }
+
+        fn edit_headers(
+            &mut self,
+            r: Resource<RequestEntry>,
+            edits: Vec<v2::types::HeaderEdit>,
+        ) -> wasmtime::Result<Result<(), v2::types::Error>> {
+            Ok(self.edit_all((r.rep(), false), edits)?.map_err(v2::types::Error::from))
+        }
     };
     (@id v1) => {};
+    (@response v2) => {
+        fn header(&mut self, r: Resource<ResponseEntry>, name: String) -> wasmtime::Result<Option<String>> {
+            let request = self.response_of(&r)?;
+            self.first(request, true, &name)
+        }
+
+        fn edit_headers(
+            &mut self,
+            r: Resource<ResponseEntry>,
+            edits: Vec<v2::types::HeaderEdit>,
+        ) -> wasmtime::Result<Result<(), v2::types::Error>> {
+            let request = self.response_of(&r)?;
+            Ok(self.edit_all((request, true), edits)?.map_err(v2::types::Error::from))
+        }
+    };
+    (@response v1) => {};
 }
 
 types_host!(v2, v2::types::Error, v2::types::Error::from);
