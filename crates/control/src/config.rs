@@ -142,12 +142,27 @@ impl Default for ReloadConfig {
 }
 
 /// Compilation settings; read at start only.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     /// Where compiled components are cached, keyed by sha256. Defaults to
     /// `$XDG_CACHE_HOME/sluice` (or `~/.cache/sluice`); `""` turns it off.
     pub cache_dir: Option<PathBuf>,
+    /// Plugin instances that may be live at once, across the gateway. Each
+    /// reserves its memory's address space (about 4 GiB, not resident) when
+    /// the gateway starts; lower it where address space is limited (a
+    /// `ulimit -v`, valgrind). Past it, a new instance fails to start.
+    #[serde(default = "defaults::max_instances")]
+    pub max_instances: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cache_dir: None,
+            max_instances: defaults::max_instances(),
+        }
+    }
 }
 
 impl EngineConfig {
@@ -167,6 +182,9 @@ impl EngineConfig {
 mod defaults {
     pub fn yes() -> bool {
         true
+    }
+    pub fn max_instances() -> u32 {
+        2_000
     }
 }
 

@@ -142,7 +142,10 @@ impl Kept {
             shared.tracing = Some(started);
         }
         Ok(Kept {
-            engine: FilterEngine::new(config.engine.cache_dir().as_deref())?,
+            engine: FilterEngine::with_instances(
+                config.engine.cache_dir().as_deref(),
+                config.engine.max_instances,
+            )?,
             filters: Arc::new(FilterMetrics::new(registry)),
             shared,
         })
