@@ -35,17 +35,21 @@ class Build:
 
     def __init__(self, binary, plugins):
         self.binary, self.plugins = pathlib.Path(binary), pathlib.Path(plugins)
-        self._limits = None
+        self._known = {}
 
     def knows_listener_limits(self):
         """Whether this build takes listener limits (builds before them refuse the keys)."""
-        if self._limits is None:
+        return self.knows('max_connections = 1\n')
+
+    def knows(self, toml):
+        """Whether this build accepts `toml` after a listener (earlier builds refuse keys they lack)."""
+        if toml not in self._known:
             with tempfile.TemporaryDirectory() as tmp:
                 conf = pathlib.Path(tmp) / "probe.toml"
-                conf.write_text('[[listeners]]\naddress = "127.0.0.1:0"\nmax_connections = 1\n')
-                self._limits = subprocess.run([str(self.binary), "check", "--config", str(conf)],
-                                              capture_output=True).returncode == 0
-        return self._limits
+                conf.write_text('[[listeners]]\naddress = "127.0.0.1:0"\n' + toml)
+                self._known[toml] = subprocess.run([str(self.binary), "check", "--config", str(conf)],
+                                                   capture_output=True).returncode == 0
+        return self._known[toml]
 
 
 CURRENT = Build(ROOT / "target/release/sluice", ROOT / "target/wasm/wasm32-wasip2/release")
@@ -125,11 +129,11 @@ def cpu_seconds(pid):
 class Server:
     """A process serving on `port`, stopped on exit."""
 
-    def __init__(self, name, argv, port, workdir):
+    def __init__(self, name, argv, port, workdir, timeout=30.0):
         self.name, self.port = name, port
         self.log = open(workdir / f"{name}.log", "w")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, cwd=workdir)
-        wait_port(port)
+        wait_port(port, timeout)
 
     @property
     def pid(self):
@@ -249,7 +253,9 @@ def pinned():
     return ["taskset", "-c", str(cores - 1)] if cores > 1 and shutil.which("taskset") else []
 
 
-def sluice(workdir, workers, toml_for_port, name="sluice", build=None, pin=False):
+def sluice(workdir, workers, toml_for_port, name="sluice", build=None, pin=False, wrap=None):
+    """Sluice serving `toml_for_port(port)`; `wrap` is a command to run it
+    under (valgrind), instead of pinning it."""
     global _building
     build = build or CURRENT
     port = free_port()
@@ -262,11 +268,13 @@ def sluice(workdir, workers, toml_for_port, name="sluice", build=None, pin=False
     if not build.knows_listener_limits():
         text = "\n".join(l for l in text.splitlines() if not l.startswith("max_connections"))
     conf.write_text(text)
-    argv = (pinned() if pin else []) + [str(build.binary), "--workers", str(workers), "run", "--config", str(conf)]
+    prefix = wrap or (pinned() if pin else [])
+    argv = prefix + [str(build.binary), "--workers", str(workers), "run", "--config", str(conf)]
     env_log = os.environ.get("RUST_LOG")
     os.environ["RUST_LOG"] = "warn"
     try:
-        return Server(name, argv, port, workdir)
+        # Under valgrind, plugins compile ~50 times slower (once: cached).
+        return Server(name, argv, port, workdir, timeout=900 if wrap else 30)
     finally:
         if env_log is None:
             del os.environ["RUST_LOG"]
