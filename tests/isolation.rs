@@ -226,3 +226,38 @@ async fn a_client_that_hangs_up_mid_call_leaves_the_plugin_sound() {
     }
     assert_eq!(get(&gw.url("/elsewhere"), &[]).await.status, 200);
 }
+
+/// `[engine] max_instances` caps the plugin instances live at once: a
+/// configuration whose routes need more is refused, naming the filter that
+/// could not start, and one within it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_keeps_no_more_instances_than_allowed() {
+    let up = Upstream::start("a").await;
+    let config = |max: u32| {
+        format!(
+            r#"[engine]
+max_instances = {max}
+
+[plugins.noop]
+path = "{}"
+
+[upstreams.a]
+targets = ["{}"]
+
+[[routes]]
+upstream = "a"
+filters = [{{ plugin = "noop" }}, {{ plugin = "noop" }}, {{ plugin = "noop" }}]
+"#,
+            plugin("noop"),
+            up.addr
+        )
+    };
+    let refused = Gateway::start(&config(2)).await.err();
+    let message = format!("{:#}", refused.expect("three filters need three instances"));
+    assert!(
+        message.contains("filters[2]") && message.contains("failed to start"),
+        "{message}"
+    );
+    let gw = Gateway::start(&config(3)).await.unwrap();
+    assert_eq!(get(&gw.url("/"), &[]).await.status, 200);
+}
