@@ -169,6 +169,13 @@ http {{
 
 
 def nginx(workdir, workers, up, h2=False, tls=False):
+    conf, port = nginx_conf(workdir, workers, up, h2, tls)
+    return Server("nginx", [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
+
+
+def nginx_conf(workdir, workers, up, h2=False, tls=False, master=True):
+    """nginx proxying to `up` on a free port: its configuration file and port
+    (without `master`, its one worker serves alone)."""
     port = free_port()
     listen = " ssl" if tls else ""
     listen += " http2" if h2 else ""
@@ -176,7 +183,7 @@ def nginx(workdir, workers, up, h2=False, tls=False):
     conf = workdir / "nginx.conf"
     conf.write_text(f"""
 daemon off; worker_processes {workers}; worker_rlimit_nofile 19000; error_log stderr warn;
-pid {workdir}/nginx.pid;
+master_process {"on" if master else "off"}; pid {workdir}/nginx.pid;
 events {{ worker_connections 18000; }}
 http {{
   access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
@@ -190,7 +197,7 @@ http {{
   }}
 }}
 """)
-    return Server("nginx", [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
+    return conf, port
 
 
 def haproxy(workdir, workers, up, h2=False, tls=False):

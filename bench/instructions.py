@@ -60,11 +60,8 @@ def start_sluice(scenario, build):
 
 
 def start_nginx(workdir, up):
-    bench.nginx(workdir, 1, up).stop()  # writes its configuration
-    conf = workdir / "nginx.conf"
     # Its one worker without a master, so the process under valgrind serves.
-    conf.write_text(conf.read_text().replace("daemon off;", "daemon off; master_process off;"))
-    port = int(re.search(r"listen 127.0.0.1:(\d+)", conf.read_text()).group(1))
+    conf, port = bench.nginx_conf(workdir, 1, up, master=False)
     return bench.Server("nginx", callgrind(workdir, "nginx") + [bench.NGINX, "-c", str(conf), "-p", str(workdir)],
                         port, workdir, timeout=120)
 

@@ -184,7 +184,7 @@ mod defaults {
         true
     }
     pub fn max_instances() -> u32 {
-        2_000
+        sluice_filter::FilterEngine::DEFAULT_INSTANCES
     }
 }
 

@@ -9,7 +9,7 @@
 //! gateway with JWT checks built in does: decode, verify, parse the claims).
 //!
 //! Wall time on a shared machine moves by tens of percent between runs;
-//! `bench/plugin_instructions.sh` counts instructions instead (valgrind).
+//! `INSTRUCTIONS=1 bench/plugin_calls.sh` counts instructions instead (valgrind).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
     // components kept in `CALLS_CACHE` (compiling under it takes minutes),
     // and a pool small enough for its address space.
     let cache = std::env::var_os("CALLS_CACHE").map(std::path::PathBuf::from);
-    let instances = std::env::var("CALLS_INSTANCES").map_or(Ok(2_000), |v| v.parse())?;
+    let instances = std::env::var("CALLS_INSTANCES")
+        .map_or(Ok(FilterEngine::DEFAULT_INSTANCES), |v| v.parse())?;
     let engine = FilterEngine::with_instances(cache.as_deref(), instances)?;
     let services = Services::standalone();
     let token = std::env::var("CALLS_TOKEN").unwrap_or_else(|_| "abc".into());

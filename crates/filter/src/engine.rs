@@ -51,8 +51,11 @@ impl FilterEngine {
     /// sha256 of their bytes (and the compiler's settings), so a restart
     /// does not compile an unchanged plugin again.
     pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<FilterEngine> {
-        FilterEngine::with_instances(cache_dir, 2_000)
+        FilterEngine::with_instances(cache_dir, FilterEngine::DEFAULT_INSTANCES)
     }
+
+    /// Instances live at once unless configured (`[engine] max_instances`).
+    pub const DEFAULT_INSTANCES: u32 = 2_000;
 
     /// [`FilterEngine::new`] with room for `instances` live instances at
     /// once (each reserves its memory's address space up front, ~4 GiB: a

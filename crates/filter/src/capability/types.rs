@@ -266,7 +266,7 @@ impl TypesView<'_> {
         Ok((request, response))
     }
 
-    fn fields(&self, request: u32, response: bool) -> wasmtime::Result<&HeaderMap> {
+    fn fields(&self, (request, response): (u32, bool)) -> wasmtime::Result<&HeaderMap> {
         let exchange = self.exchange(request)?;
         match response {
             false => Ok(&exchange.request.headers),
@@ -278,7 +278,7 @@ impl TypesView<'_> {
         }
     }
 
-    fn fields_mut(&mut self, request: u32, response: bool) -> wasmtime::Result<&mut HeaderMap> {
+    fn fields_mut(&mut self, (request, response): (u32, bool)) -> wasmtime::Result<&mut HeaderMap> {
         let exchange = self.exchange_mut(request)?;
         match response {
             false => Ok(&mut exchange.request.headers),
@@ -291,14 +291,13 @@ impl TypesView<'_> {
     }
 
     fn headers(&self, h: &Resource<HeadersEntry>) -> wasmtime::Result<&HeaderMap> {
-        let (request, response) = self.fields_of(h)?;
-        self.fields(request, response)
+        self.fields(self.fields_of(h)?)
     }
 
     /// The first value of `name` (if valid UTF-8).
-    fn first(&self, request: u32, response: bool, name: &str) -> wasmtime::Result<Option<String>> {
+    fn first(&self, fields: (u32, bool), name: &str) -> wasmtime::Result<Option<String>> {
         Ok(self
-            .fields(request, response)?
+            .fields(fields)?
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned))
@@ -335,7 +334,7 @@ impl TypesView<'_> {
         if let Some(value) = value {
             self.charge(request, name.as_str().len() + value.len())?;
         }
-        let headers = self.fields_mut(request, response)?;
+        let headers = self.fields_mut((request, response))?;
         let Some(value) = value else {
             headers.remove(&name);
             return Ok(Ok(()));
@@ -455,8 +454,8 @@ macro_rules! types_host {
                 h: Resource<HeadersEntry>,
                 name: String,
             ) -> wasmtime::Result<Option<String>> {
-                let (request, response) = self.fields_of(&h)?;
-                self.first(request, response, &name)
+                let fields = self.fields_of(&h)?;
+                self.first(fields, &name)
             }
 
             fn get_all(
@@ -651,7 +650,7 @@ macro_rules! types_host {
 
         // New in 0.2.3: headers read and edited without a handle.
         fn header(&mut self, r: Resource<RequestEntry>, name: String) -> wasmtime::Result<Option<String>> {
-            self.first(r.rep(), false, &name)
+            self.first((r.rep(), false), &name)
         }
 
         fn edit_headers(
@@ -666,7 +665,7 @@ macro_rules! types_host {
     (@response v2) => {
         fn header(&mut self, r: Resource<ResponseEntry>, name: String) -> wasmtime::Result<Option<String>> {
             let request = self.response_of(&r)?;
-            self.first(request, true, &name)
+            self.first((request, true), &name)
         }
 
         fn edit_headers(
