@@ -4,7 +4,7 @@
 //! count and names itself on the response. The gateway still loads it.
 
 wit_bindgen::generate!({
-    path: "../../crates/filter/wit-0.1.0",
+    path: "../../host/filter/wit-0.1.0",
     world: "transform-filter",
 });
 
