@@ -383,6 +383,10 @@ impl Gateway {
 
     /// The phases on the way in, the upstream unless one answered, and the
     /// phases on the way out.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error is the response the client gets; rare, and boxing it would not make it cheaper"
+    )]
     async fn run(
         &self,
         route: &Route,
@@ -422,6 +426,10 @@ impl Gateway {
     /// Send the request upstream (the one a routing filter chose, or the
     /// route's) and put the response in the context. The request head is
     /// copied when the response phases will read it, and moved otherwise.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error is the response the client gets; rare, and boxing it would not make it cheaper"
+    )]
     async fn fetch(
         &self,
         route: &Route,

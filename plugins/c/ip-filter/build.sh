@@ -25,9 +25,9 @@ name = "adapter"
 version = "0.0.0"
 edition = "2021"
 [dependencies]
-wasi-preview1-component-adapter-provider = "=48.0.8"
+wasi-preview1-component-adapter-provider = "=50.0.1"
 TOML
 cargo fetch --quiet --manifest-path "$gen/adapter/Cargo.toml"
 adapter=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path \
-    '*/wasi-preview1-component-adapter-provider-48.0.8/artefacts/wasi_snapshot_preview1.reactor.wasm' | head -n 1)
+    '*/wasi-preview1-component-adapter-provider-50.0.1/artefacts/wasi_snapshot_preview1.reactor.wasm' | head -n 1)
 wasm-tools component new "$gen/core.wasm" --adapt "$adapter" -o "$out"

@@ -33,6 +33,10 @@ impl Sender {
     /// Send `request`; on failure the request comes back if it never left.
     /// Over HTTP/2 the scheme and authority (from `Host`, or `host`) go in
     /// the request line.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error hands back a request that never left, to try it again; boxing it would add an allocation to every failure"
+    )]
     pub(super) async fn send(
         &mut self,
         mut request: Request<ProxyBody>,

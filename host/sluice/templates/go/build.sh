@@ -23,13 +23,13 @@ version = "0.0.0"
 edition = "2021"
 [dependencies]
 wit-bindgen-go = "=0.61.0"
-wasi-preview1-component-adapter-provider = "=48.0.8"
+wasi-preview1-component-adapter-provider = "=50.0.1"
 TOML
 cargo fetch --quiet --manifest-path "$gen/crates/Cargo.toml"
 registry="${CARGO_HOME:-$HOME/.cargo}/registry/src"
 pkg=$(find "$registry" -maxdepth 2 -type d -name wit-bindgen-go-0.61.0 | head -n 1)/src/pkg
 adapter=$(find "$registry" -path \
-    '*/wasi-preview1-component-adapter-provider-48.0.8/artefacts/wasi_snapshot_preview1.reactor.wasm' | head -n 1)
+    '*/wasi-preview1-component-adapter-provider-50.0.1/artefacts/wasi_snapshot_preview1.reactor.wasm' | head -n 1)
 
 # A reactor (c-shared): no main loop, its //go:wasmexport functions called
 # again and again. The bindings allocate with runtime.sbrk before the Go
