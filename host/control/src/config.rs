@@ -2,7 +2,6 @@
 //! the file, the line and the key.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +15,7 @@ use sluice_proxy::router::Matcher;
 use sluice_proxy::trace::TracingConfig;
 use toml::Spanned;
 
+pub use crate::source::{ConfigError, Source};
 use crate::trust::{Trust, TrustConfig};
 
 /// The whole gateway configuration, as read from one TOML file.
@@ -188,65 +188,6 @@ mod defaults {
     }
 }
 
-/// Where a configuration came from, to point errors at the right line.
-#[derive(Debug, Default, Clone)]
-pub struct Source {
-    /// The file's path as given.
-    pub path: PathBuf,
-    text: String,
-}
-
-impl Source {
-    /// The folder relative paths in the file are resolved against.
-    pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
-    }
-
-    /// The file's text, as parsed.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    /// An error at byte offset `at` of the file, about `key`.
-    pub fn error(
-        &self,
-        at: usize,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        let line = self.text[..at.min(self.text.len())].matches('\n').count() + 1;
-        ConfigError {
-            file: self.path.clone(),
-            line,
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// A configuration error, pointing at the file, line and key at fault.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigError {
-    /// The configuration file.
-    pub file: PathBuf,
-    /// 1-based line number.
-    pub line: usize,
-    /// The key at fault, as a dotted path (may be empty for syntax errors).
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.file.display(), self.line)?;
-        if !self.key.is_empty() {
-            write!(f, "{}: ", self.key)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
 impl Config {
     /// Read and parse `path`, checking the schema (not yet the plugins).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -261,11 +202,8 @@ impl Config {
 
     /// Parse `text` as if read from `path`.
     pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
-        let source = Source {
-            path: path.to_owned(),
-            text,
-        };
-        let mut config: Config = toml::from_str(&source.text).map_err(|e| {
+        let source = Source::new(path, text);
+        let mut config: Config = toml::from_str(source.text()).map_err(|e| {
             let at = e.span().map_or(0, |s| s.start);
             // toml's message is one line; its Display adds a source excerpt we replace with file:line.
             source.error(at, "", e.message().trim().to_owned())

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod oci;
 mod server;
+mod source;
 pub mod trust;
 pub mod versions;
 mod watch;

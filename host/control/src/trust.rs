@@ -12,7 +12,7 @@ use minisign::{PublicKey, PublicKeyBox, SecretKeyBox, SignatureBox};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, Source};
+use crate::source::{ConfigError, Source};
 
 /// `[trust]`: the keys whose signatures admit a plugin.
 #[derive(Debug, Default, Deserialize)]

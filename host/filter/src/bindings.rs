@@ -19,9 +19,9 @@ macro_rules! contract {
             },
             exports: { default: async },
             with: {
-                "sluice:filter/types.headers": crate::capability::types::HeadersEntry,
-                "sluice:filter/types.request": crate::capability::types::RequestEntry,
-                "sluice:filter/types.response": crate::capability::types::ResponseEntry,
+                "sluice:filter/types.headers": crate::handles::HeadersEntry,
+                "sluice:filter/types.request": crate::handles::RequestEntry,
+                "sluice:filter/types.response": crate::handles::ResponseEntry,
                 $($extra: $host,)*
             },
         });
@@ -38,8 +38,8 @@ macro_rules! contract {
 pub mod v2 {
     contract!(
         "../../wit",
-        "sluice:filter/crypto.hmac-key": crate::capability::crypto::HmacKey,
-        "sluice:filter/crypto.public-key": crate::capability::crypto::PublicKey;
+        "sluice:filter/crypto.hmac-key": crate::capability::keys::HmacKey,
+        "sluice:filter/crypto.public-key": crate::capability::keys::PublicKey;
         crypto
     );
 }

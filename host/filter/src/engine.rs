@@ -14,9 +14,9 @@ use wasmtime::{
 use crate::capability::{self, Capabilities};
 use crate::config::PluginConfig;
 use crate::error::PluginError;
-use crate::instance::FilterState;
 use crate::kinds::{Exports, Kind};
 use crate::plugin::Plugin;
+use crate::state::FilterState;
 
 /// How often the epoch advances: a running call is looked at (and yields) once a tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);

@@ -2,151 +2,21 @@
 //! a view of), its exports, and the calls into it with an exchange lent.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Instant;
 
-use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::Store;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::answer::{Answer, ResponseAnswer};
-use crate::capability::Capabilities;
-use crate::capability::basics::BasicsView;
-use crate::capability::crypto::CryptoView;
-use crate::capability::kv::KvView;
-use crate::capability::outbound::OutboundView;
-use crate::capability::sandbox::{PollView, SandboxView};
-use crate::capability::types::{self, TypesView};
-use crate::capability::wasi_http::WasiHttp;
 use crate::cpu::{CallClock, WallLimit};
 use crate::error::{OverLimit, PluginError};
 use crate::exchange::Exchange;
+use crate::handles::{self, Lingering, RequestEntry, ResponseEntry};
 use crate::kinds::Guest;
 use crate::plugin::Plugin;
+use crate::state::FilterState;
 
 /// Calls whose handles a guest may still hold before its instance is replaced.
 const MAX_LINGERING: usize = 1024;
-
-/// The guest's panic messages land here; kept small, read when a call fails.
-const STDERR_CAPACITY: usize = 16 << 10;
-
-/// The host data of one instance's store. Each capability borrows a view
-/// of what it needs (see `capability`).
-pub(crate) struct FilterState {
-    /// The request, response and headers handles, and WASI's.
-    table: ResourceTable,
-    wasi: WasiCtx,
-    pub(crate) caps: Arc<Capabilities>,
-    /// Only the guest's own time counts against `call_timeout`.
-    clock: CallClock,
-    memory: MemoryLimit,
-    stderr: MemoryOutputPipe,
-    started: Instant,
-    /// Crypto keys the plugin holds in `table`.
-    keys: usize,
-    /// `wasi:http`, sending through the granted upstreams.
-    http: WasiHttp,
-}
-
-impl FilterState {
-    pub(crate) fn types(&mut self) -> TypesView<'_> {
-        TypesView {
-            table: &mut self.table,
-            refusals: &self.caps.refusals,
-            output: &self.caps.output,
-        }
-    }
-
-    pub(crate) fn sandbox(&mut self) -> SandboxView<'_> {
-        SandboxView {
-            refusals: &self.caps.refusals,
-        }
-    }
-
-    pub(crate) fn basics(&mut self) -> BasicsView<'_> {
-        BasicsView {
-            plugin: &self.caps.plugin,
-            started: self.started,
-        }
-    }
-
-    pub(crate) fn kv(&mut self) -> KvView<'_> {
-        KvView {
-            kv: &self.caps.kv,
-            clock: &mut self.clock,
-        }
-    }
-
-    pub(crate) fn crypto(&mut self) -> CryptoView<'_> {
-        CryptoView {
-            crypto: &self.caps.crypto,
-            table: &mut self.table,
-            keys: &mut self.keys,
-        }
-    }
-
-    pub(crate) fn poll(&mut self) -> PollView<'_> {
-        PollView {
-            table: &mut self.table,
-            clock: &mut self.clock,
-        }
-    }
-
-    /// The resource table and `wasi:http`'s state, borrowed together.
-    pub(crate) fn http_parts(&mut self) -> (&mut ResourceTable, &mut WasiHttp) {
-        (&mut self.table, &mut self.http)
-    }
-
-    pub(crate) fn outbound(&mut self) -> OutboundView<'_> {
-        OutboundView {
-            outbound: &self.caps.outbound,
-            clock: &mut self.clock,
-        }
-    }
-}
-
-impl WasiView for FilterState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Caps linear memory and remembers the peak, so a bloated instance can be
-/// recycled, and whether the current call was refused memory.
-struct MemoryLimit {
-    limit: usize,
-    peak: usize,
-    refused: bool,
-}
-
-impl ResourceLimiter for MemoryLimit {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.limit;
-        match allowed {
-            true => self.peak = self.peak.max(desired),
-            false => self.refused = true,
-        }
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
-}
 
 /// A live, initialised instance.
 pub(crate) struct Instance {
@@ -161,7 +31,7 @@ pub(crate) struct Instance {
     /// halfway through).
     pub(crate) spoiled: bool,
     /// Earlier calls' entries the guest still holds handles under.
-    lingering: VecDeque<types::Lingering>,
+    lingering: VecDeque<Lingering>,
 }
 
 impl Instance {
@@ -171,25 +41,11 @@ impl Instance {
             plugin: plugin.name.to_string(),
             reason: describe_failure(&e, &stderr.contents()),
         };
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        // No filesystem, environment, network or stdin: WASI is linked only so
-        // that standard libraries start; their capabilities are all withheld.
-        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
-        let state = FilterState {
-            table: ResourceTable::new(),
-            wasi,
-            caps: plugin.caps.clone(),
-            clock: CallClock::new(plugin.call_timeout, plugin.cpu.clone()),
-            memory: MemoryLimit {
-                limit: plugin.memory_limit,
-                peak: 0,
-                refused: false,
-            },
-            stderr: stderr.clone(),
-            started: Instant::now(),
-            keys: 0,
-            http: WasiHttp::new(plugin.caps.clone()),
-        };
+        let (state, stderr) = FilterState::new(
+            plugin.caps.clone(),
+            CallClock::new(plugin.call_timeout, plugin.cpu.clone()),
+            plugin.memory_limit,
+        );
         let mut store = Store::new(plugin.pre.engine(), state);
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_callback(|mut store| store.data_mut().clock.tick());
@@ -264,17 +120,17 @@ impl Instance {
         body_access: bool,
         response: bool,
     ) -> wasmtime::Result<(
-        wasmtime::component::Resource<types::RequestEntry>,
-        Option<wasmtime::component::Resource<types::ResponseEntry>>,
+        wasmtime::component::Resource<RequestEntry>,
+        Option<wasmtime::component::Resource<ResponseEntry>>,
     )> {
         let table = &mut self.store.data_mut().table;
-        let (request, response) = types::open(table, response)?;
+        let (request, response) = handles::open(table, response)?;
         let spare = self.spare.take().expect("a spare between calls");
         // Until `take_back`: a call dropped before it returns spoils the instance.
         self.spoiled = true;
         let mut lent = std::mem::replace(exchange, spare);
         lent.body_access = body_access;
-        types::fill(table, &request, lent);
+        handles::fill(table, &request, lent);
         let state = self.store.data_mut();
         state.memory.refused = false;
         state.clock.start();
@@ -287,11 +143,11 @@ impl Instance {
     fn take_back(
         &mut self,
         exchange: &mut Box<Exchange>,
-        request: wasmtime::component::Resource<types::RequestEntry>,
-        response: Option<wasmtime::component::Resource<types::ResponseEntry>>,
+        request: wasmtime::component::Resource<RequestEntry>,
+        response: Option<wasmtime::component::Resource<ResponseEntry>>,
     ) -> bool {
         let table = &mut self.store.data_mut().table;
-        let mut back = types::take_back(table, request, response);
+        let mut back = handles::take_back(table, request, response);
         back.exchange.body_access = false;
         self.spare = Some(std::mem::replace(exchange, back.exchange));
         // Handles a garbage-collected guest has not dropped yet keep their

@@ -8,8 +8,8 @@ use wasmtime::component::{Instance as Exported, InstancePre, Resource};
 
 use crate::answer::{Answer, ResponseAnswer};
 use crate::bindings::{v1, v2};
-use crate::capability::types::{RequestEntry, ResponseEntry};
-use crate::instance::FilterState;
+use crate::handles::{RequestEntry, ResponseEntry};
+use crate::state::FilterState;
 
 /// Something a component exports in the current contract or the previous one.
 pub(crate) enum Versioned<Two, One> {

@@ -34,12 +34,14 @@ mod cpu;
 mod engine;
 mod error;
 mod exchange;
+mod handles;
 mod instance;
 mod kinds;
 pub mod logging;
 pub mod metrics;
 mod plugin;
 mod pool;
+mod state;
 pub mod store;
 
 pub use answer::{Answer, Limit, Reply, ResponseAnswer, StoreDecision};

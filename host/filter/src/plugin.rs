@@ -12,8 +12,8 @@ use crate::capability::Capabilities;
 use crate::config::{FailurePolicy, PluginConfig};
 use crate::cpu::CpuShare;
 use crate::error::FilterFailure;
-use crate::instance::FilterState;
 use crate::kinds::{Exports, Kind};
+use crate::state::FilterState;
 
 /// A plugin ready to be instantiated cheaply.
 pub struct Plugin {

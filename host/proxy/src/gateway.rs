@@ -22,14 +22,15 @@ use crate::body::{self, ClientBody, ClientBodyError, ProxyBody, Upload};
 use crate::cache::ResponseCache;
 use crate::compress::{Compression, Encoding};
 use crate::config::{CacheConfig, RouteConfig};
-use crate::edge::{request_id, strip_hop_by_hop};
-use crate::listener::ConnectionInfo;
-use crate::metrics::{ProxyMetrics, RouteMetrics, TargetGauges};
+use crate::edge::{ConnectionInfo, request_id, strip_hop_by_hop};
+use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::phases::{CachePhase, FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::router::{Matcher, RouteTable};
 use crate::trace::{Trace, Tracing};
 use crate::upgrade::{self, Upgrade};
-use crate::upstream::{self, Payload, Sending, TargetRegistry, Upstream, UpstreamError};
+use crate::upstream::{
+    self, Payload, Sending, TargetGauges, TargetRegistry, Upstream, UpstreamError,
+};
 
 /// Largest body buffered for filters that asked for bodies.
 pub const MAX_BUFFERED_BODY: usize = 16 << 20;

@@ -6,7 +6,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::{v1, v2};
-use crate::instance::FilterState;
 
 /// What logging and the clock borrow from the instance's store data.
 pub(crate) struct BasicsView<'a> {
@@ -21,11 +20,16 @@ impl HasData for BasicsData {
     type Data<'a> = BasicsView<'a>;
 }
 
-pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
-    v2::log::add_to_linker::<_, BasicsData>(linker, FilterState::basics)?;
-    v2::clock::add_to_linker::<_, BasicsData>(linker, FilterState::basics)?;
-    v1::log::add_to_linker::<_, BasicsData>(linker, FilterState::basics)?;
-    v1::clock::add_to_linker::<_, BasicsData>(linker, FilterState::basics)
+/// Store data that can lend logging and the clock their view.
+pub(crate) trait BasicsHost {
+    fn basics(&mut self) -> BasicsView<'_>;
+}
+
+pub(crate) fn link<T: BasicsHost + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    v2::log::add_to_linker::<_, BasicsData>(linker, T::basics)?;
+    v2::clock::add_to_linker::<_, BasicsData>(linker, T::basics)?;
+    v1::log::add_to_linker::<_, BasicsData>(linker, T::basics)?;
+    v1::clock::add_to_linker::<_, BasicsData>(linker, T::basics)
 }
 
 impl BasicsView<'_> {

@@ -8,11 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::component::{HasData, Linker};
 
-use super::{Grant, Refusals, Services};
+use super::{Grant, Refusals};
 use crate::bindings::{v1, v2};
 use crate::cpu::CallClock;
 use crate::error::HostError;
-use crate::instance::FilterState;
 use crate::store::{StateStore, StoreError};
 
 /// One plugin's access to the store.
@@ -30,9 +29,9 @@ struct Bucket {
 }
 
 impl Kv {
-    pub(crate) fn bind(grants: &[Grant], services: &Services, refusals: Refusals) -> Kv {
+    pub(crate) fn bind(grants: &[Grant], store: &Arc<dyn StateStore>, refusals: Refusals) -> Kv {
         Kv {
-            store: grants.contains(&Grant::Kv).then(|| services.store.clone()),
+            store: grants.contains(&Grant::Kv).then(|| store.clone()),
             refusals,
         }
     }
@@ -126,9 +125,14 @@ impl HasData for KvData {
     type Data<'a> = KvView<'a>;
 }
 
-pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
-    v2::kv::add_to_linker::<_, KvData>(linker, FilterState::kv)?;
-    v1::kv::add_to_linker::<_, KvData>(linker, FilterState::kv)
+/// Store data that can lend the key-value store its view.
+pub(crate) trait KvHost {
+    fn kv(&mut self) -> KvView<'_>;
+}
+
+pub(crate) fn link<T: KvHost + Send + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    v2::kv::add_to_linker::<_, KvData>(linker, T::kv)?;
+    v1::kv::add_to_linker::<_, KvData>(linker, T::kv)
 }
 
 /// The one body of both versions' imports: they differ in their types only.

@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
-use super::{Grant, Refusals, Services};
+use super::{Grant, Refusals};
 use crate::bindings::{v1, v2};
 use crate::error::HostError;
-use crate::instance::FilterState;
 use crate::metrics::{FilterMetrics, Labels, MetricError};
 
 /// One plugin's metrics, when granted.
@@ -18,11 +17,13 @@ pub(crate) struct PluginMetrics {
 }
 
 impl PluginMetrics {
-    pub(crate) fn bind(grants: &[Grant], services: &Services, refusals: Refusals) -> PluginMetrics {
+    pub(crate) fn bind(
+        grants: &[Grant],
+        metrics: &Arc<FilterMetrics>,
+        refusals: Refusals,
+    ) -> PluginMetrics {
         PluginMetrics {
-            metrics: grants
-                .contains(&Grant::Metrics)
-                .then(|| services.metrics.clone()),
+            metrics: grants.contains(&Grant::Metrics).then(|| metrics.clone()),
             refusals,
         }
     }
@@ -56,9 +57,14 @@ impl HasData for MetricsData {
     type Data<'a> = &'a PluginMetrics;
 }
 
-pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
-    v2::metrics::add_to_linker::<_, MetricsData>(linker, |s| &s.caps.metrics)?;
-    v1::metrics::add_to_linker::<_, MetricsData>(linker, |s| &s.caps.metrics)
+/// Store data that can lend the plugin's metrics.
+pub(crate) trait MetricsHost {
+    fn plugin_metrics(&mut self) -> &PluginMetrics;
+}
+
+pub(crate) fn link<T: MetricsHost + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    v2::metrics::add_to_linker::<_, MetricsData>(linker, T::plugin_metrics)?;
+    v1::metrics::add_to_linker::<_, MetricsData>(linker, T::plugin_metrics)
 }
 
 impl v2::metrics::Host for &PluginMetrics {

@@ -2,7 +2,10 @@
 //! owns its grant check (what the plugin's configuration allows), the state
 //! it binds for a plugin, and its linking: the WIT imports it implements,
 //! in both versions of the contract, on a view it borrows from the
-//! instance's store data (as wasmtime-wasi's `WasiHttpView` does).
+//! instance's store data through a trait of its own (`KvHost::kv`, as
+//! wasmtime-wasi's `WasiHttpView` does). So a unit knows what it stands on
+//! (the bindings, the handles, its grant) and nothing of the instance
+//! above it, whose `FilterState` implements every view ([`Host`]).
 //!
 //! - [`types`]: the request, response and headers handles (always);
 //! - [`basics`]: logging and the clock (always);
@@ -15,90 +18,31 @@
 //! the log and `sluice_capability_denied_total` name the plugin and grant.
 
 pub(crate) mod basics;
-pub mod crypto;
+pub(crate) mod crypto;
+mod grant;
+pub(crate) mod keys;
 pub(crate) mod kv;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
+mod refusals;
 pub(crate) mod sandbox;
-pub mod types;
+pub(crate) mod types;
 pub(crate) mod wasi_http;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
 use wasmtime::component::Linker;
+use wasmtime_wasi::WasiView;
+use wasmtime_wasi_http::WasiHttpView;
 
 use crate::config::PluginConfig;
 use crate::error::HostError;
-use crate::instance::FilterState;
 use crate::metrics::{FilterMetrics, labels};
 use crate::store::StateStore;
+pub use grant::Grant;
 pub use outbound::HttpUpstream;
-
-/// A capability a plugin's configuration can grant.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Grant {
-    /// The key-value store, counters and token buckets (`kv`).
-    Kv,
-    /// Defining metrics (`metrics`).
-    Metrics,
-    /// Outbound HTTP to one named upstream (`http:<name>`).
-    Http(String),
-    /// Digests, HMAC and signature verification (`crypto`).
-    Crypto,
-}
-
-impl std::str::FromStr for Grant {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Grant, String> {
-        match s {
-            "kv" => Ok(Grant::Kv),
-            "metrics" => Ok(Grant::Metrics),
-            "crypto" => Ok(Grant::Crypto),
-            _ => match s.strip_prefix("http:") {
-                Some(upstream) if !upstream.is_empty() => Ok(Grant::Http(upstream.to_owned())),
-                _ => Err(format!(
-                    "unknown grant `{s}`; grants are `kv`, `metrics`, `crypto` and `http:<upstream>`"
-                )),
-            },
-        }
-    }
-}
-
-impl fmt::Display for Grant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Grant::Kv => f.write_str("kv"),
-            Grant::Metrics => f.write_str("metrics"),
-            Grant::Crypto => f.write_str("crypto"),
-            Grant::Http(upstream) => write!(f, "http:{upstream}"),
-        }
-    }
-}
-
-impl Grant {
-    /// The capability it grants (`http` for any `http:<upstream>`).
-    pub fn capability(&self) -> &'static str {
-        match self {
-            Grant::Kv => "kv",
-            Grant::Metrics => "metrics",
-            Grant::Crypto => "crypto",
-            Grant::Http(_) => "http",
-        }
-    }
-
-    /// Parse a configured grant, checking the upstream an `http:` grant names.
-    pub fn check(text: &str, upstream_exists: impl Fn(&str) -> bool) -> Result<Grant, String> {
-        match text.parse()? {
-            Grant::Http(upstream) if !upstream_exists(&upstream) => {
-                Err(format!("unknown upstream `{upstream}`"))
-            }
-            grant => Ok(grant),
-        }
-    }
-}
+pub(crate) use refusals::Refusals;
 
 /// The capabilities a grant can give, by name (`deny` takes these).
 pub const CAPABILITIES: [&str; 4] = ["kv", "metrics", "crypto", "http"];
@@ -183,7 +127,7 @@ pub struct Capabilities {
     pub(crate) plugin: Arc<str>,
     pub(crate) refusals: Refusals,
     pub(crate) kv: kv::Kv,
-    pub(crate) outbound: outbound::Outbound,
+    pub(crate) outbound: Arc<outbound::Outbound>,
     pub(crate) metrics: metrics::PluginMetrics,
     pub(crate) crypto: crypto::Crypto,
     pub(crate) output: types::Output,
@@ -200,9 +144,14 @@ impl Capabilities {
             metrics: services.metrics.clone(),
         };
         Capabilities {
-            kv: kv::Kv::bind(&grants, services, refusals.clone()),
-            outbound: outbound::Outbound::bind(&grants, config, services, refusals.clone()),
-            metrics: metrics::PluginMetrics::bind(&grants, services, refusals.clone()),
+            kv: kv::Kv::bind(&grants, &services.store, refusals.clone()),
+            outbound: Arc::new(outbound::Outbound::bind(
+                &grants,
+                config,
+                &services.upstreams,
+                refusals.clone(),
+            )),
+            metrics: metrics::PluginMetrics::bind(&grants, &services.metrics, refusals.clone()),
             crypto: crypto::Crypto::bind(&grants, refusals.clone()),
             output: types::Output::of(config),
             refusals,
@@ -249,83 +198,41 @@ impl Capabilities {
     }
 }
 
-/// How a unit refuses a call for want of a grant.
-#[derive(Clone)]
-pub(crate) struct Refusals {
-    plugin: Arc<str>,
-    metrics: Arc<FilterMetrics>,
+/// What an instance's store data lends the capabilities: a view for each,
+/// and WASI's. The instance's `FilterState` is the one implementation.
+pub(crate) trait Host:
+    WasiView
+    + WasiHttpView
+    + types::TypesHost
+    + sandbox::SandboxHost
+    + basics::BasicsHost
+    + kv::KvHost
+    + outbound::OutboundHost
+    + metrics::MetricsHost
+    + crypto::CryptoHost
+    + Send
+    + 'static
+{
 }
 
-impl Refusals {
-    /// Refuse a call for want of `grant`, saying so in the log (at a bounded
-    /// rate) and the metrics.
-    pub(crate) fn refuse(&self, grant: &Grant) -> HostError {
-        let plugin = &*self.plugin;
-        crate::log_throttled!(
-            warn,
-            ("capability refused", plugin, grant),
-            plugin,
-            %grant,
-            "capability refused: plugin `{plugin}` has no `{grant}` grant"
-        );
-        self.metrics
-            .denied
-            .get_or_create(&labels([("plugin", plugin), ("grant", &grant.to_string())]))
-            .inc();
-        HostError::NotGranted(format!(
-            "capability refused: `{grant}` is not granted (add it to `plugins.{plugin}.grants`)"
-        ))
-    }
-
-    /// Refuse an edit of a header the gateway keeps itself, saying so in
-    /// the log (at a bounded rate) and the metrics.
-    pub(crate) fn refuse_edit(&self, header: &http::HeaderName) -> HostError {
-        let plugin = &*self.plugin;
-        crate::log_throttled!(
-            warn,
-            ("edit refused", plugin, header.as_str()),
-            plugin,
-            %header,
-            "plugin `{plugin}` may not change `{header}`: the gateway keeps it right"
-        );
-        self.metrics
-            .refused_edits
-            .get_or_create(&labels([("plugin", plugin), ("header", header.as_str())]))
-            .inc();
-        HostError::Invalid(format!(
-            "a filter may not change `{header}`: the gateway keeps it right"
-        ))
-    }
-
-    /// Note that the plugin looked for what the sandbox does not have
-    /// (`filesystem`, `environment`), in the log (at a bounded rate) and
-    /// the metrics.
-    pub(crate) fn refuse_sandbox(&self, what: &'static str) {
-        let plugin = &*self.plugin;
-        // Info, not a warning: standard libraries ask on their own too (Rust's
-        // panic handler reads the environment).
-        crate::log_throttled!(
-            info,
-            ("sandbox", plugin, what),
-            plugin,
-            what,
-            "plugin `{plugin}` asked for its {what}: a plugin has none"
-        );
-        self.metrics
-            .sandboxed
-            .get_or_create(&labels([("plugin", plugin), ("what", what)]))
-            .inc();
-    }
-
-    /// The plugin these refusals are for.
-    pub(crate) fn plugin(&self) -> &str {
-        &self.plugin
-    }
+impl<T> Host for T where
+    T: WasiView
+        + WasiHttpView
+        + types::TypesHost
+        + sandbox::SandboxHost
+        + basics::BasicsHost
+        + kv::KvHost
+        + outbound::OutboundHost
+        + metrics::MetricsHost
+        + crypto::CryptoHost
+        + Send
+        + 'static
+{
 }
 
 /// Link every unit's imports, in both versions of the contract, and WASI
 /// (with nothing in it: standard libraries need it to start).
-pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
+pub(crate) fn link<T: Host>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     sandbox::link(linker)?;
     types::link(linker)?;
@@ -349,31 +256,5 @@ impl From<HostError> for crate::bindings::v2::types::Error {
             HostError::Timeout(m) => Error::Timeout(m),
             HostError::Limit(m) => Error::Limit(m),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grants_parse_and_name_known_upstreams() {
-        let known = |u: &str| u == "auth";
-        assert_eq!(Grant::check("kv", known), Ok(Grant::Kv));
-        assert_eq!(
-            Grant::check("http:auth", known),
-            Ok(Grant::Http("auth".into()))
-        );
-        assert!(
-            Grant::check("http:billing", known)
-                .unwrap_err()
-                .contains("unknown upstream")
-        );
-        assert!(
-            Grant::check("fs", known)
-                .unwrap_err()
-                .contains("unknown grant `fs`")
-        );
-        assert_eq!(Grant::Http("auth".into()).to_string(), "http:auth");
     }
 }

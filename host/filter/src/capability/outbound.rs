@@ -12,12 +12,11 @@ use futures_util::future::join_all;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use wasmtime::component::{HasData, Linker};
 
-use super::{Grant, Refusals, Services};
+use super::{Grant, Refusals};
 use crate::bindings::{v1, v2};
 use crate::config::PluginConfig;
 use crate::cpu::CallClock;
 use crate::error::HostError;
-use crate::instance::FilterState;
 
 /// Largest outbound response body handed to a plugin.
 pub(crate) const MAX_OUTBOUND_BODY: usize = 8 << 20;
@@ -66,13 +65,13 @@ impl Outbound {
     pub(crate) fn bind(
         grants: &[Grant],
         config: &PluginConfig,
-        services: &Services,
+        upstreams: &HashMap<String, Arc<dyn HttpUpstream>>,
         refusals: Refusals,
     ) -> Outbound {
         let granted = grants
             .iter()
             .filter_map(|g| match g {
-                Grant::Http(name) => Some((name.clone(), services.upstreams.get(name)?.clone())),
+                Grant::Http(name) => Some((name.clone(), upstreams.get(name)?.clone())),
                 _ => None,
             })
             .collect();
@@ -176,9 +175,16 @@ impl HasData for OutboundData {
     type Data<'a> = OutboundView<'a>;
 }
 
-pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
-    v2::outbound::add_to_linker::<_, OutboundData>(linker, FilterState::outbound)?;
-    v1::outbound::add_to_linker::<_, OutboundData>(linker, FilterState::outbound)
+/// Store data that can lend outbound HTTP its view.
+pub(crate) trait OutboundHost {
+    fn outbound(&mut self) -> OutboundView<'_>;
+}
+
+pub(crate) fn link<T: OutboundHost + Send + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    v2::outbound::add_to_linker::<_, OutboundData>(linker, T::outbound)?;
+    v1::outbound::add_to_linker::<_, OutboundData>(linker, T::outbound)
 }
 
 /// Both versions' imports: they differ in their types only.

@@ -11,12 +11,12 @@ use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::io::poll;
 use wasmtime_wasi::p2::bindings::{cli::environment, filesystem::preopens};
 
+use super::Refusals;
 use crate::cpu::CallClock;
-use crate::instance::FilterState;
 
 /// What the sandbox borrows from the instance's store data.
 pub(crate) struct SandboxView<'a> {
-    pub(crate) refusals: &'a super::Refusals,
+    pub(crate) refusals: &'a Refusals,
 }
 
 struct SandboxData;
@@ -38,11 +38,19 @@ impl HasData for PollData {
 }
 
 /// Link over WASI's own `preopens`, `environment` and `poll` (linked first).
-pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
+/// Store data that can lend the sandbox and `wasi:io/poll` their views.
+pub(crate) trait SandboxHost {
+    fn sandbox(&mut self) -> SandboxView<'_>;
+    fn poll(&mut self) -> PollView<'_>;
+}
+
+pub(crate) fn link<T: SandboxHost + Send + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    preopens::add_to_linker::<_, SandboxData>(linker, FilterState::sandbox)?;
-    environment::add_to_linker::<_, SandboxData>(linker, FilterState::sandbox)?;
-    poll::add_to_linker::<_, PollData>(linker, FilterState::poll)?;
+    preopens::add_to_linker::<_, SandboxData>(linker, T::sandbox)?;
+    environment::add_to_linker::<_, SandboxData>(linker, T::sandbox)?;
+    poll::add_to_linker::<_, PollData>(linker, T::poll)?;
     linker.allow_shadowing(false);
     Ok(())
 }

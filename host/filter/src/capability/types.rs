@@ -1,8 +1,7 @@
-//! The handles a filter reads and edits the traffic through: `request`,
-//! `response` and `headers`, entries of the instance's resource table. The
-//! exchange is lent to a call as a request entry, the response and any
-//! headers handles are its children, and the exchange is taken back when
-//! the call returns.
+//! The contract's `types`: what a filter reads and edits the traffic
+//! through its `request`, `response` and `headers` handles (entries of the
+//! instance's resource table, see `handles`), within the limits of what
+//! one call may produce.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -12,16 +11,7 @@ use crate::answer::Reply;
 use crate::bindings::{v1, v2};
 use crate::error::{HostError, OverLimit};
 use crate::exchange::{Exchange, Identity};
-use crate::instance::FilterState;
-
-/// A `request` handle: the exchange, lent for one call.
-pub struct RequestEntry {
-    exchange: Option<Box<Exchange>>,
-    /// The guest asked for its response call in this same instance.
-    keep: bool,
-    /// Header bytes this call has set or appended, against its limit.
-    added: usize,
-}
+use crate::handles::{HeadersEntry, RequestEntry, ResponseEntry};
 
 /// What one call may produce, from the plugin's configuration.
 pub(crate) struct Output {
@@ -81,17 +71,6 @@ impl Output {
     }
 }
 
-/// A `response` handle: names the request entry it belongs to.
-pub struct ResponseEntry {
-    request: u32,
-}
-
-/// A `headers` handle: the request's or the response's.
-pub struct HeadersEntry {
-    request: u32,
-    response: bool,
-}
-
 /// Headers a filter may not set, add or remove: they describe the message
 /// on the wire, which the gateway keeps right (`content-length` follows
 /// `set-body`), or the connection, or the host the request was routed by.
@@ -105,114 +84,6 @@ const FORBIDDEN: [HeaderName; 8] = [
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
 ];
-
-/// Open the entries a call gets: the request handle and, with
-/// `response`, the response handle. The exchange goes in with [`fill`]
-/// once they exist, so nothing is moved if the table refuses them.
-pub(crate) fn open(
-    table: &mut ResourceTable,
-    response: bool,
-) -> wasmtime::Result<(Resource<RequestEntry>, Option<Resource<ResponseEntry>>)> {
-    let request = table.push(RequestEntry {
-        exchange: None,
-        keep: false,
-        added: 0,
-    })?;
-    if !response {
-        return Ok((request, None));
-    }
-    match table.push_child(
-        ResponseEntry {
-            request: request.rep(),
-        },
-        &request,
-    ) {
-        Ok(response) => Ok((request, Some(response))),
-        Err(error) => {
-            let _ = table.delete(request);
-            Err(error.into())
-        }
-    }
-}
-
-/// Lend `exchange` to the call whose request entry is `request`.
-pub(crate) fn fill(
-    table: &mut ResourceTable,
-    request: &Resource<RequestEntry>,
-    exchange: Box<Exchange>,
-) {
-    table
-        .get_mut(request)
-        .expect("the entry was just opened")
-        .exchange = Some(exchange);
-}
-
-/// What a call hands back.
-pub(crate) struct Returned {
-    pub exchange: Box<Exchange>,
-    /// The call's entries, if the guest still holds handles under them.
-    pub lingering: Option<Lingering>,
-    /// The guest asked to keep its instance for the response call.
-    pub keep: bool,
-}
-
-/// A call's entries that outlived it because the guest still holds a
-/// `headers` handle under them: a garbage-collected guest (JavaScript)
-/// drops its handles when it next collects, not when the call returns.
-/// Each is deleted once its handles are gone; until then they hold no
-/// exchange, so a late use of such a handle fails.
-pub(crate) struct Lingering {
-    request: u32,
-    response: Option<u32>,
-}
-
-impl Lingering {
-    /// Delete what can be deleted now; whether all of it is gone.
-    pub(crate) fn clear(&mut self, table: &mut ResourceTable) -> bool {
-        if let Some(rep) = self.response
-            && table
-                .delete(Resource::<ResponseEntry>::new_own(rep))
-                .is_ok()
-        {
-            self.response = None;
-        }
-        self.response.is_none()
-            && table
-                .delete(Resource::<RequestEntry>::new_own(self.request))
-                .is_ok()
-    }
-}
-
-/// Take the exchange back after a call.
-pub(crate) fn take_back(
-    table: &mut ResourceTable,
-    request: Resource<RequestEntry>,
-    response: Option<Resource<ResponseEntry>>,
-) -> Returned {
-    // A response entry the guest still holds handles under stays (its rep kept).
-    let response = response.and_then(|r| {
-        let rep = r.rep();
-        table.delete(r).is_err().then_some(rep)
-    });
-    let entry = table
-        .get_mut(&request)
-        .expect("the request entry lives until it is taken back");
-    let keep = entry.keep;
-    let exchange = entry
-        .exchange
-        .take()
-        .expect("the request entry holds the exchange until it is taken back");
-    let rep = request.rep();
-    let lingering = (response.is_some() || table.delete(request).is_err()).then_some(Lingering {
-        request: rep,
-        response,
-    });
-    Returned {
-        exchange,
-        lingering,
-        keep,
-    }
-}
 
 /// What the types handles borrow from the instance's store data.
 pub(crate) struct TypesView<'a> {
@@ -229,9 +100,14 @@ impl HasData for TypesData {
     type Data<'a> = TypesView<'a>;
 }
 
-pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
-    v2::types::add_to_linker::<_, TypesData>(linker, FilterState::types)?;
-    v1::types::add_to_linker::<_, TypesData>(linker, FilterState::types)
+/// Store data that can lend the handles their view.
+pub(crate) trait TypesHost {
+    fn types(&mut self) -> TypesView<'_>;
+}
+
+pub(crate) fn link<T: TypesHost + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    v2::types::add_to_linker::<_, TypesData>(linker, T::types)?;
+    v1::types::add_to_linker::<_, TypesData>(linker, T::types)
 }
 
 fn request_of(rep: u32) -> Resource<RequestEntry> {
@@ -686,6 +562,7 @@ types_host!(v1, String, |e: HostError| e.to_string());
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handles::{fill, open, take_back};
 
     fn lent(table: &mut ResourceTable) -> Resource<RequestEntry> {
         let (request, _) = open(table, false).unwrap();

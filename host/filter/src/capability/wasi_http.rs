@@ -12,17 +12,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use wasmtime::component::Linker;
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi_http::{
     Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use super::Capabilities;
-use super::outbound::MAX_OUTBOUND_BODY;
-use crate::instance::FilterState;
+use super::outbound::{MAX_OUTBOUND_BODY, Outbound};
 
 /// Link `wasi:http/types` and `wasi:http/outgoing-handler`.
-pub(crate) fn link(linker: &mut Linker<FilterState>) -> wasmtime::Result<()> {
+pub(crate) fn link<T: WasiHttpView + Send + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
 }
 
@@ -34,16 +34,25 @@ pub(crate) struct WasiHttp {
 }
 
 impl WasiHttp {
-    pub(crate) fn new(caps: Arc<Capabilities>) -> WasiHttp {
+    pub(crate) fn new(outbound: Arc<Outbound>) -> WasiHttp {
         WasiHttp {
             ctx: WasiHttpCtx::new(),
-            hooks: Granted { caps },
+            hooks: Granted { outbound },
+        }
+    }
+
+    /// `wasi:http`'s view, over the instance's resource table.
+    pub(crate) fn view<'a>(&'a mut self, table: &'a mut ResourceTable) -> WasiHttpCtxView<'a> {
+        WasiHttpCtxView {
+            hooks: &mut self.hooks,
+            table,
+            ctx: &mut self.ctx,
         }
     }
 }
 
 struct Granted {
-    caps: Arc<Capabilities>,
+    outbound: Arc<Outbound>,
 }
 
 type Sent = Result<
@@ -61,7 +70,7 @@ impl WasiHttpHooks for Granted {
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Sent> + Send> {
-        let caps = self.caps.clone();
+        let outbound = self.outbound.clone();
         Box::new(async move {
             let name = request.uri().host().unwrap_or_default().to_owned();
             // The body first, even for a refusal: a guest still writing it
@@ -73,8 +82,7 @@ impl WasiHttpHooks for Granted {
                 .await
                 .map_err(|_| Error::HttpRequestBodySize(None))?
                 .to_bytes();
-            let (upstream, timeout) = caps
-                .outbound
+            let (upstream, timeout) = outbound
                 .upstream(&name)
                 .map_err(|_| Error::HttpRequestDenied)?;
             let mut outgoing = http::Request::new(body);
@@ -103,16 +111,5 @@ impl WasiHttpHooks for Granted {
                 Box::new(async { Ok(()) });
             Ok((response, done))
         })
-    }
-}
-
-impl WasiHttpView for FilterState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        let (table, http) = self.http_parts();
-        WasiHttpCtxView {
-            hooks: &mut http.hooks,
-            table,
-            ctx: &mut http.ctx,
-        }
     }
 }

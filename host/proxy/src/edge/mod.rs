@@ -12,11 +12,30 @@
 pub mod path;
 pub mod request_id;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, StatusCode, Uri, Version};
 
 pub use path::{EscapedSlashes, PathError, PathRules};
+
+/// What a request knows of the connection it came on.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// Whether it came over TLS.
+    pub secure: bool,
+    /// The listener's rules for request heads.
+    pub edge: Arc<Edge>,
+    /// The longest pause allowed in a request body.
+    pub body_timeout: Duration,
+    /// How long a connection may carry nothing (an upgraded one too).
+    pub idle_timeout: Duration,
+}
 
 /// A listener's rules for request heads.
 #[derive(Debug, Clone)]

@@ -4,7 +4,6 @@
 //! connection with nothing in flight for too long (`idle_timeout`) — and
 //! for the drain at shutdown.
 
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -21,23 +20,8 @@ use tokio::time::Instant;
 
 use super::ListenerSettings;
 use crate::body::{BoxError, ProxyBody};
-use crate::edge::Edge;
+use crate::edge::ConnectionInfo;
 use crate::gateway::Gateway;
-
-/// What a request knows of the connection it came on.
-#[derive(Debug)]
-pub struct ConnectionInfo {
-    /// The client's address.
-    pub client_ip: IpAddr,
-    /// Whether it came over TLS.
-    pub secure: bool,
-    /// The listener's rules for request heads.
-    pub edge: Arc<Edge>,
-    /// The longest pause allowed in a request body.
-    pub body_timeout: Duration,
-    /// How long a connection may carry nothing (an upgraded one too).
-    pub idle_timeout: Duration,
-}
 
 /// What the connection's watcher reads, kept up to date by its I/O and its requests.
 struct Activity {

@@ -22,9 +22,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenerConfig;
-use crate::edge::Edge;
+use crate::edge::{ConnectionInfo, Edge};
 use crate::gateway::Gateway;
-pub use connection::ConnectionInfo;
 use limits::ConnectionCounts;
 use sluice_filter::metrics::labels;
 

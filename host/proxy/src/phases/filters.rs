@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::StatusCode;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use sluice_filter::store::StateStore;
-use sluice_filter::{Answer, Filter, FilterFailure, Kind, Reply};
+use sluice_filter::{Answer, Filter, FilterFailure, Kind};
 
+use super::reply::into_response;
 use super::{Decision, Flow, Phase, PhaseError, RequestCtx, rate_limit};
 use crate::edge::path::{self, EscapedSlashes, PathRules};
 use crate::edge::request_id;
@@ -295,30 +295,6 @@ fn rewrite(ctx: &mut RequestCtx, target: &str, filter: &Filter) -> Result<(), Fi
     parts.path_and_query = Some(path);
     request.uri = http::Uri::from_parts(parts).map_err(|_| invalid())?;
     Ok(())
-}
-
-/// Turn a filter's reply into a response, refusing invalid parts.
-pub(super) fn into_response(
-    reply: Reply,
-    filter: &Filter,
-) -> Result<(http::response::Parts, Bytes), FilterFailure> {
-    let fail = |reason: String| filter.plugin().failed("invalid_answer", reason);
-    let status = StatusCode::from_u16(reply.status)
-        .map_err(|_| fail(format!("replied with invalid status {}", reply.status)))?;
-    let (mut head, ()) = http::Response::new(()).into_parts();
-    head.status = status;
-    for (name, value) in reply.headers {
-        let name = HeaderName::try_from(name.as_str())
-            .map_err(|_| fail(format!("replied with invalid header `{name}`")))?;
-        let value = HeaderValue::try_from(value)
-            .map_err(|_| fail(format!("replied with an invalid value for `{name}`")))?;
-        head.headers.append(name, value);
-    }
-    head.headers.insert(
-        http::header::CONTENT_LENGTH,
-        HeaderValue::from(reply.body.len()),
-    );
-    Ok((head, Bytes::from(reply.body)))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 mod cache;
 mod filters;
 mod rate_limit;
+mod reply;
 
 pub use cache::CachePhase;
 pub use filters::FilterChain;

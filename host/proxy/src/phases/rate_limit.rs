@@ -14,7 +14,7 @@ use sluice_filter::{Filter, Limit, Reply};
 
 use crate::metrics::ProxyMetrics;
 
-use super::filters::into_response;
+use super::reply::into_response;
 use super::{Flow, PhaseError, RequestCtx};
 
 /// One filter's rate-limit decisions, counted by plugin; made for every

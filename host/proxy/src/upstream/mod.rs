@@ -30,6 +30,7 @@ use sluice_filter::metrics::labels;
 
 mod balance;
 mod connect;
+mod gauges;
 mod health;
 mod pool;
 mod resolve;
@@ -38,6 +39,7 @@ mod target;
 
 use balance::{Key, Members};
 use connect::Connector;
+pub use gauges::TargetGauges;
 pub use pool::UpstreamBody;
 use resolve::Resolver;
 pub use resolve::TargetRegistry;
