@@ -1,6 +1,6 @@
 //! Bodies stream through without being buffered: 200 MB each way with the
-//! process's memory staying bounded. (Its own test binary, so no other test
-//! shares the process whose memory is measured.)
+//! process's memory staying bounded. (nextest runs it in a process of its
+//! own, so no other test shares the process whose memory is measured.)
 
 use bytes::Bytes;
 use futures_util::stream;
