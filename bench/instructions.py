@@ -11,7 +11,8 @@ runs on the current build and on each saved build DIR (from `bench.py
 --save-baseline`; `plugins:DIR` is the current binary with DIR's plugins).
 Each proxy runs under callgrind with one worker; after a warm-up its
 counters are zeroed, N requests are sent one at a time on a keep-alive
-connection (h2load, HTTP/1.1), and the counters are read.
+connection (h2load, HTTP/1.1), and the counters are read. With
+CALLGRIND_KEEP=DIR each profile is kept there, for callgrind_annotate.
 
 What this leaves out: the kernel's share (sockets, system calls) and what
 an instruction costs in time (a cache miss counts as one). Native code that
@@ -22,6 +23,7 @@ first run compiles the plugins under valgrind (minutes, then cached).
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +82,9 @@ def measure(name, start):
                 time.sleep(0.5)
                 dump = max(workdir.glob(f"{name}.cg.{pid}*"), key=lambda p: p.stat().st_mtime)
                 total = int(re.search(r"^(?:summary|totals): (\d+)", dump.read_text(errors="replace"), re.M).group(1))
+                if keep := os.environ.get("CALLGRIND_KEEP"):
+                    # For callgrind_annotate: where the instructions went.
+                    shutil.copy(dump, pathlib.Path(keep) / f"{name}.{pid}.cg")
             finally:
                 server.stop()
     return total / REQUESTS
