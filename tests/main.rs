@@ -9,6 +9,7 @@ mod cache;
 mod capabilities;
 mod contract;
 mod edge;
+mod faults;
 mod filters;
 mod isolation;
 mod jose;

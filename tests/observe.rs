@@ -749,3 +749,69 @@ async fn traces_follow_the_client_through_filters_and_upstream_tries_to_a_collec
     let tried_id = tried["spanId"].as_str().unwrap();
     assert_eq!(sent, [format!("00-{trace_id}-{tried_id}-01")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_the_sample_plugins_configurations_are_redacted() {
+    let up = Upstream::start("a").await;
+    let jwk = r#"{ kty = "oct", kid = "h1", alg = "HS256", k = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ" }"#;
+    let jwks_text = r#"{\"keys\":[{\"kty\":\"oct\",\"kid\":\"h2\",\"alg\":\"HS256\",\"k\":\"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTEyMzQ\"}]}"#;
+    let gw = Gateway::start(&format!(
+        r#"[admin]
+address = "127.0.0.1:0"
+token = "test-admin-token"
+
+[plugins.headers]
+path = "{}"
+[plugins.jwt]
+path = "{}"
+grants = ["crypto"]
+deny = ["http", "metrics"]
+
+[upstreams.a]
+targets = ["{}"]
+sticky_cookie = "sluice-target"
+
+[[routes]]
+name = "headers"
+upstream = "a"
+filters = [{{ plugin = "headers", config = {{ request = {{ set = {{ authorization = "Bearer upstream-credential", x-api-key = "k-123", cookie = "session=abc", x-trace = "kept" }} }} }} }}]
+
+[[routes]]
+name = "table"
+match = {{ path_prefix = "/table" }}
+upstream = "a"
+filters = [{{ plugin = "jwt", config = {{ jwks = {{ keys = [{jwk}] }} }} }}]
+
+[[routes]]
+name = "text"
+match = {{ path_prefix = "/text" }}
+upstream = "a"
+filters = [{{ plugin = "jwt", config = {{ jwks = "{jwks_text}" }} }}]
+"#,
+        plugin("headers"),
+        plugin("jwt-auth"),
+        up.addr
+    ))
+    .await
+    .unwrap();
+    let config = gw.admin("GET", "/config", "").await.json();
+    let text = config.to_string();
+    for secret in ["upstream-credential", "k-123", "session=abc", "c2VjcmV0"] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    let set = &config["routes"][0]["filters"][0]["config"]["request"]["set"];
+    assert_eq!(set["authorization"], "<redacted>");
+    assert_eq!(set["x-api-key"], "<redacted>");
+    assert_eq!(set["cookie"], "<redacted>");
+    assert_eq!(set["x-trace"], "kept", "what is not secret stays readable");
+    let key = &config["routes"][1]["filters"][0]["config"]["jwks"]["keys"][0];
+    assert_eq!(
+        (key["k"].as_str(), key["kid"].as_str()),
+        (Some("<redacted>"), Some("h1"))
+    );
+    assert_eq!(
+        config["routes"][2]["filters"][0]["config"]["jwks"],
+        "<redacted>"
+    );
+    assert_eq!(config["upstreams"]["a"]["sticky_cookie"], "sluice-target");
+}

@@ -131,9 +131,10 @@ impl AdminAccess {
         let offered = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
+            .and_then(|v| v.trim().split_once(' '))
+            // Auth schemes are case-insensitive (RFC 9110 §11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
         constant_time_eq(offered.as_bytes(), self.token.as_bytes())
     }
 }

@@ -323,9 +323,10 @@ impl Control {
         }
     }
 
-    /// The configuration in force, as JSON, with every value whose key
-    /// names a secret (tokens, passwords, secrets, private keys, API keys)
-    /// replaced by `"<redacted>"`.
+    /// The configuration in force, as JSON, with every secret replaced by
+    /// `"<redacted>"`: values whose key names one (tokens, passwords,
+    /// secrets, private keys, API keys, credentials in headers), JWKs'
+    /// private members, and credentials recognisable by their shape.
     pub async fn redacted_config(&self) -> serde_json::Value {
         let text = self.state.lock().await.text.clone();
         let mut value: toml::Value =
@@ -697,7 +698,10 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether a configuration key's value is a secret.
+/// Whether a configuration key's value is a secret, by its name: the
+/// naming rule a plugin's configuration follows to have a field hidden
+/// (README, "Hot reload and the admin API"). Header names count too: a
+/// `headers` filter setting `authorization` holds a credential.
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     let named = [
@@ -707,22 +711,61 @@ fn is_secret(key: &str) -> bool {
         "passwd",
         "credential",
         "private",
+        "authorization",
+        "apikey",
+        "api-key",
+        "api_key",
+        "hmac",
     ];
-    named.iter().any(|n| key.contains(n)) || key == "key" || key.ends_with("_key")
+    named.iter().any(|n| key.contains(n))
+        || ["key", "cookie", "set-cookie"].contains(&key.as_str())
+        || key.ends_with("_key")
 }
 
-/// Replace every secret in `value`, however deep.
+/// The members of a JWK that hold private or symmetric key material
+/// (RFC 7518 §6.2.2, §6.3.2, §6.4.1).
+const JWK_PRIVATE: [&str; 8] = ["k", "d", "p", "q", "dp", "dq", "qi", "oth"];
+
+/// Whether a value is a secret by its shape, whatever its key: a
+/// credential with its scheme, or a JWK (or set of them) given as JSON text
+/// that holds private material.
+fn looks_secret(text: &str) -> bool {
+    let scheme = text.split_once(' ').map_or("", |(scheme, _)| scheme);
+    if ["bearer", "basic", "digest"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+    {
+        return true;
+    }
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') && !trimmed.starts_with('[') {
+        return false;
+    }
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(trimmed) else {
+        return false;
+    };
+    let mut value = toml::Value::try_from(json).unwrap_or(toml::Value::Boolean(false));
+    let before = value.clone();
+    redact(&mut value);
+    value != before
+}
+
+/// Replace every secret in `value`, however deep: values under secret
+/// names, private members of JWKs, and strings shaped like secrets.
 fn redact(value: &mut toml::Value) {
+    let hidden = || toml::Value::String("<redacted>".into());
     match value {
         toml::Value::Table(table) => {
+            let jwk = table.contains_key("kty");
             for (key, value) in table.iter_mut() {
-                match is_secret(key) {
-                    true => *value = toml::Value::String("<redacted>".into()),
+                match is_secret(key) || (jwk && JWK_PRIVATE.contains(&key.as_str())) {
+                    true => *value = hidden(),
                     false => redact(value),
                 }
             }
         }
         toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        toml::Value::String(text) if looks_secret(text) => *value = hidden(),
         _ => {}
     }
 }

@@ -59,6 +59,13 @@ pub enum ClientBodyError {
     /// The client paused longer than the listener's body timeout: 408.
     #[error("the client stopped sending its request body")]
     Timeout,
+    /// Not HTTP: a bad chunk size, an overlong chunk extension: 400.
+    #[error("the client sent a malformed request body")]
+    Malformed,
+    /// The client hung up before the end of its body (logged as 499, as
+    /// nginx does; nobody is left to answer).
+    #[error("the client went away before the end of its request body")]
+    Aborted,
 }
 
 impl ClientBodyError {
@@ -72,6 +79,25 @@ impl ClientBodyError {
             cause = e.source();
         }
         None
+    }
+
+    /// What a client's body stream failing with `error` says of the
+    /// client: a body that is not HTTP, or a hang-up. Either way it is the
+    /// client's fault, never the upstream's.
+    fn of_stream(error: &(dyn std::error::Error + 'static)) -> ClientBodyError {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                        ClientBodyError::Malformed
+                    }
+                    _ => ClientBodyError::Aborted,
+                };
+            }
+            cause = e.source();
+        }
+        ClientBodyError::Aborted
     }
 }
 
@@ -166,7 +192,11 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            Some(Err(error)) => {
+                let error: BoxError = error.into();
+                let fault = ClientBodyError::of_stream(&*error);
+                Poll::Ready(Some(Err(fault.into())))
+            }
             None => {
                 let _ = this.upload.finished.set(Instant::now());
                 Poll::Ready(None)

@@ -203,9 +203,7 @@ impl ResponseCache {
 /// `private`, `no-cache`, responses that set cookies, and anything without an
 /// explicit lifetime.
 pub fn upstream_ttl(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
-    if !matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 404 | 410)
-        || headers.contains_key(header::SET_COOKIE)
-    {
+    if !matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 404 | 410) || private(headers) {
         return None;
     }
     let mut max_age = None;
@@ -218,7 +216,7 @@ pub fn upstream_ttl(status: StatusCode, headers: &HeaderMap) -> Option<Duration>
                 .unwrap_or((directive.trim(), ""));
             let seconds = || arg.trim_matches('"').parse::<u64>().ok();
             match name.to_ascii_lowercase().as_str() {
-                "no-store" | "private" | "no-cache" => return None,
+                "no-cache" => return None,
                 "max-age" => max_age = seconds(),
                 "s-maxage" => s_maxage = seconds(),
                 _ => {}
@@ -226,6 +224,21 @@ pub fn upstream_ttl(status: StatusCode, headers: &HeaderMap) -> Option<Duration>
         }
     }
     s_maxage.or(max_age).map(Duration::from_secs)
+}
+
+/// Whether a response is for its client alone: it sets a cookie, or its
+/// `Cache-Control` says `private` or `no-store`. Such a response is never
+/// stored for others unless its route says so (`cache_private`).
+pub fn private(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::SET_COOKIE)
+        || headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("private").split(','))
+            .any(|directive| {
+                let name = directive.split('=').next().unwrap_or("").trim();
+                name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store")
+            })
 }
 
 #[cfg(test)]

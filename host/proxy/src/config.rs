@@ -11,7 +11,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::edge::{Edge, EscapedSlashes, PathRules};
+use crate::edge::{Edge, EscapedSlashes, PathRules, Underscores};
 
 /// One listening socket, and the limits its clients meet.
 #[derive(Debug, Deserialize)]
@@ -40,6 +40,10 @@ pub struct ListenerConfig {
     /// another should) rather than give every request a fresh one.
     #[serde(default = "defaults::yes")]
     pub trust_request_id: bool,
+    /// Request header names with `_`: `drop` them (the default, as nginx
+    /// does), `reject` the request (400), or `allow` them.
+    #[serde(default)]
+    pub headers_with_underscores: Underscores,
     /// Most open connections on this listener; more are closed at once.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
@@ -69,6 +73,7 @@ impl ListenerConfig {
             max_headers: self.max_headers,
             max_uri_bytes: self.max_uri_bytes.as_u64() as usize,
             trust_request_id: self.trust_request_id,
+            underscores: self.headers_with_underscores,
         }
     }
 }
@@ -380,6 +385,11 @@ pub struct RouteConfig {
     pub max_body: ByteSize,
     /// Compress responses for clients that accept it; off unless set.
     pub compression: Option<CompressionConfig>,
+    /// Let a cache-policy filter's TTL store responses meant for one client
+    /// (`Set-Cookie`, `Cache-Control: private` or `no-store`), as nginx's
+    /// `proxy_ignore_headers` does; off: they are never stored.
+    #[serde(default)]
+    pub cache_private: bool,
 }
 
 /// Response compression, negotiated by `Accept-Encoding`.

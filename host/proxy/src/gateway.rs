@@ -161,7 +161,12 @@ impl Gateway {
                 metrics: RouteMetrics::new(&shared.metrics, &name),
                 name,
                 upstream: upstreams[route.upstream.get_ref()].clone(),
-                cache: CachePhase::new(shared.cache.clone(), &filters, &shared.metrics),
+                cache: CachePhase::new(
+                    shared.cache.clone(),
+                    &filters,
+                    route.cache_private,
+                    &shared.metrics,
+                ),
                 filters,
                 max_body: route.max_body.as_u64(),
                 compression,
@@ -482,6 +487,21 @@ impl Gateway {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
                 let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if switched && sent.upgrade.is_none() {
+                    // A switch the client never asked for: nothing could carry it on.
+                    sluice_filter::log_throttled!(
+                        warn,
+                        ("unasked switch", &upstream.name),
+                        route = &*route.name,
+                        upstream = &*upstream.name,
+                        "upstream `{}` switched protocols unasked",
+                        upstream.name
+                    );
+                    return Err(error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_invalid_response",
+                    ));
+                }
                 if let Some(upgrade) = sent.upgrade.filter(|_| switched) {
                     upgrade.restore(response.headers_mut());
                     upgrade.join(&mut response, at.conn.idle_timeout);
@@ -515,11 +535,20 @@ impl Gateway {
         let (status, code) = match ClientBodyError::find(error) {
             Some(ClientBodyError::TooLarge) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Some(ClientBodyError::Timeout) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            Some(ClientBodyError::Malformed) => (StatusCode::BAD_REQUEST, "body_malformed"),
+            Some(ClientBodyError::Aborted) => (CLIENT_CLOSED, "client_closed"),
             None => (StatusCode::BAD_REQUEST, "body_incomplete"),
         };
         self.refuse(status, code, &error, at)
     }
 }
+
+/// The status logged for a client that hung up before its request was
+/// done (nginx's 499): nobody is left to read it.
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => unreachable!(),
+};
 
 /// What the gateway knows of a request from its arrival on: its id, its
 /// connection, when it came, and its span when tracing.

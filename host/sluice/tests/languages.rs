@@ -378,7 +378,14 @@ filters = [
     assert_eq!(inactive.json()["error"], "invalid_token");
     let missing = get(&gw.url("/orders"), &[]).await;
     assert_eq!(missing.status, 401);
-    assert_eq!(upstream.hits(), 1);
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let lowercase = get(
+        &gw.url("/orders"),
+        &[("authorization", "bearer good-token")],
+    )
+    .await;
+    assert_eq!(lowercase.status, 200, "{lowercase:?}");
+    assert_eq!(upstream.hits(), 2);
 
     // A fetch to an upstream the plugin was not granted fails cleanly: the
     // filter answers 503, and the refusal is counted against the plugin.
@@ -392,7 +399,7 @@ filters = [
     .await;
     assert_eq!(refused.status, 503, "{refused:?}");
     assert_eq!(refused.json()["error"], "temporarily_unavailable");
-    assert_eq!(upstream.hits(), 1, "billing was never called");
+    assert_eq!(upstream.hits(), 2, "billing was never called");
     let metrics = gw.metrics().await;
     assert!(
         metrics.contains(

@@ -24,7 +24,9 @@ export const auth = {
 
   async authenticate(req) {
     const header = req.headers().get('authorization') ?? '';
-    const token = header.startsWith('Bearer ') ? header.slice(7).trim() : '';
+    // Auth schemes are case-insensitive (RFC 9110 §11.1).
+    const bearer = header.match(/^bearer\s+(.*)$/i);
+    const token = bearer ? bearer[1].trim() : '';
     if (token === '') return refuse(401, 'invalid_request', 'a bearer token is required');
     let answer;
     try {

@@ -50,6 +50,24 @@ pub struct Edge {
     pub max_uri_bytes: usize,
     /// Keep a client's well-formed `x-request-id` rather than replace it.
     pub trust_request_id: bool,
+    /// What becomes of header names with `_`.
+    pub underscores: Underscores,
+}
+
+/// What to do with a request header whose name has an underscore:
+/// backends that read headers through CGI-style names (WSGI, PHP, many
+/// frameworks) see `x_user` and `x-user` both as `X_USER`, so a client's
+/// `x_user` could pose as the identity a filter sets in `x-user`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Underscores {
+    /// Remove the field (the default, as nginx does).
+    #[default]
+    Drop,
+    /// Refuse the request with 400.
+    Reject,
+    /// Pass it on.
+    Allow,
 }
 
 impl Default for Edge {
@@ -60,6 +78,7 @@ impl Default for Edge {
             max_headers: 100,
             max_uri_bytes: 8 << 10,
             trust_request_id: true,
+            underscores: Underscores::Drop,
         }
     }
 }
@@ -83,13 +102,16 @@ pub enum Refusal {
     /// `CONNECT`: this is a reverse proxy, not a tunnel.
     #[error("method not allowed")]
     Method,
+    /// A header name with `_`, on a listener that refuses them.
+    #[error("a header name with an underscore")]
+    Underscore,
 }
 
 impl Refusal {
     /// The status the client gets.
     pub fn status(self) -> StatusCode {
         match self {
-            Refusal::Path(_) | Refusal::Host(_) => StatusCode::BAD_REQUEST,
+            Refusal::Path(_) | Refusal::Host(_) | Refusal::Underscore => StatusCode::BAD_REQUEST,
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::Method => StatusCode::METHOD_NOT_ALLOWED,
@@ -104,6 +126,7 @@ impl Refusal {
             Refusal::HeadersTooLarge => "headers_too_large",
             Refusal::UriTooLong => "uri_too_long",
             Refusal::Method => "method_not_allowed",
+            Refusal::Underscore => "invalid_header",
         }
     }
 }
@@ -120,32 +143,61 @@ impl Edge {
         if target_len > self.max_uri_bytes {
             return Err(Refusal::UriTooLong);
         }
-        self.check_header_size(&head.method, target_len, &head.headers)?;
+        let underscores = self.check_header_size(&head.method, target_len, &head.headers)?;
+        if underscores {
+            self.underscored(&mut head.headers)?;
+        }
         one_host(head)?;
         normalize_target(&mut head.uri, self.path)?;
         strip_hop_by_hop(&mut head.headers);
+        if head.version >= Version::HTTP_2 {
+            join_cookies(&mut head.headers);
+        }
         Ok(())
     }
 
+    /// Check the head's size; answers whether a header name has an `_`
+    /// (found on the same pass).
     fn check_header_size(
         &self,
         method: &Method,
         target_len: usize,
         headers: &HeaderMap,
-    ) -> Result<(), Refusal> {
+    ) -> Result<bool, Refusal> {
         if headers.len() > self.max_headers {
             return Err(Refusal::HeadersTooLarge);
         }
         // As on the wire: `name: value\r\n`, after a request line.
         let line = method.as_str().len() + target_len + 12;
-        let fields: usize = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum();
+        let mut fields = 0;
+        let mut underscores = false;
+        for (name, value) in headers {
+            fields += name.as_str().len() + value.len() + 4;
+            underscores |= name.as_str().contains('_');
+        }
         if line + fields > self.max_header_bytes {
             return Err(Refusal::HeadersTooLarge);
         }
-        Ok(())
+        Ok(underscores)
+    }
+
+    /// Apply the listener's rule to header names with `_`.
+    fn underscored(&self, headers: &mut HeaderMap) -> Result<(), Refusal> {
+        match self.underscores {
+            Underscores::Allow => Ok(()),
+            Underscores::Reject => Err(Refusal::Underscore),
+            Underscores::Drop => {
+                let named: Vec<HeaderName> = headers
+                    .keys()
+                    .filter(|name| name.as_str().contains('_'))
+                    .cloned()
+                    .collect();
+                for name in named {
+                    headers.remove(name);
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -182,16 +234,44 @@ fn one_host(head: &mut http::request::Parts) -> Result<(), Refusal> {
         }
         (None, None) => return Err(Refusal::Host("no Host header")),
     };
-    let valid = host
+    let authority = host
         .to_str()
         .ok()
         .and_then(|h| h.parse::<Authority>().ok())
-        .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
-    if !valid {
-        return Err(Refusal::Host("invalid host"));
-    }
+        .filter(|a| !a.as_str().contains('@') && !a.host().is_empty())
+        .ok_or(Refusal::Host("invalid host"))?;
+    // `admin.example.` is `admin.example` (a fully qualified name): route it so.
+    let host = match authority.host().strip_suffix('.') {
+        Some("") => return Err(Refusal::Host("invalid host")),
+        Some(name) => {
+            let port = authority
+                .port()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
+            HeaderValue::try_from(format!("{name}{port}"))
+                .map_err(|_| Refusal::Host("invalid host"))?
+        }
+        None => host,
+    };
     head.headers.insert(header::HOST, host);
     Ok(())
+}
+
+/// HTTP/2 lets a client send `cookie` as several fields (RFC 9113 §8.2.3);
+/// an HTTP/1.1 upstream, and filters, expect one, joined with `; `.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// Origin form (path and query only), with the path normalised.
@@ -246,6 +326,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::try_from(name.trim()).ok());
+    // A message framed by `Transfer-Encoding` goes on de-chunked, so a
+    // `Content-Length` beside it is stale (RFC 9112 §6.3): it goes too.
+    if present.contains(&header::TRANSFER_ENCODING) {
+        present.push(header::CONTENT_LENGTH);
+    }
     present.extend(named);
     for name in &present {
         headers.remove(name);
@@ -362,6 +447,55 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = admitted.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn a_trailing_dot_in_the_host_is_the_same_host() {
+        let admitted = admit(head(Version::HTTP_11, "/x", &[("host", "admin.example.")]));
+        assert_eq!(admitted.unwrap().headers["host"], "admin.example");
+        let admitted = admit(head(Version::HTTP_11, "/x", &[("host", "a.test.:8080")]));
+        assert_eq!(admitted.unwrap().headers["host"], "a.test:8080");
+        assert!(admit(head(Version::HTTP_11, "/x", &[("host", ".")])).is_err());
+    }
+
+    #[test]
+    fn header_names_with_underscores_are_dropped_refused_or_allowed() {
+        let sent = [("host", "a"), ("x_user", "mallory"), ("x-user", "alice")];
+        let admitted = admit(head(Version::HTTP_11, "/x", &sent)).unwrap();
+        let names: Vec<&str> = admitted.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-user"]);
+        let with = |underscores| {
+            let mut parts = head(Version::HTTP_11, "/x", &sent);
+            let edge = Edge {
+                underscores,
+                ..Edge::default()
+            };
+            edge.admit(&mut parts).map(|()| parts.headers.len())
+        };
+        assert_eq!(with(Underscores::Reject), Err(Refusal::Underscore));
+        assert_eq!(with(Underscores::Allow), Ok(3));
+    }
+
+    #[test]
+    fn http2_cookies_reach_upstreams_as_one_field() {
+        let sent = [("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")];
+        let admitted = admit(head(Version::HTTP_2, "https://a.test/x", &sent)).unwrap();
+        let cookies: Vec<_> = admitted.headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+    }
+
+    #[test]
+    fn a_length_beside_transfer_encoding_goes_with_it() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type"]);
     }
 
     #[test]

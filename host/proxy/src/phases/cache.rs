@@ -22,6 +22,9 @@ pub struct CachePhase {
     cache: Arc<ResponseCache>,
     /// The cache-policy filter that decides what to store, and its place in the chain.
     policy: Option<(usize, Arc<Filter>)>,
+    /// Whether responses for one client alone (cookies, `private`,
+    /// `no-store`) may be stored when the policy gives them a TTL.
+    store_private: bool,
     /// Lookups that found a fresh response, and those that did not.
     hits: Counter,
     misses: Counter,
@@ -32,6 +35,7 @@ impl CachePhase {
     pub fn new(
         cache: Arc<ResponseCache>,
         chain: &FilterChain,
+        store_private: bool,
         metrics: &ProxyMetrics,
     ) -> CachePhase {
         let lookups = |result| {
@@ -41,6 +45,7 @@ impl CachePhase {
         CachePhase {
             cache,
             policy: chain.cache_policy(),
+            store_private,
             hits: lookups("hit"),
             misses: lookups("miss"),
         }
@@ -116,6 +121,7 @@ impl Phase for CachePhase {
         let ttl = match decision {
             StoreDecision::FollowUpstream => cache::upstream_ttl(head.status, &head.headers),
             StoreDecision::Skip => None,
+            StoreDecision::Ttl(_) if !self.store_private && cache::private(&head.headers) => None,
             StoreDecision::Ttl(ttl) => Some(ttl),
         };
         // Only a body whose length is known to fit is buffered; others stream past.
@@ -124,7 +130,10 @@ impl Phase for CachePhase {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         let fits = length.is_some_and(|l| l <= self.cache.max_entry());
-        if let (Some(ttl), true, Some(stream)) = (ttl, fits, ctx.stream.take()) {
+        // The stream is taken only to be stored: one left in place goes on to the client.
+        if let Some(ttl) = ttl.filter(|_| fits)
+            && let Some(stream) = ctx.stream.take()
+        {
             let bytes = body::collect(stream, self.cache.max_entry())
                 .await
                 .map_err(|e| PhaseError::UpstreamBody(e.to_string()))?;

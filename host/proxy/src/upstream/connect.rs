@@ -78,7 +78,7 @@ pub(super) fn drive<T>(
 }
 
 /// Let the connection read and write what it can now.
-fn poll_io(io: &mut Io, cx: &mut Context<'_>) {
+pub(super) fn poll_io(io: &mut Io, cx: &mut Context<'_>) {
     if let Some(connection) = io
         && let Poll::Ready(ended) = connection.as_mut().poll(cx)
     {

@@ -601,6 +601,7 @@ async fn exchange(
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Make a client's request fit to send upstream: `X-Forwarded-*` set, the
 /// original host kept, origin form, HTTP/1.1 on the wire (HTTP/2 where the
@@ -609,15 +610,32 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 pub fn prepare_request<B>(request: &mut Request<B>, client_ip: IpAddr, secure: bool) {
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
-    let forwarded_for = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {}", ip_text(client_ip)),
-        None => ip_text(client_ip),
-    };
+    // Every field of the chain the client sent (a second one is the same
+    // list, RFC 9110 §5.3), then the client.
+    let forwarded_for = chain(headers.get_all(X_FORWARDED_FOR), ip_text(client_ip));
     if let Ok(value) = HeaderValue::try_from(forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     let proto = if secure { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    // The other names for the same thing, when a client sent them: its
+    // `X-Real-IP` cannot stand (it is one address, the client's), and
+    // `Forwarded` (RFC 7239) gets the client appended as `X-Forwarded-For` does.
+    if headers.contains_key(X_REAL_IP)
+        && let Ok(value) = HeaderValue::try_from(ip_text(client_ip))
+    {
+        headers.insert(X_REAL_IP, value);
+    }
+    if headers.contains_key(header::FORWARDED) {
+        let node = match client_ip {
+            IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
+        };
+        let forwarded = chain(headers.get_all(header::FORWARDED), node);
+        if let Ok(value) = HeaderValue::try_from(forwarded) {
+            headers.insert(header::FORWARDED, value);
+        }
+    }
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(X_FORWARDED_HOST, host);
     }
@@ -631,6 +649,22 @@ pub fn prepare_request<B>(request: &mut Request<B>, client_ip: IpAddr, secure: b
         *request.uri_mut() = Uri::from(path);
     }
     *request.version_mut() = Version::HTTP_11;
+}
+
+/// The list in `earlier`'s fields (one list however many fields carry it),
+/// with `node` appended.
+fn chain(earlier: http::header::GetAll<'_, HeaderValue>, node: String) -> String {
+    let mut fields = earlier.iter().filter_map(|v| v.to_str().ok()).peekable();
+    if fields.peek().is_none() {
+        return node;
+    }
+    let mut list = String::new();
+    for field in fields {
+        list.push_str(field);
+        list.push_str(", ");
+    }
+    list.push_str(&node);
+    list
 }
 
 /// `ip` as text. IPv4 is written by hand: `Display` goes through the

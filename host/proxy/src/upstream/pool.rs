@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 
-use super::connect::{Connector, Io, Sender, catch_up, drive, driving};
+use super::connect::{Connector, Io, Sender, catch_up, drive, driving, poll_io};
 use crate::body::{BoxError, ProxyBody};
 
 /// Idle connections kept per target; more are opened under load and closed after.
@@ -205,13 +205,25 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     fn release(&mut self) {
         // A connection whose I/O ended is not worth keeping.
-        if let Some(Conn {
-            sender: Sender::H1(sender, io @ Some(_)),
+        let Some(Conn {
+            sender: Sender::H1(sender, mut io @ Some(_)),
             pool,
             pooled: true,
             ..
         }) = self.conn.take()
-        {
+        else {
+            return;
+        };
+        // Only once the request went out whole: a server that answered
+        // early (a 401 or 413 before reading an upload) leaves the rest of
+        // the body unsent, and the next request would wait behind it.
+        // Reading the response's end usually leaves a finished exchange
+        // ready; if not, one poll lets it wind down (the wake-up it would
+        // register is not wanted: the next checkout polls again).
+        if !sender.is_ready() {
+            poll_io(&mut io, &mut Context::from_waker(Waker::noop()));
+        }
+        if io.is_some() && sender.is_ready() {
             pool.put(sender, io);
         }
     }
