@@ -247,6 +247,10 @@ filters = [{{ plugin = "probe", config = {{ op = "count" }} }}]
         error.contains("plugin `probe`") && error.contains("needs the `") && error.contains("deny"),
         "{error}"
     );
+    // Every unsettled import at once, not one per attempt.
+    for grant in ["`metrics`", "`http:<upstream>`"] {
+        assert!(error.contains(grant), "{grant} missing from: {error}");
+    }
     // Granted or denied on purpose, everything is settled and it loads.
     let gw = Gateway::start(&with(
         "grants = [\"kv\"]\ndeny = [\"metrics\", \"http\", \"crypto\"]",

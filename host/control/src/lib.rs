@@ -570,6 +570,16 @@ async fn read_plugin(
         false => read_signature().await,
     };
     let origin = Origin::Registry(reference.pinned(&pulled.digest).to_string());
+    if reference.digest.is_none() && pin(plugin).is_none() {
+        // A tag can be moved to other content at any time: say so, with the
+        // reference that would hold this content.
+        sluice_filter::log_throttled!(
+            warn,
+            ("unpinned", plugin.path.get_ref()),
+            reference = %reference,
+            "{reference} is not pinned: a tag can move to other content; pin it as {origin}"
+        );
+    }
     Ok((origin, pulled.component, signature))
 }
 
@@ -770,10 +780,20 @@ fn redact(value: &mut toml::Value) {
     }
 }
 
-/// Show `plugins`' active versions in `sluice_plugin_info`.
+/// Show `plugins`' active versions in `sluice_plugin_info`, and say in the
+/// log which plugins, at which digests, now serve.
 fn publish(info: &Family<Labels, Gauge>, plugins: &[PluginInfo]) {
     info.clear();
     for plugin in plugins {
+        tracing::info!(
+            plugin = %plugin.name,
+            version = plugin.version,
+            sha256 = %plugin.sha256,
+            origin = %plugin.origin,
+            signed_by = plugin.signed_by.as_deref().unwrap_or("unsigned"),
+            "plugin `{}` active",
+            plugin.name
+        );
         let version = plugin.version.to_string();
         let set = [
             ("plugin", plugin.name.as_str()),

@@ -172,6 +172,20 @@ pub fn sign(
     Ok(signature.to_string())
 }
 
+/// The component digest a signature's trusted comment names, if it names
+/// one (`sluice plugin sign` writes `sha256:<hex>` there; stock minisign
+/// writes a timestamp and the file name).
+pub fn signed_digest(signature: &str) -> Option<String> {
+    let comment = SignatureBox::from_string(signature)
+        .ok()?
+        .trusted_comment()
+        .ok()?;
+    comment
+        .split('\t')
+        .find_map(|field| field.strip_prefix("sha256:"))
+        .map(str::to_owned)
+}
+
 /// Where a component's detached signature is looked for: `FILE.minisig`.
 pub fn signature_path(component: &Path) -> PathBuf {
     let mut path = component.as_os_str().to_owned();

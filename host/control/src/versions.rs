@@ -26,6 +26,16 @@ pub enum Origin {
     Upload,
 }
 
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Registry(reference) => f.write_str(reference),
+            Origin::Upload => f.write_str("admin upload"),
+        }
+    }
+}
+
 /// One compiled version of a plugin.
 pub struct Version {
     /// Counts up from 1 per plugin.

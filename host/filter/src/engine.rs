@@ -152,7 +152,13 @@ impl FilterEngine {
             path: path.to_owned(),
             reason,
         };
-        capability::check_imports(&compiled.imports, config).map_err(err)?;
+        for unused in capability::check_imports(&compiled.imports, config).map_err(err)? {
+            tracing::warn!(
+                plugin = name,
+                grant = %unused,
+                "plugin `{name}` is granted `{unused}` but imports nothing that uses it"
+            );
+        }
         let pre = self.pre(&compiled.component).map_err(err)?;
         let exports = Exports::find(&pre).map_err(err)?;
         Ok(Plugin::new(

@@ -166,3 +166,28 @@ fn run_reloads_on_sighup_and_drains_on_sigterm() {
     );
     assert!(gateway.wait().unwrap().success());
 }
+
+#[test]
+fn check_names_both_digests_and_warns_of_a_grant_nothing_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let noop = sluice_tests::plugin("noop");
+    let output = check(
+        dir.path(),
+        &format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[plugins.noop]\npath = {}\ngrants = [\"kv\"]\n[upstreams.a]\ntargets = [\"127.0.0.1:9\"]\n[[routes]]\nupstream = \"a\"\nfilters = [{{ plugin = \"noop\" }}]\n",
+            sluice_tests::toml_str(&noop)
+        ),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let digest = sluice_control::versions::sha256(&std::fs::read(&noop).unwrap());
+    assert!(
+        stdout.contains(&format!("component sha256 (for `sha256 =`): {digest}")),
+        "{stdout}"
+    );
+    assert!(
+        stderr(&output).contains("is granted `kv` but imports nothing that uses it"),
+        "{}",
+        stderr(&output)
+    );
+}

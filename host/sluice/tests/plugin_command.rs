@@ -127,4 +127,36 @@ fn plugins_are_inspected_signed_and_verified_interchangeably_with_minisign() {
         "{}",
         text(&tampered)
     );
+    // A signature that is not the component's is not pushed beside it
+    // (refused before any registry is asked).
+    let signed = sluice(
+        dir,
+        &["plugin", "sign", "probe.wasm", "--key", "trusted.sec"],
+    );
+    assert!(signed.status.success(), "{}", text(&signed));
+    std::fs::write(dir.join("other.wasm"), b"\0asm\x0d\0\x01\0").unwrap();
+    std::fs::copy(
+        dir.join("probe.wasm.minisig"),
+        dir.join("other.wasm.minisig"),
+    )
+    .unwrap();
+    let pushed = sluice(
+        dir,
+        &["plugin", "push", "other.wasm", "oci://127.0.0.1:9/probe:1"],
+    );
+    assert!(
+        !pushed.status.success() && text(&pushed).contains("made for another component"),
+        "{}",
+        text(&pushed)
+    );
+    // `inspect --key` fails as `verify` does, so a CI gate built on it holds.
+    let inspected = sluice(
+        dir,
+        &["plugin", "inspect", "probe.wasm", "--key", "other.pub"],
+    );
+    assert!(
+        !inspected.status.success() && text(&inspected).contains("signature: INVALID"),
+        "{}",
+        text(&inspected)
+    );
 }

@@ -186,6 +186,26 @@ async fn signed_plugins_load_from_a_registry_by_pinned_reference() {
     );
 
     let up = Upstream::start("a").await;
+    // A tag alone loads, but the log says it is not pinned, and how to pin it.
+    let tagged = dir.join("tagged.toml");
+    let toml = config(dir, &format!("{repo}:a"), &up);
+    std::fs::write(
+        &tagged,
+        format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{toml}"),
+    )
+    .unwrap();
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&tagged)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{said}");
+    assert!(
+        said.contains("is not pinned") && said.contains(&a),
+        "{said}"
+    );
+
     let gw = Gateway::start(&config(dir, &a, &up)).await.unwrap();
     assert_eq!(get(&gw.url("/"), &[]).await.header("x-stamp"), "stamp-a:v");
     let plugins = gw.admin("GET", "/plugins", "").await.json();

@@ -67,9 +67,12 @@ pub fn capability_of(import: &str) -> Option<&'static str> {
 /// Check that the configuration settles every capability a component
 /// imports: granted, or denied on purpose (its calls then fail
 /// `not-granted`). A plugin that could reach for something nobody decided
-/// on is refused before it runs.
-pub fn check_imports(imports: &[String], config: &PluginConfig) -> Result<(), String> {
+/// on is refused before it runs, with every such import named at once.
+/// Answers the grants the component has no use for (it imports nothing
+/// they give), to warn about: a grant that was meant for another plugin.
+pub fn check_imports(imports: &[String], config: &PluginConfig) -> Result<Vec<String>, String> {
     let grants = granted(config);
+    let mut unsettled: Vec<String> = Vec::new();
     for import in imports {
         let Some(capability) = capability_of(import) else {
             continue;
@@ -81,13 +84,28 @@ pub fn check_imports(imports: &[String], config: &PluginConfig) -> Result<(), St
                 "http" => "http:<upstream>",
                 other => other,
             };
-            return Err(format!(
-                "it imports `{import}`, which needs the `{grant}` grant: add it to `grants`, \
-                 or `\"{capability}\"` to `deny` to load it with every such call refused"
+            unsettled.push(format!(
+                "`{import}` needs the `{grant}` grant (or `\"{capability}\"` in `deny`)"
             ));
         }
     }
-    Ok(())
+    if !unsettled.is_empty() {
+        return Err(format!(
+            "it imports what its configuration neither grants nor denies: {}; add each to `grants`, \
+             or to `deny` to load it with every such call refused",
+            unsettled.join("; ")
+        ));
+    }
+    let unused = grants
+        .iter()
+        .filter(|g| {
+            !imports
+                .iter()
+                .any(|i| capability_of(i) == Some(g.capability()))
+        })
+        .map(ToString::to_string)
+        .collect();
+    Ok(unused)
 }
 
 /// The grants a plugin's configuration lists (checked when it was loaded).

@@ -66,6 +66,10 @@ pub enum PluginCommand {
         file: PathBuf,
         /// Where: `oci://registry/repository:tag`.
         reference: String,
+        /// Trusted minisign public keys: its signature must verify with one
+        /// before it is pushed.
+        #[arg(long = "key")]
+        keys: Vec<String>,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -126,11 +130,28 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Push {
             file,
             reference,
+            keys,
             registry,
         } => {
             let reference = Reference::parse(&reference).map_err(anyhow::Error::msg)?;
             let bytes = read(&file)?;
             let signature = std::fs::read_to_string(trust::signature_path(&file)).ok();
+            // A signature pushed beside the wrong component would only be
+            // found out by every gateway that pulls it: refuse here.
+            if let Some(signature) = &signature {
+                let sha256 = sha256(&bytes);
+                if let Some(signed) = trust::signed_digest(signature)
+                    && !signed.eq_ignore_ascii_case(&sha256)
+                {
+                    anyhow::bail!(
+                        "{}: its signature was made for another component (sha256 {signed}, this one is {sha256}); sign it again",
+                        file.display()
+                    );
+                }
+                if !keys.is_empty() {
+                    verify(&file, &keys)?;
+                }
+            }
             let digest = registry
                 .registries(&reference)?
                 .push(&reference, &bytes, signature.as_deref())
@@ -261,7 +282,11 @@ fn inspect(file: &Path, keys: &[String]) -> anyhow::Result<()> {
         (true, true) => format!("{} present (give --key to check it)", signature.display()),
         (true, false) => match verify(file, keys) {
             Ok(signer) => format!("valid, by trusted key {signer}"),
-            Err(e) => format!("INVALID: {e:#}"),
+            Err(e) => {
+                println!("signature: INVALID: {e:#}");
+                // A gate built on `inspect --key` must stop here, as on `verify`.
+                anyhow::bail!("{}: its signature is invalid", file.display());
+            }
         },
     };
     println!("signature: {status}");
@@ -270,15 +295,20 @@ fn inspect(file: &Path, keys: &[String]) -> anyhow::Result<()> {
 
 /// A loaded plugin as `sluice check` lists it: what it is, what it may reach.
 pub fn describe(plugin: &sluice_control::PluginInfo) {
-    let short = &plugin.sha256[..12];
     let signed = match &plugin.signed_by {
         Some(key) => format!("signed by {key}"),
         None => "unsigned".to_owned(),
     };
     println!(
-        "plugin {}: {} (sluice:filter@{}), sha256 {short}…, {signed}",
+        "plugin {}: {} (sluice:filter@{}), {signed}",
         plugin.name, plugin.kind, plugin.contract
     );
+    // Both digests in full, named: a `sha256 =` pin takes the component's,
+    // an `oci://…@sha256:` reference the manifest's.
+    println!("  component sha256 (for `sha256 =`): {}", plugin.sha256);
+    if let sluice_control::versions::Origin::Registry(reference) = &plugin.origin {
+        println!("  pulled as (manifest digest): {reference}");
+    }
     let list = |items: &[String]| match items.is_empty() {
         true => "none".to_owned(),
         false => items.join(", "),
