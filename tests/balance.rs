@@ -43,7 +43,7 @@ async fn weighted_round_robin_follows_the_weights_smoothly() {
         Upstream::start("c").await,
     );
     let gw = gateway(&format!(
-        "targets = [\"{}\", {{ address = \"{}\", weight = 2 }}, {{ address = \"{}\", weight = 3 }}]",
+        "balance = \"round-robin\"\ntargets = [\"{}\", {{ address = \"{}\", weight = 2 }}, {{ address = \"{}\", weight = 3 }}]",
         a.addr, b.addr, c.addr
     ))
     .await;
@@ -322,7 +322,7 @@ async fn retry_on_statuses_for_idempotent_requests_only() {
     let bad = Upstream::start_with("bad", |_| (503, vec![], "busy".into())).await;
     let good = Upstream::start("good").await;
     let gw = gateway(&format!(
-        "{}\n[upstreams.u.outlier]\nconsecutive_failures = 0",
+        "balance = \"round-robin\"\n{}\n[upstreams.u.outlier]\nconsecutive_failures = 0",
         targets(&[&bad, &good])
     ))
     .await;
@@ -373,7 +373,7 @@ async fn a_reload_keeps_connections_to_targets_it_keeps() {
     }
     let before = a.connections();
     gw.write_config(&format!(
-        "{ADMIN}[upstreams.u]\ntargets = [\"{}\", {{ address = \"{}\", weight = 2 }}]\n[[routes]]\nupstream = \"u\"\n",
+        "{ADMIN}[upstreams.u]\nbalance = \"round-robin\"\ntargets = [\"{}\", {{ address = \"{}\", weight = 2 }}]\n[[routes]]\nupstream = \"u\"\n",
         a.addr, b.addr
     ));
     assert_eq!(gw.admin("POST", "/reload", "").await.status, 200);
@@ -384,4 +384,74 @@ async fn a_reload_keeps_connections_to_targets_it_keeps() {
         before,
         "the kept target's connection was reused"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_target_costs_only_the_requests_already_sent_to_it() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    // An untouched configuration: the default balancer and timeouts.
+    let gw = gateway(&targets(&[&a, &b])).await;
+    let url = gw.url("/");
+    let client = sluice_tests::client();
+    type Client = hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>,
+    >;
+    let send = |client: Client, url: String| async move {
+        let body = http_body_util::Full::new(bytes::Bytes::new());
+        let request = http::Request::get(url)
+            .body(http_body_util::BodyExt::boxed(body))
+            .unwrap();
+        client.request(request).await.map(|r| r.status())
+    };
+    // Eight keep-alive clients keep sending; half a second in, one target
+    // stops answering (as a process stopped with SIGSTOP).
+    let hung_at = Instant::now() + Duration::from_millis(500);
+    let stop = hung_at + Duration::from_secs(3);
+    let done = Arc::new(AtomicUsize::new(0));
+    let progressed = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (client, url, done, progressed) = (
+            client.clone(),
+            url.clone(),
+            done.clone(),
+            progressed.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut after = 0;
+            while Instant::now() < stop {
+                let left = stop.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, send(client.clone(), url.clone())).await {
+                    Ok(Ok(status)) if status == 200 => {
+                        after += usize::from(Instant::now() > hung_at);
+                    }
+                    _ => break,
+                }
+            }
+            done.fetch_add(after, Ordering::SeqCst);
+            if after > 10 {
+                progressed.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    tokio::time::sleep_until(hung_at.into()).await;
+    b.hang(true);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let (done, progressed) = (
+        done.load(Ordering::SeqCst),
+        progressed.load(Ordering::SeqCst),
+    );
+    // The clients whose requests were on the hung target when it stopped
+    // wait for them; every other one goes on being served by the live target
+    // (round robin, which sends every client there within a few requests,
+    // left none).
+    assert!(
+        progressed >= 3,
+        "{progressed} of 8 clients kept being served ({done} requests)"
+    );
+    assert!(done >= 200, "{done} requests in 3 s");
+    b.hang(false);
 }

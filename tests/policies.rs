@@ -120,6 +120,7 @@ path = "{}"
 
 [upstreams.stable]
 targets = ["{}", "{}"]
+balance = "round-robin"
 [upstreams.canary]
 targets = ["{}"]
 [upstreams.v2]

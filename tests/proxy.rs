@@ -118,7 +118,7 @@ async fn no_matching_route_is_404() {
 async fn round_robin_alternates_across_targets() {
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let gw = Gateway::start(&format!(
-        "[upstreams.pair]\ntargets = [\"{}\", \"{}\"]\n[[routes]]\nupstream = \"pair\"\n",
+        "[upstreams.pair]\nbalance = \"round-robin\"\ntargets = [\"{}\", \"{}\"]\n[[routes]]\nupstream = \"pair\"\n",
         a.addr, b.addr
     ))
     .await

@@ -247,12 +247,15 @@ impl From<String> for TargetConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// In turn, as often as their weights say (smooth weighted round robin).
-    #[default]
     RoundRobin,
     /// The one with the fewest requests in flight (for its weight).
     LeastConnections,
     /// Of two picked at random, the one with the lower expected latency
-    /// (moving average of response times, times requests in flight).
+    /// (the moving average of response times or, when longer, how long the
+    /// requests in flight have waited; times requests in flight). The
+    /// default: a target that stops answering is shed within milliseconds,
+    /// costing only the requests already sent to it.
+    #[default]
     LeastTime,
     /// At random, by weight.
     Random,

@@ -122,14 +122,19 @@ impl Members {
     }
 
     /// Power of two choices on expected latency (Envoy's and Finagle's least
-    /// request): two at random by weight, the cheaper one wins.
+    /// request): two at random by weight, the cheaper one wins; the
+    /// latency counts the wait of requests still in flight (peak EWMA).
     fn two_choices(&self, open: impl Fn(usize) -> bool) -> Option<usize> {
         let first = self.random(&open)?;
-        let second = self.random(|i| i != first && open(i));
-        let score = |i: usize| self.targets[i].0.load_score() * 100 / u64::from(self.targets[i].1);
-        Some(match second {
-            Some(second) if score(second) < score(first) => second,
-            _ => first,
+        let Some(second) = self.random(|i| i != first && open(i)) else {
+            return Some(first);
+        };
+        let now = super::target::now_ms();
+        let score =
+            |i: usize| self.targets[i].0.load_score(now) * 100 / u64::from(self.targets[i].1);
+        Some(match score(second) < score(first) {
+            true => second,
+            false => first,
         })
     }
 

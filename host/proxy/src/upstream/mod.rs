@@ -345,7 +345,7 @@ impl Upstream {
         sending: &Sending<'_>,
         started: Instant,
     ) -> Result<Response<UpstreamBody>, Failure> {
-        let _in_flight = target.start();
+        let _in_flight = target.start(target::now_ms());
         if !request.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
         {

@@ -23,6 +23,9 @@ pub struct Target {
     /// Times to its response heads (`sluice_upstream_response_seconds`).
     seconds: Histogram,
     in_flight: AtomicU32,
+    /// The sum of the start times (milliseconds after [`epoch`]) of the
+    /// requests in flight: with their count, how long they have waited.
+    pending_since: AtomicU64,
     /// Moving average of the time to a response head, in microseconds.
     latency_us: AtomicU64,
     /// The last active health checks' verdict.
@@ -56,7 +59,8 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds after [`epoch`], from 1.
+pub(super) fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64 + 1
 }
 
@@ -73,6 +77,7 @@ impl Target {
             pool,
             seconds,
             in_flight: AtomicU32::new(0),
+            pending_since: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             ejected_until: AtomicU64::new(0),
@@ -113,16 +118,26 @@ impl Target {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// The expected cost of one more request: average latency times the
-    /// requests it would share the target with.
-    pub(super) fn load_score(&self) -> u64 {
-        (self.latency_us.load(Ordering::Relaxed) + 1) * (u64::from(self.in_flight()) + 1)
+    /// The expected cost of one more request, at `now` (milliseconds after
+    /// [`epoch`]): its latency times the requests it would share the target
+    /// with. The latency is the larger of the moving average and how long
+    /// the requests in flight have waited so far (Finagle's and Linkerd's
+    /// peak EWMA), so a target that stops answering costs more at once,
+    /// before any of its requests ends.
+    pub(super) fn load_score(&self, now: u64) -> u64 {
+        let pending = u64::from(self.in_flight());
+        let waited_us = match pending {
+            0 => 0,
+            n => (now * n).saturating_sub(self.pending_since.load(Ordering::Relaxed)) * 1000 / n,
+        };
+        (self.latency_us.load(Ordering::Relaxed).max(waited_us) + 1) * (pending + 1)
     }
 
-    /// Count a request in flight until the guard drops.
-    pub(super) fn start(self: &Arc<Self>) -> InFlight {
+    /// Count a request in flight, started at `now` (see [`now_ms`]), until the guard drops.
+    pub(super) fn start(self: &Arc<Self>, now: u64) -> InFlight {
+        self.pending_since.fetch_add(now, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight(self.clone(), now)
     }
 
     /// A response head came after `took`: into the moving average.
@@ -204,11 +219,12 @@ impl Target {
     }
 }
 
-/// A request counted in flight to a target.
-pub(super) struct InFlight(Arc<Target>);
+/// A request counted in flight to a target, and when it started.
+pub(super) struct InFlight(Arc<Target>, u64);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.pending_since.fetch_sub(self.1, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
