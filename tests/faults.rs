@@ -46,6 +46,24 @@ async fn answers_early() -> SocketAddr {
     addr
 }
 
+/// An upstream that answers every connection's first request with `reply`,
+/// byte for byte, and keeps the connection open a while.
+async fn answers_with(reply: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = socket.read(&mut head).await;
+                let _ = socket.write_all(reply).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    addr
+}
+
 /// Send a request head and the first part of its body, and leave the
 /// connection open; the response head, once it comes.
 async fn start_upload(addr: SocketAddr, head: &str, part: &[u8]) -> (TcpStream, String) {
@@ -322,16 +340,10 @@ upstream = "public"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_response_with_a_stale_length_arrives_whole() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut head = [0u8; 4096];
-            let _ = socket.read(&mut head).await;
-            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n";
-            let _ = socket.write_all(reply).await;
-        }
-    });
+    let target = answers_with(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
+    )
+    .await;
     let gw = Gateway::start(&config(target, "")).await.unwrap();
     let reply = raw(
         gw.addr,
@@ -362,17 +374,10 @@ async fn auth_schemes_are_case_insensitive_at_the_admin_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protocol_switch_nobody_asked_for_is_not_passed_on() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut head = [0u8; 4096];
-            let _ = socket.read(&mut head).await;
-            let reply = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
-            let _ = socket.write_all(reply).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    });
+    let target = answers_with(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
     let gw = Gateway::start(&config(target, "")).await.unwrap();
     let reply = raw(
         gw.addr,
@@ -381,4 +386,114 @@ async fn a_protocol_switch_nobody_asked_for_is_not_passed_on() {
     .await;
     assert_eq!(reply.status, 502, "{}", reply.head);
     assert_eq!(reply.header("x-sluice-error"), "upstream_invalid_response");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_stalls_either_way_is_given_up_on() {
+    // An upstream that sends a head and a tenth of its body, then nothing.
+    let stalls = answers_with(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+    let gw = Gateway::start(&config(stalls, "")).await.unwrap();
+    // `config` sets no body_timeout: the upstream's is set here.
+    let gw_strict = Gateway::start(&config(stalls, "").replace(
+        "timeout = \"3s\"",
+        "timeout = \"3s\"\nbody_timeout = \"300ms\"",
+    ))
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let reply = raw(
+        gw_strict.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.starts_with("0123456789"), "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the stalled body hung {:?}",
+        started.elapsed()
+    );
+    // With the default (60 s) the same response is still open after a second.
+    let mut socket = TcpStream::connect(gw.addr).await.unwrap();
+    socket
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(1), socket.read_to_end(&mut sink)).await;
+    assert!(read.is_err(), "still open under the default");
+
+    // A client that never reads a large response: its connection is closed
+    // after the listener's send_timeout, and the upstream's with it.
+    let up = Upstream::start("backend").await;
+    let gw = Gateway::start_as_is(&format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nsend_timeout = \"300ms\"\n{}",
+        config(up.addr, "")
+    ))
+    .await
+    .unwrap();
+    let total = 64 << 20;
+    let mut socket = TcpStream::connect(gw.addr).await.unwrap();
+    let head =
+        format!("GET /download?bytes={total} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    socket.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 16];
+    let read_all = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(n) = socket.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+    })
+    .await;
+    assert!(read_all.is_ok(), "the connection was left open");
+    assert!(
+        got < total,
+        "the whole response was still sent ({got} bytes)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brotli_streams_are_bounded_and_the_rest_fall_back_to_gzip() {
+    // Text that compresses to megabytes, so a stream left unread stays open.
+    let up = Upstream::start_with("text", |_| {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let text: String = (0..(24 << 20))
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            })
+            .collect();
+        (200, vec![("content-type", "text/plain".to_owned())], text)
+    })
+    .await;
+    let gw = Gateway::start(&config(
+        up.addr,
+        r#"compression = { encodings = ["br", "gzip"], brotli_streams = 1 }"#,
+    ))
+    .await
+    .unwrap();
+    let head = "GET / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: br, gzip\r\n\r\n";
+    let encoding_of = |reply: &str| {
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix("content-encoding: "))
+            .map(str::to_owned)
+    };
+    // One client takes the one brotli stream and leaves it unread.
+    let (holder, reply) = start_upload(gw.addr, head, b"").await;
+    assert_eq!(encoding_of(&reply).as_deref(), Some("br"), "{reply}");
+    // The next gets its next choice while that stream runs.
+    let (other, reply) = start_upload(gw.addr, head, b"").await;
+    assert_eq!(encoding_of(&reply).as_deref(), Some("gzip"), "{reply}");
+    drop((holder, other));
+    // Once it is gone, brotli again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_again, reply) = start_upload(gw.addr, head, b"").await;
+    assert_eq!(encoding_of(&reply).as_deref(), Some("br"), "{reply}");
 }

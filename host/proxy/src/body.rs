@@ -36,6 +36,66 @@ where
     body.map_err(Into::into).boxed()
 }
 
+/// An upstream's response body, given up on when the upstream pauses
+/// longer than `limit` mid-body (nginx's `proxy_read_timeout`): the
+/// client's response ends there rather than hang open.
+pub fn paced<B>(body: B, limit: Duration) -> ProxyBody
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    Paced {
+        inner: body,
+        pause: Pause::new(limit),
+    }
+    .boxed()
+}
+
+/// Why an upstream's response body was cut short.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream paused longer than {0:?} in its response body")]
+pub struct UpstreamStalled(Duration);
+
+struct Paced<B> {
+    inner: B,
+    pause: Pause,
+}
+
+impl<B> Body for Paced<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.pause.moved();
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                ready!(this.pause.poll_waited(cx));
+                let stalled = UpstreamStalled(this.pause.limit);
+                Poll::Ready(Some(Err(stalled.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Read a whole body into memory, refusing more than `limit` bytes.
 pub async fn collect(mut body: ProxyBody, limit: usize) -> Result<Bytes, BoxError> {
     let mut buffer = BytesMut::new();
@@ -101,6 +161,44 @@ impl ClientBodyError {
     }
 }
 
+/// A pause timer for a stream: armed when the stream has to wait, disarmed
+/// when it moves, and due once it has waited `limit` in one go. Nothing is
+/// allocated or registered until a wait begins, so a stream that never
+/// waits costs nothing.
+pub struct Pause {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl Pause {
+    /// A timer for pauses of at most `limit`.
+    pub fn new(limit: Duration) -> Pause {
+        Pause {
+            limit,
+            timer: None,
+            waiting: false,
+        }
+    }
+
+    /// The stream is waiting: `Ready` once this wait has lasted `limit`.
+    pub fn poll_waited(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = || tokio::time::Instant::now() + self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline())));
+        if !std::mem::replace(&mut self.waiting, true) {
+            timer.as_mut().reset(deadline());
+        }
+        timer.as_mut().poll(cx)
+    }
+
+    /// The stream moved: the next wait starts afresh.
+    pub fn moved(&mut self) {
+        self.waiting = false;
+    }
+}
+
 /// How a client's upload went: when it ended, so the upstream's response
 /// timeout can start then rather than when the request was sent, and how
 /// many bytes it had (for the access log).
@@ -127,10 +225,8 @@ impl Upload {
 pub struct ClientBody<B> {
     inner: B,
     left: u64,
-    gap: Duration,
     /// Runs only while waiting on the client, not while the upstream is slow to take the body.
-    timer: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
+    pause: Pause,
     upload: Arc<Upload>,
 }
 
@@ -142,9 +238,7 @@ impl<B: Body<Data = Bytes> + Unpin> ClientBody<B> {
         let body = ClientBody {
             inner: body,
             left: limit,
-            gap,
-            timer: None,
-            waiting: false,
+            pause: Pause::new(gap),
             upload: upload.clone(),
         };
         (body, upload)
@@ -166,17 +260,10 @@ where
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         let Poll::Ready(frame) = polled else {
-            let deadline = tokio::time::Instant::now() + this.gap;
-            let timer = this
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if !std::mem::replace(&mut this.waiting, true) {
-                timer.as_mut().reset(deadline);
-            }
-            ready!(timer.as_mut().poll(cx));
+            ready!(this.pause.poll_waited(cx));
             return Poll::Ready(Some(Err(ClientBodyError::Timeout.into())));
         };
-        this.waiting = false;
+        this.pause.moved();
         match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {

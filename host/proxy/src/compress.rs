@@ -3,12 +3,18 @@
 //! type and size that are not encoded already. The codecs are
 //! async-compression's.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
 use async_compression::Level;
+use async_compression::brotli::EncoderParams;
 use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
 use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::body::ProxyBody;
@@ -41,7 +47,15 @@ pub struct Compression {
     encodings: Vec<Encoding>,
     min_size: u64,
     types: Vec<String>,
+    brotli_streams: usize,
 }
+
+/// Brotli streams running now, in the whole process.
+static BROTLI_STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// Brotli's window: 512 KiB (nginx's brotli module's default), not the
+/// library's 4 MiB; with quality 4, about 1 MiB a stream in all.
+const BROTLI_WINDOW: i32 = 19;
 
 impl Compression {
     /// From configuration; the error names an unknown encoding.
@@ -66,6 +80,7 @@ impl Compression {
                 .iter()
                 .map(|t| t.to_ascii_lowercase())
                 .collect(),
+            brotli_streams: config.brotli_streams,
         })
     }
 
@@ -93,8 +108,13 @@ impl Compression {
                 .or_else(|| offered.iter().find(|(n, _)| *n == "*"))
                 .map_or(0.0, |(_, q)| *q)
         };
+        // Past the brotli streams allowed, the client's next choice.
+        let busy = BROTLI_STREAMS.load(Ordering::Relaxed) >= self.brotli_streams;
         let mut best: Option<(Encoding, f32)> = None;
         for &encoding in &self.encodings {
+            if busy && encoding == Encoding::Br {
+                continue;
+            }
             let q = q_of(encoding.token());
             if q > 0.0 && best.is_none_or(|(_, b)| q > b) {
                 best = Some((encoding, q));
@@ -181,9 +201,34 @@ fn encode(encoding: Encoding, body: ProxyBody) -> ProxyBody {
     let data = TryStreamExt::map_err(body.into_data_stream(), std::io::Error::other);
     let reader = StreamReader::new(data);
     match encoding {
-        Encoding::Br => wrap(BrotliEncoder::with_quality(reader, Level::Precise(4))),
+        Encoding::Br => {
+            let params = EncoderParams::default()
+                .quality(Level::Precise(4))
+                .window_size(BROTLI_WINDOW);
+            BROTLI_STREAMS.fetch_add(1, Ordering::Relaxed);
+            wrap(Counted(BrotliEncoder::with_params(reader, params)))
+        }
         Encoding::Zstd => wrap(ZstdEncoder::with_quality(reader, Level::Default)),
         Encoding::Gzip => wrap(GzipEncoder::with_quality(reader, Level::Default)),
+    }
+}
+
+/// A brotli encoder, counted in [`BROTLI_STREAMS`] until it is dropped.
+struct Counted<R>(R);
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<R> Drop for Counted<R> {
+    fn drop(&mut self) {
+        BROTLI_STREAMS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

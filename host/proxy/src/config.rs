@@ -59,6 +59,10 @@ pub struct ListenerConfig {
     /// The longest pause while a client sends a request body (408 after it).
     #[serde(default = "defaults::body_timeout", with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// The longest a client may leave a response unread (its connection
+    /// closes then; nginx's `send_timeout`).
+    #[serde(default = "defaults::body_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 impl ListenerConfig {
@@ -113,6 +117,10 @@ pub struct UpstreamConfig {
     /// How long one try waits for the response head once the request is sent.
     #[serde(default = "defaults::response_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// The longest pause in a response body once its head came (nginx's
+    /// `proxy_read_timeout`); the client's response ends there.
+    #[serde(default = "defaults::body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// The most a request may take to a response head, all tries together.
     #[serde(default, with = "humantime_serde")]
     pub overall_timeout: Option<Duration>,
@@ -409,6 +417,11 @@ pub struct CompressionConfig {
     /// Media types compressed (`text/*` for a whole family).
     #[serde(default = "defaults::compress_types")]
     pub types: Vec<String>,
+    /// Brotli streams the gateway runs at once before this route falls
+    /// back to the client's next choice (gzip, ~256 KiB a stream, against
+    /// brotli's ~1 MiB): compression memory stays bounded under load.
+    #[serde(default = "defaults::brotli_streams")]
+    pub brotli_streams: usize,
 }
 
 impl RouteConfig {
@@ -492,6 +505,9 @@ mod defaults {
     }
     pub fn encodings() -> Vec<String> {
         ["br", "zstd", "gzip"].map(String::from).to_vec()
+    }
+    pub fn brotli_streams() -> usize {
+        256
     }
     pub fn compress_min_size() -> ByteSize {
         ByteSize::b(1024)

@@ -508,7 +508,7 @@ impl Gateway {
                 }
                 let (head, incoming) = response.into_parts();
                 exchange.response = Some(head);
-                ctx.stream = Some(body::stream(incoming));
+                ctx.stream = Some(body::paced(incoming, upstream.body_timeout()));
                 Ok(())
             }
             Err(UpstreamError::ClientBody(error)) => Err(self.client_body_failed(&error, at)),

@@ -7,7 +7,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::ListenerSettings;
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{BoxError, Pause, ProxyBody};
 use crate::edge::ConnectionInfo;
 use crate::gateway::Gateway;
 
@@ -132,6 +132,7 @@ pub(super) async fn serve<I>(
     let watched = Watched {
         io,
         activity: activity.clone(),
+        unread: Pause::new(settings.limits.send_timeout),
     };
     let requests = activity.clone();
     let service = service_fn(move |request| {
@@ -224,10 +225,34 @@ impl Body for Tracked {
     }
 }
 
-/// The connection's I/O, reporting reads to its [`Activity`].
+/// The connection's I/O, reporting reads to its [`Activity`], and given
+/// up on when a client leaves what it is sent unread for `send_timeout`.
 struct Watched<I> {
     io: I,
     activity: Arc<Activity>,
+    unread: Pause,
+}
+
+impl<I> Watched<I> {
+    /// A write's outcome, after the client's pace: a write that has waited
+    /// `send_timeout` fails.
+    fn paced<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                ready!(self.unread.poll_waited(cx));
+                let why = "the client left its response unread past send_timeout";
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
+            }
+            done => {
+                self.unread.moved();
+                done
+            }
+        }
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
@@ -251,7 +276,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.paced(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -259,7 +285,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.paced(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -267,7 +294,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.paced(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

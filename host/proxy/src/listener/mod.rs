@@ -40,6 +40,8 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// Longest pause while sending a request body.
     pub body_timeout: Duration,
+    /// Longest a client may leave a response unread.
+    pub send_timeout: Duration,
 }
 
 /// Everything one listener serves with; replaced whole by reloads, and
@@ -61,6 +63,7 @@ impl ListenerSettings {
             header_timeout: config.header_timeout,
             idle_timeout: config.idle_timeout,
             body_timeout: config.body_timeout,
+            send_timeout: config.send_timeout,
         };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's own header timer also runs while a connection waits idle,

@@ -112,6 +112,8 @@ pub struct AnsweredBy(pub SocketAddr);
 /// When to try again, and how long to wait.
 struct Policy {
     per_try: Duration,
+    /// The longest pause in a response body.
+    body: Duration,
     overall: Option<Duration>,
     retries: u32,
     retry_on: Vec<u16>,
@@ -133,6 +135,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The longest pause allowed in a response body once its head came.
+    pub fn body_timeout(&self) -> Duration {
+        self.policy.body
+    }
+
     /// Build from configuration: names resolved, targets that stay taken
     /// from `registry` with their connections, health checks and name
     /// lookups started on tasks that end with the upstream.
@@ -165,6 +172,7 @@ impl Upstream {
             connector,
             policy: Policy {
                 per_try: config.timeout,
+                body: config.body_timeout,
                 overall: config.overall_timeout,
                 retries: config.retries,
                 retry_on: config.retry_on.clone(),
