@@ -284,14 +284,19 @@ impl Config {
                     error,
                 ));
             }
+            let hex = |pin: &str| {
+                let hex = pin.strip_prefix("sha256:").unwrap_or(pin);
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            };
             if let Some(pin) = &plugin.sha256
-                && !(pin.get_ref().len() == 64
-                    && pin.get_ref().bytes().all(|b| b.is_ascii_hexdigit()))
+                && !hex(pin.get_ref())
             {
                 return Err(src.error(
                     pin.span().start,
                     format!("plugins.{name}.sha256"),
-                    "a pin is the component's sha256 in hex (64 digits; `sha256sum` prints it)",
+                    "a pin is a sha256 in hex (64 digits, `sha256:` before them or not): the \
+                     component's (`sha256sum` prints it), or for a plugin from a registry, \
+                     its manifest's",
                 ));
             }
             for denied in &plugin.deny {

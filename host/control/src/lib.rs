@@ -508,7 +508,12 @@ async fn sync_files(
             .map_err(at)?;
         let sha = sha256(&bytes);
         let signed_by = trust
-            .vet(pin(plugin), &sha, &bytes, signature.as_deref())
+            .vet(
+                component_pin(plugin, &origin),
+                &sha,
+                &bytes,
+                signature.as_deref(),
+            )
             .map_err(at)?;
         if !versions.file_changed(name, &sha) {
             continue;
@@ -570,6 +575,16 @@ async fn read_plugin(
         false => read_signature().await,
     };
     let origin = Origin::Registry(reference.pinned(&pulled.digest).to_string());
+    // Only said, never waited on for long: the pin is what loads.
+    let moved = tokio::time::timeout(TAG_CHECK, registries.tag_moved(&reference)).await;
+    if let Ok(Some(moved)) = moved {
+        sluice_filter::log_throttled!(
+            warn,
+            ("tag moved", plugin.path.get_ref(), &moved),
+            reference = %reference,
+            "{reference}: the tag has moved to {moved} since it was pinned; the pinned manifest loads"
+        );
+    }
     if reference.digest.is_none() && pin(plugin).is_none() {
         // A tag can be moved to other content at any time: say so, with the
         // reference that would hold this content.
@@ -582,6 +597,9 @@ async fn read_plugin(
     }
     Ok((origin, pulled.component, signature))
 }
+
+/// How long a load waits to learn whether a pinned tag has moved.
+const TAG_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where pulled plugins are kept: `[oci] cache_dir`, else `oci` in the
 /// engine's cache folder.
@@ -596,6 +614,24 @@ fn oci_cache(config: &Config) -> Option<PathBuf> {
 /// A plugin's configured pin, if any.
 fn pin(plugin: &sluice_filter::config::PluginConfig) -> Option<&str> {
     plugin.sha256.as_ref().map(|pin| pin.get_ref().as_str())
+}
+
+/// The pin a component's own digest must meet. `sha256 =` may name either
+/// digest of a plugin pulled from a registry: the component's, or the
+/// manifest's it was pulled by (which pins the component, its layer digest
+/// checked on the pull), so the digest `oci://…@sha256:` shows pastes as is.
+fn component_pin<'a>(
+    plugin: &'a sluice_filter::config::PluginConfig,
+    origin: &Origin,
+) -> Option<&'a str> {
+    let pin = pin(plugin)?;
+    let manifest = match origin {
+        Origin::Registry(reference) => reference.rsplit_once("@sha256:").map(|(_, hex)| hex),
+        _ => None,
+    };
+    let pinned_manifest =
+        manifest.is_some_and(|hex| pin.trim_start_matches("sha256:").eq_ignore_ascii_case(hex));
+    (!pinned_manifest).then_some(pin)
 }
 
 /// A gateway from `config`, with each plugin's active version.
@@ -624,7 +660,11 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
             .ok_or_else(|| anyhow::anyhow!("plugin `{name}` has no version loaded"))?;
         config
             .trusted
-            .still_admits(pin(plugin), &version.sha256, version.signed_by.as_deref())
+            .still_admits(
+                component_pin(plugin, &version.origin),
+                &version.sha256,
+                version.signed_by.as_deref(),
+            )
             .map_err(|e| anyhow::anyhow!("plugin `{name}`: version {}: {e}", version.number))?;
         let caps = Capabilities::bind(name, plugin, &services);
         let path = match &version.origin {

@@ -135,9 +135,15 @@ impl Trust {
 /// A pinned plugin runs only with its pinned content.
 fn check_pin(pin: Option<&str>, sha256: &str) -> Result<(), String> {
     match pin {
-        Some(pin) if !pin.eq_ignore_ascii_case(sha256) => Err(format!(
-            "its sha256 is {sha256}, but the configuration pins {pin}"
-        )),
+        Some(pin)
+            if !pin
+                .trim_start_matches("sha256:")
+                .eq_ignore_ascii_case(sha256) =>
+        {
+            Err(format!(
+                "its sha256 is {sha256}, but the configuration pins {pin}"
+            ))
+        }
         _ => Ok(()),
     }
 }

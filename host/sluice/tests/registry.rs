@@ -185,7 +185,53 @@ async fn signed_plugins_load_from_a_registry_by_pinned_reference() {
         &format!("oci://{}/plugins/unsigned:1", registry.address),
     );
 
+    // What was pushed speaks OCI 1.1: the component's manifest names its
+    // artifact type, and its signature's manifest names the component's
+    // as its subject, so the referrers API (`oras discover`) finds it.
+    let digest = a.rsplit_once('@').unwrap().1;
+    let manifest = |tag: &str| {
+        let url = format!(
+            "http://{}/v2/plugins/stamp/manifests/{tag}",
+            registry.address
+        );
+        async move {
+            let accept = [("accept", "application/vnd.oci.image.manifest.v1+json")];
+            let reply = sluice_tests::send("GET", &url, &accept).await;
+            assert_eq!(reply.status, 200, "{url}");
+            reply.json()
+        }
+    };
+    let component = manifest(digest).await;
+    assert_eq!(
+        component["artifactType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    let signature = manifest(&format!("{}.minisig", digest.replace(':', "-"))).await;
+    assert_eq!(signature["subject"]["digest"], digest, "{signature}");
+    assert_eq!(
+        signature["artifactType"],
+        "application/vnd.sluice.minisig.config.v1+json"
+    );
+
     let up = Upstream::start("a").await;
+    // `sha256 =` takes either digest: the manifest's (as `oci://…@sha256:`
+    // shows it) or the component's; one of neither is refused.
+    let component = sluice_control::versions::sha256(&std::fs::read(dir.join("a.wasm")).unwrap());
+    let pinned_by = |pin: &str| {
+        let path = format!("path = \"{repo}:a\"");
+        config(dir, &format!("{repo}:a"), &up)
+            .replace(&path, &format!("{path}\nsha256 = \"{pin}\""))
+    };
+    for pin in [digest, digest.trim_start_matches("sha256:"), &component] {
+        let gw = Gateway::start(&pinned_by(pin)).await;
+        assert!(gw.is_ok(), "{pin}: {:?}", gw.err());
+    }
+    let wrong = Gateway::start(&pinned_by(&"0".repeat(64)))
+        .await
+        .err()
+        .unwrap();
+    assert!(wrong.to_string().contains("pins"), "{wrong}");
+
     // A tag alone loads, but the log says it is not pinned, and how to pin it.
     let tagged = dir.join("tagged.toml");
     let toml = config(dir, &format!("{repo}:a"), &up);
@@ -203,6 +249,26 @@ async fn signed_plugins_load_from_a_registry_by_pinned_reference() {
     assert!(checked.status.success(), "{said}");
     assert!(
         said.contains("is not pinned") && said.contains(&a),
+        "{said}"
+    );
+    // Pinned, it loads what it pinned; if the tag has moved since, it says so.
+    let moved = push(dir, "b.wasm", &format!("{repo}:a"));
+    let toml = config(dir, &a, &up);
+    std::fs::write(
+        &tagged,
+        format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{toml}"),
+    )
+    .unwrap();
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&tagged)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stderr);
+    let now = moved.rsplit_once('@').unwrap().1;
+    assert!(checked.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("the tag has moved to {now}")),
         "{said}"
     );
 

@@ -31,6 +31,8 @@ const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 const WASM_LAYER: &str = "application/wasm";
 const SIGNATURE_LAYER: &str = "application/vnd.sluice.minisig.v1";
 const SIGNATURE_ARTIFACT: &str = "application/vnd.sluice.minisig.config.v1+json";
+/// OCI 1.1's empty config, for an artifact described by its `artifactType`.
+const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 const MAX_MANIFEST: usize = 4 << 20;
 const MAX_BLOB: usize = 512 << 20;
 
@@ -163,17 +165,45 @@ impl Registries {
         }))
         .expect("JSON");
         let config = self.upload(reference, &config).await?;
-        let manifest = image_manifest(WASM_CONFIG, config, (WASM_LAYER, layer));
+        let manifest = image_manifest(
+            WASM_CONFIG,
+            (WASM_CONFIG, config),
+            (WASM_LAYER, layer),
+            None,
+        );
+        let size = manifest.len();
         let tag = reference.tag.as_deref();
         let digest = self.put_manifest(reference, tag, manifest).await?;
         if let Some(signature) = signature {
             let blob = self.upload(reference, signature.as_bytes()).await?;
             let config = self.upload(reference, b"{}").await?;
-            let manifest = image_manifest(SIGNATURE_ARTIFACT, config, (SIGNATURE_LAYER, blob));
+            // The component's manifest is its subject, so the OCI 1.1
+            // referrers API (`oras discover`) finds it; the tag after the
+            // digest serves registries without that API.
+            let manifest = image_manifest(
+                SIGNATURE_ARTIFACT,
+                (EMPTY_CONFIG, config),
+                (SIGNATURE_LAYER, blob),
+                Some((digest.clone(), size)),
+            );
             self.put_manifest(reference, Some(&signature_tag(&digest)), manifest)
                 .await?;
         }
         Ok(digest)
+    }
+
+    /// Where a pinned reference's tag points now, when that is not the
+    /// pinned manifest: `oci://…:1.4@sha256:A` whose `1.4` has moved to B
+    /// answers B. `None` when it has not moved, has no tag, or the registry
+    /// cannot say (the pin is what loads, whatever the tag does).
+    pub async fn tag_moved(&self, reference: &Reference) -> Option<String> {
+        let (tag, pinned) = (reference.tag.as_ref()?, reference.digest.as_ref()?);
+        let now = self
+            .get_if_present(reference, "manifests", tag, MANIFEST, MAX_MANIFEST)
+            .await
+            .ok()??;
+        let now = format!("sha256:{}", sha256(&now));
+        (now != *pinned).then_some(now)
     }
 
     /// The manifest and its digest: from the cache when pinned and kept,
@@ -501,20 +531,27 @@ fn only_layer<'a>(manifest: &'a Manifest, media_type: &str) -> Option<&'a Descri
     layers.next().is_none().then_some(layer)
 }
 
-/// An image manifest with one config and one layer (each a digest and size).
+/// An image manifest for an artifact of `artifact_type`, with one config and
+/// one layer (each a media type, digest and size), and the manifest it
+/// refers to (`subject`), if any.
 fn image_manifest(
-    config_type: &str,
-    config: (String, usize),
+    artifact_type: &str,
+    config: (&str, (String, usize)),
     layer: (&str, (String, usize)),
+    subject: Option<(String, usize)>,
 ) -> Vec<u8> {
-    let (layer_type, (digest, size)) = layer;
-    serde_json::to_vec(&json!({
+    let descriptor = |(media_type, (digest, size)): (&str, (String, usize))| json!({ "mediaType": media_type, "digest": digest, "size": size });
+    let mut manifest = json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST,
-        "config": { "mediaType": config_type, "digest": config.0, "size": config.1 },
-        "layers": [{ "mediaType": layer_type, "digest": digest, "size": size }],
-    }))
-    .expect("JSON")
+        "artifactType": artifact_type,
+        "config": descriptor(config),
+        "layers": [descriptor(layer)],
+    });
+    if let Some(subject) = subject {
+        manifest["subject"] = descriptor((MANIFEST, subject));
+    }
+    serde_json::to_vec(&manifest).expect("JSON")
 }
 
 /// A status and the start of what the registry said.
