@@ -338,16 +338,19 @@ upstream = "public"
     assert_eq!(echoed["headers"]["x_user"][0], "mallory");
 }
 
+/// A plain GET through a gateway to an upstream that answers with `reply`.
+async fn through(reply: &'static [u8]) -> sluice_tests::RawReply {
+    let gw = Gateway::start(&config(answers_with(reply).await, ""))
+        .await
+        .unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    raw(gw.addr, request).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_response_with_a_stale_length_arrives_whole() {
-    let target = answers_with(
+    let reply = through(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
-    )
-    .await;
-    let gw = Gateway::start(&config(target, "")).await.unwrap();
-    let reply = raw(
-        gw.addr,
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.head);
@@ -374,14 +377,8 @@ async fn auth_schemes_are_case_insensitive_at_the_admin_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_protocol_switch_nobody_asked_for_is_not_passed_on() {
-    let target = answers_with(
+    let reply = through(
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await;
-    let gw = Gateway::start(&config(target, "")).await.unwrap();
-    let reply = raw(
-        gw.addr,
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(reply.status, 502, "{}", reply.head);

@@ -120,6 +120,24 @@ fn push(dir: &Path, file: &str, reference: &str) -> String {
     pinned.to_owned()
 }
 
+/// `sluice check` on `toml` (with a listener), which must pass: what it logged.
+fn checked(dir: &Path, toml: &str) -> String {
+    let file = dir.join("checked.toml");
+    std::fs::write(
+        &file,
+        format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{toml}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    said
+}
+
 fn config(dir: &Path, reference: &str, up: &Upstream) -> String {
     config_with(
         dir,
@@ -233,40 +251,15 @@ async fn signed_plugins_load_from_a_registry_by_pinned_reference() {
     assert!(wrong.to_string().contains("pins"), "{wrong}");
 
     // A tag alone loads, but the log says it is not pinned, and how to pin it.
-    let tagged = dir.join("tagged.toml");
-    let toml = config(dir, &format!("{repo}:a"), &up);
-    std::fs::write(
-        &tagged,
-        format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{toml}"),
-    )
-    .unwrap();
-    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(&tagged)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&checked.stderr);
-    assert!(checked.status.success(), "{said}");
+    let said = checked(dir, &config(dir, &format!("{repo}:a"), &up));
     assert!(
         said.contains("is not pinned") && said.contains(&a),
         "{said}"
     );
     // Pinned, it loads what it pinned; if the tag has moved since, it says so.
     let moved = push(dir, "b.wasm", &format!("{repo}:a"));
-    let toml = config(dir, &a, &up);
-    std::fs::write(
-        &tagged,
-        format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{toml}"),
-    )
-    .unwrap();
-    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(&tagged)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&checked.stderr);
     let now = moved.rsplit_once('@').unwrap().1;
-    assert!(checked.status.success(), "{said}");
+    let said = checked(dir, &config(dir, &a, &up));
     assert!(
         said.contains(&format!("the tag has moved to {now}")),
         "{said}"
