@@ -331,7 +331,7 @@ impl Control {
         let text = self.state.lock().await.text.clone();
         let mut value: toml::Value =
             toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
-        redact(&mut value);
+        let _ = redact(&mut value);
         serde_json::to_value(value).unwrap_or_default()
     }
 
@@ -794,29 +794,32 @@ fn looks_secret(text: &str) -> bool {
     let Ok(json) = serde_json::from_str::<serde_json::Value>(trimmed) else {
         return false;
     };
-    let mut value = toml::Value::try_from(json).unwrap_or(toml::Value::Boolean(false));
-    let before = value.clone();
-    redact(&mut value);
-    value != before
+    toml::Value::try_from(json).is_ok_and(|mut value| redact(&mut value))
 }
 
 /// Replace every secret in `value`, however deep: values under secret
 /// names, private members of JWKs, and strings shaped like secrets.
-fn redact(value: &mut toml::Value) {
-    let hidden = || toml::Value::String("<redacted>".into());
+/// Answers whether it replaced any.
+fn redact(value: &mut toml::Value) -> bool {
+    let hide = |value: &mut toml::Value| {
+        *value = toml::Value::String("<redacted>".into());
+        true
+    };
     match value {
         toml::Value::Table(table) => {
             let jwk = table.contains_key("kty");
+            let mut hid = false;
             for (key, value) in table.iter_mut() {
-                match is_secret(key) || (jwk && JWK_PRIVATE.contains(&key.as_str())) {
-                    true => *value = hidden(),
+                hid |= match is_secret(key) || (jwk && JWK_PRIVATE.contains(&key.as_str())) {
+                    true => hide(value),
                     false => redact(value),
-                }
+                };
             }
+            hid
         }
-        toml::Value::Array(items) => items.iter_mut().for_each(redact),
-        toml::Value::String(text) if looks_secret(text) => *value = hidden(),
-        _ => {}
+        toml::Value::Array(items) => items.iter_mut().fold(false, |hid, item| redact(item) | hid),
+        toml::Value::String(text) if looks_secret(text) => hide(value),
+        _ => false,
     }
 }
 

@@ -10,7 +10,6 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
-use crate::capability::Capabilities;
 use crate::capability::basics::{BasicsHost, BasicsView};
 use crate::capability::crypto::{CryptoHost, CryptoView};
 use crate::capability::kv::{KvHost, KvView};
@@ -19,6 +18,7 @@ use crate::capability::outbound::{OutboundHost, OutboundView};
 use crate::capability::sandbox::{PollView, SandboxHost, SandboxView};
 use crate::capability::types::{TypesHost, TypesView};
 use crate::capability::wasi_http::WasiHttp;
+use crate::capability::{Capabilities, Host};
 use crate::cpu::CallClock;
 
 /// The guest's panic messages land here; kept small, read when a call fails.
@@ -72,6 +72,8 @@ impl FilterState {
         (state, stderr)
     }
 }
+
+impl Host for FilterState {}
 
 impl TypesHost for FilterState {
     fn types(&mut self) -> TypesView<'_> {

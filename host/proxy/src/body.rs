@@ -131,33 +131,19 @@ pub enum ClientBodyError {
 impl ClientBodyError {
     /// The client body error behind `error`, if that is what it is.
     pub fn find(error: &(dyn std::error::Error + 'static)) -> Option<ClientBodyError> {
-        let mut cause = Some(error);
-        while let Some(e) = cause {
-            if let Some(found) = e.downcast_ref::<ClientBodyError>() {
-                return Some(*found);
-            }
-            cause = e.source();
-        }
-        None
+        cause::<ClientBodyError>(error).copied()
     }
 
     /// What a client's body stream failing with `error` says of the
     /// client: a body that is not HTTP, or a hang-up. Either way it is the
     /// client's fault, never the upstream's.
     fn of_stream(error: &(dyn std::error::Error + 'static)) -> ClientBodyError {
-        let mut cause = Some(error);
-        while let Some(e) = cause {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                return match io.kind() {
-                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
-                        ClientBodyError::Malformed
-                    }
-                    _ => ClientBodyError::Aborted,
-                };
+        match cause::<std::io::Error>(error).map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput) => {
+                ClientBodyError::Malformed
             }
-            cause = e.source();
+            _ => ClientBodyError::Aborted,
         }
-        ClientBodyError::Aborted
     }
 }
 
@@ -197,6 +183,13 @@ impl Pause {
     pub fn moved(&mut self) {
         self.waiting = false;
     }
+}
+
+/// The first error of type `T` in `error`'s chain of sources.
+fn cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
 }
 
 /// How a client's upload went: when it ended, so the upstream's response

@@ -233,21 +233,6 @@ pub(crate) trait Host:
 {
 }
 
-impl<T> Host for T where
-    T: WasiView
-        + WasiHttpView
-        + types::TypesHost
-        + sandbox::SandboxHost
-        + basics::BasicsHost
-        + kv::KvHost
-        + outbound::OutboundHost
-        + metrics::MetricsHost
-        + crypto::CryptoHost
-        + Send
-        + 'static
-{
-}
-
 /// Link every unit's imports, in both versions of the contract, and WASI
 /// (with nothing in it: standard libraries need it to start).
 pub(crate) fn link<T: Host>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
