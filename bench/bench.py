@@ -879,10 +879,60 @@ def scenario_plugins(args, workdir, up):
     return text
 
 
+def redis_server(workdir, name="redis"):
+    """Debian's redis-server on a free port, persisting nothing."""
+    port = free_port()
+    return Server(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "no", "--dir", str(workdir)], port, workdir)
+
+
+def redis_calls(port):
+    """Commands clients sent Redis, from INFO commandstats (which also counts
+    the commands scripts run: those are left out)."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
+                         capture_output=True, text=True, check=True).stdout
+    sent = r"^cmdstat_(?:evalsha|eval|script\|load|ping|get|set|pttl|info):calls=(\d+)"
+    return sum(int(n) for n in re.findall(sent, out, re.M))
+
+
+def limit_toml(scope, redis_port, timeout="50ms"):
+    """A rate-limited route (a bucket per client IP, never empty) with its
+    buckets `scope`: local, or cluster in the Redis at `redis_port`."""
+    state = (f'[state]\nurl = "redis://127.0.0.1:{redis_port}/0"\ndefault = "{scope}"\ntimeout = "{timeout}"\n'
+             if redis_port else "")
+    limit = '{ plugin = "rate-limit", config = { key = "client_ip", capacity = 1000000000, window_secs = 1 } }'
+    return lambda port, up: sluice_toml(port, up, limit, f'[plugins.rate-limit]\npath = "{plugin("rate-limit")}"\n', state)
+
+
+def scenario_state(args, workdir, up):
+    """A rate-limited route with local buckets, with cluster buckets in
+    Redis (one round trip per request), and with Redis down (the breaker
+    open, counting locally meanwhile)."""
+    with redis_server(workdir) as redis:
+        dead = free_port()
+        def limited(scope, redis_port):
+            return lambda: sluice(workdir, args.workers, lambda p: limit_toml(scope, redis_port)(p, up.port), pin=True)
+
+        targets = [("local buckets", limited("local", None)),
+                   ("cluster buckets (Redis)", limited("cluster", redis.port)),
+                   ("cluster, Redis down (breaker open)", limited("cluster", dead))]
+
+        def measure(s, secs):
+            calls = redis_calls(redis.port)
+            r = wrk(s.port, secs, 64)
+            # Less the INFO that read the count before.
+            r["round_trips"] = (redis_calls(redis.port) - calls - 1) / max(r["requests"], 1)
+            return r
+
+        results = rounds(args, targets, measure)
+    columns = WRK_COLUMNS[:1] + [("vs local", "ratio", "")] + WRK_COLUMNS[2:] + [("Redis round trips/request", "round_trips", "{:.2f}")]
+    return table("11. Rate limits, local against cluster (Redis), one proxy pinned", results, "local buckets", columns)
+
+
 SCENARIOS = {"pass": scenario_pass, "chains": scenario_chains, "cpu": scenario_cpu,
              "h2": scenario_h2, "tls": scenario_tls, "memory": scenario_memory, "reload": scenario_reload,
              "isolation": scenario_isolation, "failover": scenario_failover,
-             "plugins": scenario_plugins}
+             "plugins": scenario_plugins, "state": scenario_state}
 
 
 def main():

@@ -6,7 +6,9 @@ machine does not move the way it moves wall time and CPU seconds.
     python3 bench/instructions.py [SCENARIO ...] [DIR|plugins:DIR ...]
 
 SCENARIOs are those of `ab_builds.py` (`pass`, `noop5`, `policy5`; all
-three by default) and `nginx` (nginx proxying to the same upstream). Each
+three by default), `nginx` (nginx proxying to the same upstream), and
+`limit_local` and `limit_cluster` (a rate-limited route with its buckets
+here or in a redis-server the script starts). Each
 runs on the current build and on each saved build DIR (from `bench.py
 --save-baseline`; `plugins:DIR` is the current binary with DIR's plugins).
 Each proxy runs under callgrind with one worker; after a warm-up its
@@ -54,9 +56,21 @@ def for_valgrind(toml, build):
     return toml.replace("[reload]", POOL + "[reload]", 1)
 
 
+def limit_cluster(port, up):
+    return bench.limit_toml("cluster", REDIS.port, timeout="10s")(port, up)
+
+
+REDIS = None
+STATE = {"limit_local": bench.limit_toml("local", None), "limit_cluster": limit_cluster}
+
+
 def start_sluice(scenario, build):
     def start(workdir, up):
-        toml = lambda port: for_valgrind(SCENARIOS[scenario](port, up), build)  # noqa: E731
+        global REDIS
+        if scenario == "limit_cluster" and REDIS is None:
+            REDIS = bench.redis_server(pathlib.Path(tempfile.mkdtemp()))
+        make = {**SCENARIOS, **STATE}[scenario]
+        toml = lambda port: for_valgrind(make(port, up), build)  # noqa: E731
         return bench.sluice(workdir, 1, toml, scenario, build=build, wrap=callgrind(workdir, scenario))
     return start
 
@@ -101,7 +115,7 @@ def load(port, n):
 
 def main():
     args = sys.argv[1:]
-    scenarios = [a for a in args if a in SCENARIOS or a == "nginx"] or list(SCENARIOS)
+    scenarios = [a for a in args if a in SCENARIOS or a in STATE or a == "nginx"] or list(SCENARIOS)
     builds = [("current", bench.CURRENT)] + [(a, build_of(a)) for a in args if a not in scenarios]
     print("| scenario | build | instructions per request |\n|---|---|---|", flush=True)
     for scenario in scenarios:
@@ -110,6 +124,8 @@ def main():
             continue
         for name, build in builds:
             print(f"| {scenario} | {name} | {measure(scenario, start_sluice(scenario, build)):,.0f} |", flush=True)
+    if REDIS:
+        REDIS.stop()
 
 
 if __name__ == "__main__":

@@ -536,6 +536,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Wait (up to 30 s) until something listens on 127.0.0.1:`port`: a
+/// process started on a port from [`free_port`].
+pub async fn wait_until_listening(port: u16) {
+    for _ in 0..1500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("nothing listened on {port}");
+}
+
 /// A TOML string holding `text` (JSON's escapes are TOML's).
 pub fn toml_str(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")

@@ -13,6 +13,7 @@ use sluice_proxy::config::{CacheConfig, ListenerConfig, RouteConfig, UpstreamCon
 use sluice_proxy::edge::PathRules;
 use sluice_proxy::router::Matcher;
 use sluice_proxy::trace::TracingConfig;
+use sluice_state::{Scope, StateConfig};
 use toml::Spanned;
 
 pub use crate::source::{ConfigError, Source};
@@ -41,6 +42,8 @@ pub struct Config {
     pub access_log: Option<Spanned<AccessLogConfig>>,
     /// Spans to an OpenTelemetry collector, when configured (read at start).
     pub tracing: Option<Spanned<TracingConfig>>,
+    /// The fleet's shared state (Redis), when configured (read at start).
+    pub state: Option<Spanned<StateConfig>>,
     /// The admin listener (metrics, reloads, plugin versions), off unless configured.
     pub admin: Option<AdminConfig>,
     /// What triggers a reload besides `SIGHUP` and the admin API.
@@ -312,6 +315,16 @@ impl Config {
                     ));
                 }
             }
+            if let Some(state) = &plugin.state
+                && *state.get_ref() == Scope::Cluster
+                && self.state.is_none()
+            {
+                return Err(src.error(
+                    state.span().start,
+                    format!("plugins.{name}.state"),
+                    "`cluster` needs a [state] store",
+                ));
+            }
             for grant in &plugin.grants {
                 Grant::check(grant.get_ref(), |u| self.upstreams.contains_key(u)).map_err(
                     |message| {
@@ -404,6 +417,22 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("gw.toml"), text.to_owned())
+    }
+
+    #[test]
+    fn cluster_state_needs_a_state_store() {
+        let plugin = "[plugins.p]\npath = \"p.wasm\"\nstate = \"cluster\"\n";
+        let refused = parse(plugin).unwrap_err();
+        assert_eq!((refused.line, refused.key.as_str()), (3, "plugins.p.state"));
+        assert!(
+            refused.message.contains("needs a [state] store"),
+            "{refused}"
+        );
+        let state = "[state]\nurl = \"redis://127.0.0.1:6379\"\n";
+        assert!(parse(&format!("{state}{plugin}")).is_ok());
+        let typo = parse(&format!("{state}fallback = \"maybe\"\n")).unwrap_err();
+        assert_eq!(typo.line, 3, "{typo}");
+        assert!(typo.message.contains("unknown variant `maybe`"), "{typo}");
     }
 
     #[test]

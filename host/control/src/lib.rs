@@ -33,6 +33,7 @@ use sluice_proxy::listener::{ListenerSettings, Listeners, Wanted};
 use sluice_proxy::trace::Tracing;
 use sluice_proxy::upstream::Upstream;
 use sluice_proxy::{Gateway, Shared};
+use sluice_state::ConnectError;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -134,13 +135,22 @@ struct Kept {
 }
 
 impl Kept {
-    fn new(config: &Config) -> anyhow::Result<Kept> {
+    async fn new(config: &Config) -> anyhow::Result<Kept> {
         let registry = Registry::new();
         let mut shared = Shared::new(&config.cache, registry.clone());
         if let Some(tracing) = &config.tracing {
             let started = Tracing::start(tracing.get_ref())
                 .map_err(|e| config.source.error(tracing.span().start, "tracing", e))?;
             shared.tracing = Some(started);
+        }
+        if let Some(state) = &config.state {
+            shared.connect_state(state.get_ref()).await.map_err(|e| {
+                let key = match &e {
+                    ConnectError::Config { key, .. } => format!("state.{key}"),
+                    ConnectError::Auth { .. } => "state.password_file".into(),
+                };
+                config.source.error(state.span().start, key, e.to_string())
+            })?;
         }
         Ok(Kept {
             engine: FilterEngine::with_instances(
@@ -180,7 +190,7 @@ impl Control {
         if let Some(hook) = &hook {
             hook(&mut config);
         }
-        let kept = Kept::new(&config)?;
+        let kept = Kept::new(&config).await?;
         let mut versions = Versions::default();
         sync_files(&config, &kept.engine, &mut versions)
             .await
@@ -465,7 +475,7 @@ pub async fn check(config: &Config) -> anyhow::Result<Vec<PluginInfo>> {
         "{}: no [[listeners]] configured",
         config.source.path.display()
     );
-    let kept = Kept::new(config)?;
+    let kept = Kept::new(config).await?;
     let mut versions = Versions::default();
     sync_files(config, &kept.engine, &mut versions)
         .await
@@ -646,7 +656,7 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
         upstreams.insert(name.clone(), upstream);
     }
     let services = Services {
-        store: kept.shared.store.clone(),
+        stores: kept.shared.stores.clone(),
         upstreams: upstreams
             .iter()
             .map(|(name, u)| (name.clone(), u.clone() as Arc<dyn HttpUpstream>))

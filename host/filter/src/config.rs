@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
+use sluice_state::{Fallback, Scope};
 use toml::Spanned;
 
 /// A WebAssembly component and the limits it runs under.
@@ -59,6 +60,12 @@ pub struct PluginConfig {
     /// The longest an outbound HTTP call may take.
     #[serde(default = "defaults::outbound_timeout", with = "humantime_serde")]
     pub outbound_timeout: Duration,
+    /// Where its rate-limit buckets and key-value entries live: `local` (this
+    /// process) or `cluster` (`[state]`'s Redis); `[state] default` unless set.
+    pub state: Option<Spanned<Scope>>,
+    /// What its cluster rate limits do while Redis cannot answer: `local`,
+    /// `open` or `closed`; `[state] fallback` unless set.
+    pub fallback: Option<Fallback>,
 }
 
 /// What happens to a request when one of its filters fails.

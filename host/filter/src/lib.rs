@@ -27,7 +27,6 @@
 
 mod answer;
 mod bindings;
-pub mod buckets;
 mod capability;
 pub mod config;
 mod cpu;
@@ -42,7 +41,6 @@ pub mod metrics;
 mod plugin;
 mod pool;
 mod state;
-pub mod store;
 
 pub use answer::{Answer, Limit, Reply, ResponseAnswer, StoreDecision};
 pub use capability::{CAPABILITIES, Capabilities, Grant, HttpUpstream, Services, capability_of};

@@ -14,6 +14,7 @@ use crate::cpu::CpuShare;
 use crate::error::FilterFailure;
 use crate::kinds::{Exports, Kind};
 use crate::state::FilterState;
+use sluice_state::{Fallback, Scope};
 
 /// A plugin ready to be instantiated cheaply.
 pub struct Plugin {
@@ -27,6 +28,10 @@ pub struct Plugin {
     pub contract: &'static str,
     /// Skip the filter when it fails, rather than failing the request.
     pub fail_open: bool,
+    /// Where its buckets and entries live, if it says.
+    pub state: Option<Scope>,
+    /// What its cluster rate limits do without Redis, if it says.
+    pub fallback: Option<Fallback>,
     pub(crate) pre: InstancePre<FilterState>,
     pub(crate) exports: Exports,
     pub(crate) memory_limit: usize,
@@ -55,6 +60,8 @@ impl Plugin {
             kind: exports.kind(),
             contract,
             fail_open: config.on_failure == FailurePolicy::Open,
+            state: config.state.as_ref().map(|s| *s.get_ref()),
+            fallback: config.fallback,
             pre,
             exports,
             memory_limit: (config.memory_limit_mib as usize) << 20,

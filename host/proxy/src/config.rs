@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use serde::Deserialize;
+use sluice_state::Scope;
 use toml::Spanned;
 
 use crate::edge::{Edge, EscapedSlashes, PathRules, Underscores};
@@ -401,6 +402,10 @@ pub struct RouteConfig {
     /// `proxy_ignore_headers` does; off: they are never stored.
     #[serde(default)]
     pub cache_private: bool,
+    /// Keep this route's cached responses in `[state]`'s Redis too, so a
+    /// response one gateway fetched is a hit on every other.
+    #[serde(default)]
+    pub shared_cache: bool,
 }
 
 /// Response compression, negotiated by `Accept-Encoding`.
@@ -463,6 +468,9 @@ pub struct FilterConfig {
     /// Buffer bodies so this filter can read and replace them.
     #[serde(default)]
     pub body: bool,
+    /// Where this route keeps the filter's rate-limit buckets (`local` or
+    /// `cluster`), over the plugin's `state`.
+    pub state: Option<Spanned<Scope>>,
 }
 
 mod defaults {

@@ -14,8 +14,8 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 use sluice_filter::metrics::Registry;
-use sluice_filter::store::{MemoryStore, StateStore};
 use sluice_filter::{Exchange, Filter, Plugin, PluginError};
+use sluice_state::{ConnectError, RedisStore, Scope, StateConfig, StateMetrics, Stores};
 
 use crate::access_log::{AccessLog, Record, Served};
 use crate::body::{self, ClientBody, ClientBodyError, ProxyBody, Upload};
@@ -54,8 +54,8 @@ pub struct Route {
 /// targets (their connections and health) and the metrics.
 #[derive(Clone)]
 pub struct Shared {
-    /// Plugin state.
-    pub store: Arc<dyn StateStore>,
+    /// Plugin state: this process's, and the fleet's when `[state]` names one.
+    pub stores: Stores,
     /// The response cache; sized by the first configuration.
     pub cache: Arc<ResponseCache>,
     /// Every part's metrics, rendered together.
@@ -75,13 +75,46 @@ impl Shared {
         let targets = Arc::new(TargetRegistry::default());
         registry.register_collector(TargetGauges(targets.clone()));
         Shared {
-            store: Arc::new(MemoryStore::default()),
+            stores: Stores::local(),
             cache: Arc::new(ResponseCache::new(cache, metrics.cache_bytes.clone())),
             metrics,
             targets,
             tracing: None,
             registry,
         }
+    }
+
+    /// Keep plugin state (by default) and shared cache entries in
+    /// `config`'s Redis, its metrics registered as `sluice_state_*`.
+    pub async fn connect_state(&mut self, config: &StateConfig) -> Result<(), ConnectError> {
+        let metrics = StateMetrics::default();
+        let registry = &self.registry;
+        registry.register(
+            "state_up",
+            "1 while Redis answers, 0 while its breaker is open",
+            metrics.up.clone(),
+        );
+        registry.register(
+            "state_round_trip_seconds",
+            "Round trips to Redis",
+            metrics.round_trip.clone(),
+        );
+        registry.register(
+            "state_errors",
+            "Round trips to Redis that failed, by reason",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "state_fallbacks",
+            "Uses of shared state that fell back while Redis could not answer, by use and fallback",
+            metrics.fallbacks.clone(),
+        );
+        let redis = RedisStore::connect(config, metrics).await?;
+        self.stores.cluster = Some(Arc::new(redis));
+        self.stores.default_scope = config.default;
+        self.stores.fallback = config.fallback;
+        self.stores.max_value = config.max_value.as_u64() as usize;
+        Ok(())
     }
 }
 
@@ -146,9 +179,28 @@ impl Gateway {
                         message,
                     }
                 })?;
-                filters.push(built);
+                let scope = filter.state.as_ref().map(|s| *s.get_ref());
+                if scope == Some(Scope::Cluster) && shared.stores.cluster.is_none() {
+                    return Err(BuildError {
+                        at: filter.state.as_ref().map_or(0, |s| s.span().start),
+                        key: format!("routes[{i}].filters[{j}].state"),
+                        message: "`cluster` needs a [state] store".into(),
+                    });
+                }
+                filters.push((built, scope));
             }
-            let filters = FilterChain::new(filters, shared.store.clone(), &shared.metrics);
+            let filters = FilterChain::new(filters, &shared.stores, &shared.metrics);
+            let shared_cache = match (route.shared_cache, &shared.stores.cluster) {
+                (false, _) => None,
+                (true, Some(redis)) => Some(redis.clone()),
+                (true, None) => {
+                    return Err(BuildError {
+                        at: route.upstream.span().start,
+                        key: format!("routes[{i}].shared_cache"),
+                        message: "a shared cache needs a [state] store".into(),
+                    });
+                }
+            };
             let compression = match &route.compression {
                 Some(config) => Some(Compression::new(config).map_err(|message| BuildError {
                     at: route.upstream.span().start,
@@ -163,6 +215,7 @@ impl Gateway {
                 upstream: upstreams[route.upstream.get_ref()].clone(),
                 cache: CachePhase::new(
                     shared.cache.clone(),
+                    shared_cache,
                     &filters,
                     route.cache_private,
                     &shared.metrics,

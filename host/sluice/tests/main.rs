@@ -6,3 +6,4 @@ mod languages;
 mod plugin_command;
 mod process;
 mod registry;
+mod state;

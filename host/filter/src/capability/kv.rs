@@ -10,14 +10,17 @@ use wasmtime::component::{HasData, Linker};
 
 use super::{Grant, Refusals};
 use crate::bindings::{v1, v2};
+use crate::config::PluginConfig;
 use crate::cpu::CallClock;
 use crate::error::HostError;
-use crate::store::{StateStore, StoreError};
+use sluice_state::{StateStore, StoreError, Stores};
 
 /// One plugin's access to the store.
 pub(crate) struct Kv {
     /// Present when granted.
     store: Option<Arc<dyn StateStore>>,
+    /// The largest value it may set.
+    max_value: usize,
     refusals: Refusals,
 }
 
@@ -29,9 +32,17 @@ struct Bucket {
 }
 
 impl Kv {
-    pub(crate) fn bind(grants: &[Grant], store: &Arc<dyn StateStore>, refusals: Refusals) -> Kv {
+    pub(crate) fn bind(
+        grants: &[Grant],
+        config: &PluginConfig,
+        stores: &Stores,
+        refusals: Refusals,
+    ) -> Kv {
         Kv {
-            store: grants.contains(&Grant::Kv).then(|| store.clone()),
+            store: grants
+                .contains(&Grant::Kv)
+                .then(|| stores.pick(config.state.as_ref().map(|s| *s.get_ref()))),
+            max_value: stores.max_value,
             refusals,
         }
     }
@@ -57,6 +68,13 @@ impl Kv {
         ttl: Option<u64>,
     ) -> Result<(), HostError> {
         let (store, key) = self.open(key)?;
+        if value.len() > self.max_value {
+            return Err(HostError::Invalid(format!(
+                "a value of {} bytes is over the store's limit of {} bytes",
+                value.len(),
+                self.max_value
+            )));
+        }
         let ttl = ttl.map(Duration::from_millis);
         clock
             .wait(store.set(&key, Bytes::from(value), ttl))

@@ -39,10 +39,10 @@ use wasmtime_wasi_http::WasiHttpView;
 use crate::config::PluginConfig;
 use crate::error::HostError;
 use crate::metrics::{FilterMetrics, labels};
-use crate::store::StateStore;
 pub use grant::Grant;
 pub use outbound::HttpUpstream;
 pub(crate) use refusals::Refusals;
+use sluice_state::Stores;
 
 /// The capabilities a grant can give, by name (`deny` takes these).
 pub const CAPABILITIES: [&str; 4] = ["kv", "metrics", "crypto", "http"];
@@ -120,8 +120,8 @@ fn granted(config: &PluginConfig) -> Vec<Grant> {
 /// What the gateway offers plugins: the services capabilities bind to.
 #[derive(Clone)]
 pub struct Services {
-    /// Where `kv` keeps its state.
-    pub store: Arc<dyn StateStore>,
+    /// Where `kv` keeps its state: each plugin's `state` picks one.
+    pub stores: Stores,
     /// The upstreams `http:<name>` grants may name.
     pub upstreams: HashMap<String, Arc<dyn HttpUpstream>>,
     /// Where calls, failures, refusals and plugin metrics are counted.
@@ -133,7 +133,7 @@ impl Services {
     /// in-memory store, no upstreams, metrics in a registry of their own.
     pub fn standalone() -> Services {
         Services {
-            store: Arc::new(crate::store::MemoryStore::default()),
+            stores: Stores::local(),
             upstreams: HashMap::new(),
             metrics: Arc::new(FilterMetrics::new(crate::metrics::Registry::new())),
         }
@@ -162,7 +162,7 @@ impl Capabilities {
             metrics: services.metrics.clone(),
         };
         Capabilities {
-            kv: kv::Kv::bind(&grants, &services.store, refusals.clone()),
+            kv: kv::Kv::bind(&grants, config, &services.stores, refusals.clone()),
             outbound: Arc::new(outbound::Outbound::bind(
                 &grants,
                 config,

@@ -2,7 +2,9 @@
 //! a cache-policy filter) is answered from the cache when it can be, and of
 //! concurrent misses only one goes upstream. On the way out, the
 //! cache-policy filter says whether and how long to keep the upstream's
-//! response, which is stored before the other filters see it.
+//! response, which is stored before the other filters see it. A route
+//! with `shared_cache` looks in the fleet's tier on a local miss, and
+//! stores there too.
 
 use std::sync::Arc;
 
@@ -10,16 +12,20 @@ use http::{HeaderValue, Method};
 use prometheus_client::metrics::counter::Counter;
 use sluice_filter::metrics::labels;
 use sluice_filter::{Filter, ResponseAnswer, StoreDecision};
+use sluice_state::RedisStore;
 
 use super::filters::failing_open;
 use super::{FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::body;
+use crate::cache::shared::SharedCache;
 use crate::cache::{self, Lookup, ResponseCache};
 use crate::metrics::ProxyMetrics;
 
 /// A route's use of the response cache.
 pub struct CachePhase {
     cache: Arc<ResponseCache>,
+    /// The fleet's tier, for a route with `shared_cache`.
+    shared: Option<SharedCache>,
     /// The cache-policy filter that decides what to store, and its place in the chain.
     policy: Option<(usize, Arc<Filter>)>,
     /// Whether responses for one client alone (cookies, `private`,
@@ -27,6 +33,7 @@ pub struct CachePhase {
     store_private: bool,
     /// Lookups that found a fresh response, and those that did not.
     hits: Counter,
+    shared_hits: Counter,
     misses: Counter,
 }
 
@@ -34,6 +41,7 @@ impl CachePhase {
     /// The cache phase of a route with `chain`.
     pub fn new(
         cache: Arc<ResponseCache>,
+        shared: Option<Arc<RedisStore>>,
         chain: &FilterChain,
         store_private: bool,
         metrics: &ProxyMetrics,
@@ -44,9 +52,11 @@ impl CachePhase {
         };
         CachePhase {
             cache,
+            shared: shared.map(SharedCache::new),
             policy: chain.cache_policy(),
             store_private,
             hits: lookups("hit"),
+            shared_hits: lookups("shared_hit"),
             misses: lookups("miss"),
         }
     }
@@ -84,8 +94,26 @@ impl Phase for CachePhase {
         let Some(key) = &ctx.cache_key else {
             return Ok(Flow::Next);
         };
-        match self.cache.lookup(key, &ctx.exchange.request.headers).await {
-            Lookup::Hit(hit) => {
+        let request = &ctx.exchange.request.headers;
+        let found = match self.cache.lookup(key, request).await {
+            Lookup::Hit(hit) => Some(hit),
+            Lookup::Miss(guard) => {
+                // Held until the response is stored, so concurrent misses wait for this fetch.
+                ctx.filling = guard;
+                let shared = match &self.shared {
+                    Some(shared) => shared.lookup(&self.cache, key, request).await,
+                    None => None,
+                };
+                if shared.is_some() {
+                    self.shared_hits.inc();
+                    // Those waiting find it locally now.
+                    ctx.filling = None;
+                }
+                shared
+            }
+        };
+        match found {
+            Some(hit) => {
                 self.hits.inc();
                 let (mut head, ()) = http::Response::new(()).into_parts();
                 head.status = hit.status;
@@ -99,10 +127,8 @@ impl Phase for CachePhase {
                 ctx.cache_key = None;
                 Ok(Flow::Answered)
             }
-            // Held until the response is stored, so concurrent misses wait for this fetch.
-            Lookup::Miss(guard) => {
+            None => {
                 self.misses.inc();
-                ctx.filling = guard;
                 Ok(Flow::Next)
             }
         }
@@ -138,14 +164,17 @@ impl Phase for CachePhase {
                 .await
                 .map_err(|e| PhaseError::UpstreamBody(e.to_string()))?;
             let head = ctx.exchange.response.as_ref().expect("checked above");
-            self.cache.store(
-                key,
+            let stored = self.cache.store(
+                key.clone(),
                 &ctx.exchange.request.headers,
                 head.status,
                 head.headers.clone(),
                 bytes.clone(),
                 ttl,
             );
+            if let (Some(shared), Some(entry)) = (&self.shared, stored) {
+                shared.store(&key, &entry, ttl).await;
+            }
             ctx.exchange.response_body = Some(bytes);
         }
         if let Some(head) = ctx.exchange.response.as_mut() {

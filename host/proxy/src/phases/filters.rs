@@ -9,8 +9,8 @@ use std::sync::Arc;
 use http::StatusCode;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
-use sluice_filter::store::StateStore;
 use sluice_filter::{Answer, Filter, FilterFailure, Kind};
+use sluice_state::{Scope, Stores};
 
 use super::reply::into_response;
 use super::{Decision, Flow, Phase, PhaseError, RequestCtx, rate_limit};
@@ -22,28 +22,28 @@ use crate::trace::Trace;
 /// The filters of one route.
 pub struct FilterChain {
     filters: Vec<Arc<Filter>>,
-    /// Where rate-limit filters' buckets are kept.
-    store: Arc<dyn StateStore>,
-    /// Per filter, in chain order: its rate-limit decisions' counters.
-    limits: Vec<rate_limit::Decisions>,
+    /// Per filter, in chain order: where its rate-limit buckets are kept,
+    /// and its decisions' counters.
+    limits: Vec<rate_limit::Buckets>,
 }
 
 impl FilterChain {
-    /// A chain of `filters`, given in configuration order; put in phase order here.
+    /// A chain of `filters`, given in configuration order, each with where
+    /// the route keeps its buckets if it says; put in phase order here.
     pub fn new(
-        filters: Vec<Filter>,
-        store: Arc<dyn StateStore>,
+        filters: Vec<(Filter, Option<Scope>)>,
+        stores: &Stores,
         metrics: &ProxyMetrics,
     ) -> FilterChain {
-        let mut filters: Vec<Arc<Filter>> = filters.into_iter().map(Arc::new).collect();
-        in_phase_order(&mut filters, |f| f.kind());
+        let mut filters: Vec<(Arc<Filter>, Option<Scope>)> =
+            filters.into_iter().map(|(f, s)| (Arc::new(f), s)).collect();
+        in_phase_order(&mut filters, |(f, _)| f.kind());
         let limits = filters
             .iter()
-            .map(|f| rate_limit::Decisions::new(metrics, &f.plugin().name))
+            .map(|(f, scope)| rate_limit::Buckets::new(metrics, f, *scope, stores))
             .collect();
         FilterChain {
-            filters,
-            store,
+            filters: filters.into_iter().map(|(f, _)| f).collect(),
             limits,
         }
     }
@@ -197,8 +197,7 @@ impl FilterChain {
                 return Ok(Flow::Answered);
             }
             Answer::Limit(limit) => {
-                let decisions = &self.limits[i];
-                return rate_limit::admit(ctx, filter, limit, &*self.store, decisions).await;
+                return rate_limit::admit(ctx, filter, limit, &self.limits[i]).await;
             }
             Answer::Rewrite(target) => rewrite(ctx, &target, filter)?,
             Answer::Route {

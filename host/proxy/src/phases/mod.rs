@@ -19,8 +19,8 @@ pub(crate) use rate_limit::annotate as rate_limit_headers;
 
 use bytes::Bytes;
 use http::StatusCode;
-use sluice_filter::buckets::Admission;
 use sluice_filter::{Exchange, FilterFailure, Lease};
+use sluice_state::Admission;
 
 use crate::body::ProxyBody;
 use crate::cache::FillGuard;

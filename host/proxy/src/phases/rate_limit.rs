@@ -1,7 +1,9 @@
 //! Rate limiting, the host's half: a rate-limit filter names a token bucket
 //! and its size; the host takes the tokens (exactly, under concurrency, in
-//! the shared store), answers 429 with `Retry-After` when there are none,
-//! and reports the last decision in `RateLimit-*` response headers.
+//! this process or in the fleet's Redis), answers 429 with `Retry-After`
+//! when there are none, and reports the last decision in `RateLimit-*`
+//! response headers. While Redis cannot answer, the plugin's fallback
+//! decides: count locally, let requests through, or refuse them (503).
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,30 +11,73 @@ use http::{HeaderMap, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sluice_filter::metrics::{Labels, labels};
-use sluice_filter::store::StateStore;
 use sluice_filter::{Filter, Limit, Reply};
+use sluice_state::{Admission, Fallback, MemoryStore, Scope, StateMetrics, StateStore, Stores};
 
 use crate::metrics::ProxyMetrics;
 
 use super::reply::into_response;
 use super::{Flow, PhaseError, RequestCtx};
 
-/// One filter's rate-limit decisions, counted by plugin; made for every
-/// filter of a chain, and created in the registry only when first counted.
-pub(super) struct Decisions {
+/// One filter's buckets: where they are kept and, kept in Redis, what to do
+/// without it; and its decisions, counted by plugin (made for every filter
+/// of a chain, created in the registry only when first counted).
+pub(super) struct Buckets {
+    store: Arc<dyn StateStore>,
+    /// For buckets in the cluster's store: the fallback, where it counts,
+    /// and where falling back is counted.
+    fallback: Option<(Fallback, Arc<MemoryStore>, StateMetrics)>,
     plugin: Arc<str>,
     allowed: OnceLock<Counter>,
     limited: OnceLock<Counter>,
     family: Family<Labels, Counter>,
 }
 
-impl Decisions {
-    pub(super) fn new(metrics: &ProxyMetrics, plugin: &Arc<str>) -> Decisions {
-        Decisions {
-            plugin: plugin.clone(),
+impl Buckets {
+    /// The buckets of `filter`, in the store its route (`scope`) or its
+    /// plugin picks.
+    pub(super) fn new(
+        metrics: &ProxyMetrics,
+        filter: &Filter,
+        scope: Option<Scope>,
+        stores: &Stores,
+    ) -> Buckets {
+        let plugin = filter.plugin();
+        let scope = scope.or(plugin.state).unwrap_or(stores.default_scope);
+        let fallback = match (scope, &stores.cluster) {
+            (Scope::Cluster, Some(cluster)) => Some((
+                plugin.fallback.unwrap_or(stores.fallback),
+                stores.local.clone(),
+                cluster.metrics().clone(),
+            )),
+            _ => None,
+        };
+        Buckets {
+            store: stores.pick(Some(scope)),
+            fallback,
+            plugin: plugin.name.clone(),
             allowed: Default::default(),
             limited: Default::default(),
             family: metrics.rate_limit.clone(),
+        }
+    }
+
+    /// Take `limit`'s tokens; `None` when the store cannot answer and the
+    /// fallback lets the request through uncounted.
+    async fn take(&self, key: &str, limit: &Limit) -> Result<Option<Admission>, PhaseError> {
+        let (cost, capacity, window) = (limit.cost, limit.capacity, limit.window);
+        let error = match self.store.take(key, cost, capacity, window).await {
+            Ok(admission) => return Ok(Some(admission)),
+            Err(error) => error,
+        };
+        let Some((fallback, local, metrics)) = &self.fallback else {
+            return Err(PhaseError::Store(error.to_string()));
+        };
+        metrics.fell_back("rate_limit", fallback.as_str());
+        match fallback {
+            Fallback::Local => Ok(local.take(key, cost, capacity, window).await.ok()),
+            Fallback::Open => Ok(None),
+            Fallback::Closed => Err(PhaseError::Store(error.to_string())),
         }
     }
 
@@ -54,17 +99,15 @@ pub(super) async fn admit(
     ctx: &mut RequestCtx,
     filter: &Filter,
     limit: Limit,
-    store: &dyn StateStore,
-    decisions: &Decisions,
+    buckets: &Buckets,
 ) -> Result<Flow, PhaseError> {
     // Buckets are namespaced by plugin, like its key-value entries.
     let key = format!("{}\0{}", filter.plugin().name, limit.key);
-    let admission = store
-        .take(&key, limit.cost, limit.capacity, limit.window)
-        .await
-        .map_err(|e| PhaseError::Store(e.to_string()))?;
+    let Some(admission) = buckets.take(&key, &limit).await? else {
+        return Ok(Flow::Next);
+    };
     ctx.rate_limit = Some(admission);
-    decisions.count(admission.allowed);
+    buckets.count(admission.allowed);
     if admission.allowed {
         return Ok(Flow::Next);
     }

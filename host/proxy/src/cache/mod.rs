@@ -1,6 +1,7 @@
 //! The response cache that cache-policy filters steer: in memory, bounded in
 //! bytes, least recently used out; one upstream fetch per key however many
-//! requests miss it at once.
+//! requests miss it at once. Routes with `shared_cache` keep their entries
+//! in Redis too ([`shared`]), for the fleet.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 use crate::config::CacheConfig;
+
+pub mod shared;
 
 /// A stored response.
 #[derive(Debug)]
@@ -32,6 +35,32 @@ pub struct CachedResponse {
 }
 
 impl CachedResponse {
+    /// A response `age` old, fresh for `ttl` more.
+    fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        vary: Vec<(HeaderName, Option<HeaderValue>)>,
+        age: Duration,
+        ttl: Duration,
+    ) -> CachedResponse {
+        let size = body.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum::<usize>();
+        let now = Instant::now();
+        CachedResponse {
+            status,
+            headers,
+            body,
+            stored: now.checked_sub(age).unwrap_or(now),
+            expires: now + ttl,
+            vary,
+            size,
+        }
+    }
+
     /// Seconds since it was stored, for the `Age` header.
     pub fn age(&self) -> u64 {
         self.stored.elapsed().as_secs()
@@ -144,8 +173,9 @@ impl ResponseCache {
         }
     }
 
-    /// Store a response for `ttl`, evicting the least recently used entries to
-    /// stay within bounds. Responses with `Vary: *` or larger than an entry may be are not kept.
+    /// Store a response for `ttl`, evicting the least recently used entries
+    /// to stay within bounds; the entry stored, if it was. Responses with
+    /// `Vary: *` or larger than an entry may be are not kept.
     pub fn store(
         &self,
         key: String,
@@ -154,37 +184,30 @@ impl ResponseCache {
         headers: HeaderMap,
         body: Bytes,
         ttl: Duration,
-    ) {
+    ) -> Option<Arc<CachedResponse>> {
         let mut vary = Vec::new();
         for value in headers.get_all(header::VARY) {
             for name in value.to_str().unwrap_or("*").split(',').map(str::trim) {
                 match HeaderName::try_from(name) {
                     Ok(name) => vary.push((name.clone(), request.get(&name).cloned())),
-                    Err(_) => return, // `*` or garbage: never a hit
+                    Err(_) => return None, // `*` or garbage: never a hit
                 }
             }
         }
-        let size = body.len()
-            + headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len())
-                .sum::<usize>()
-            + key.len();
-        if size > self.max_entry || ttl.is_zero() {
-            return;
+        let entry = CachedResponse::new(status, headers, body, vary, Duration::ZERO, ttl);
+        self.insert(key, entry)
+    }
+
+    /// Keep `entry` under `key`, if it fits.
+    fn insert(&self, key: String, mut entry: CachedResponse) -> Option<Arc<CachedResponse>> {
+        entry.size += key.len();
+        if entry.size > self.max_entry || entry.expires <= Instant::now() {
+            return None;
         }
-        let now = Instant::now();
-        let entry = Arc::new(CachedResponse {
-            status,
-            headers,
-            body,
-            stored: now,
-            expires: now + ttl,
-            vary,
-            size,
-        });
+        let entry = Arc::new(entry);
+        let size = entry.size;
         let mut entries = self.entries.lock().expect("cache lock");
-        if let Some(old) = entries.lru.put(key, entry) {
+        if let Some(old) = entries.lru.put(key, entry.clone()) {
             entries.bytes -= old.size;
         }
         entries.bytes += size;
@@ -195,6 +218,7 @@ impl ResponseCache {
             entries.bytes -= evicted.size;
         }
         self.held.set(entries.bytes as i64);
+        Some(entry)
     }
 }
 

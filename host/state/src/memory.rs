@@ -1,7 +1,4 @@
-//! State the host keeps for plugins: key-value pairs, counters and token
-//! buckets. It lives outside plugin instances (and outside one configuration),
-//! so it survives instance recycling and reloads. [`StateStore`] is the seam
-//! for a shared store (Redis) when several gateways must agree.
+//! The default store: this process's memory, exact under concurrency.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,43 +7,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::buckets::{Admission, TokenBuckets};
-
-/// Why the store did not do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// It could not answer (a shared store that is down, say).
-    #[error("state store: {0}")]
-    Unavailable(String),
-    /// The key holds another kind of value (a counter asked of bytes).
-    #[error("{0}")]
-    WrongType(String),
-}
-
-/// Where plugin state is kept. Keys arrive namespaced (`plugin\0key`).
-#[async_trait::async_trait]
-pub trait StateStore: Send + Sync + 'static {
-    /// The value of `key`, unless missing or expired.
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
-    /// Set `key`, expiring after `ttl` if given.
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), StoreError>;
-    /// Remove `key`.
-    async fn delete(&self, key: &str) -> Result<(), StoreError>;
-    /// Add `delta` to counter `key`; a new counter starts at 0 and expires after `ttl`.
-    async fn increment(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl: Option<Duration>,
-    ) -> Result<i64, StoreError>;
-    /// Take `cost` tokens from bucket `key` (`capacity` tokens refilled over `window`).
-    async fn take(
-        &self,
-        key: &str,
-        cost: u32,
-        capacity: u32,
-        window: Duration,
-    ) -> Result<Admission, StoreError>;
-}
+use crate::{StateStore, StoreError};
 
 enum Value {
     Bytes(Bytes),
