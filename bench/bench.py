@@ -929,10 +929,98 @@ def scenario_state(args, workdir, up):
     return table("11. Rate limits, local against cluster (Redis), one proxy pinned", results, "local buckets", columns)
 
 
+def etcd_server(workdir):
+    """Debian's etcd, one member, on free ports."""
+    client, peer = free_port(), free_port()
+    argv = ["etcd", "--name", "bench", "--data-dir", str(workdir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"bench=http://127.0.0.1:{peer}"]
+    return Server("etcd", argv, client, workdir)
+
+
+def versioned_routes(up, n):
+    """A configuration whose route answers only at /v<n>: the version is visible."""
+    return f'[upstreams.u]\ntargets = ["127.0.0.1:{up}"]\n[[routes]]\nupstream = "u"\nmatch.path = "/v{n}"\n'
+
+
+def until_answered(ports, path):
+    """When each of `ports` first answers `path` with 200 (perf_counter times)."""
+    probes = {port: http.client.HTTPConnection("127.0.0.1", port) for port in ports}
+    seen = {}
+    while len(seen) < len(ports):
+        for port, probe in probes.items():
+            if port in seen:
+                continue
+            probe.request("GET", path)
+            response = probe.getresponse()
+            response.read()
+            if response.status == 200:
+                seen[port] = time.perf_counter()
+    return seen
+
+
+def scenario_fleet(args, workdir, up):
+    """From `sluice fleet push` to the new version answering on each of
+    three instances, against a file reload of one instance."""
+    pushes = 20
+    rows = {}
+    with etcd_server(workdir) as etcd:
+        ports, servers = [], []
+        for i in range(3):
+            port = free_port()
+            own = workdir / f"member{i}.toml"
+            own.write_text(f'[[listeners]]\naddress = "127.0.0.1:{port}"\n[reload]\nwatch = false\n'
+                           f'[fleet]\nendpoints = ["http://127.0.0.1:{etcd.port}"]\nid = "bench-{i}"\n'
+                           f'snapshot_dir = "snapshot-{i}"\n')
+            servers.append(Server(f"member{i}", [str(SLUICE), "--workers", str(args.workers), "run", "--config", str(own)],
+                                  port, workdir))
+            ports.append(port)
+        try:
+            delays = []
+            for n in range(pushes):
+                doc = workdir / "fleet.toml"
+                doc.write_text(versioned_routes(up.port, n))
+                started = time.perf_counter()
+                subprocess.run([str(SLUICE), "fleet", "--config", str(workdir / "member0.toml"), "push", str(doc)],
+                               check=True, capture_output=True)
+                answered = until_answered(ports, f"/v{n}")
+                delays.append((max(answered.values()) - started) * 1e3)
+            rows["sluice fleet push → all three instances"] = delays
+        finally:
+            for server in servers:
+                server.stop()
+    conf = workdir / "reload-one.toml"
+    port = free_port()
+
+    def write(n):
+        tmp = conf.with_suffix(".new")
+        tmp.write_text(f'[[listeners]]\naddress = "127.0.0.1:{port}"\n[reload]\nwatch = true\n' + versioned_routes(up.port, n))
+        os.replace(tmp, conf)
+
+    write(0)
+    with Server("reload-one", [str(SLUICE), "--workers", str(args.workers), "run", "--config", str(conf)], port, workdir):
+        delays = []
+        for n in range(1, pushes + 1):
+            started = time.perf_counter()
+            write(n)
+            delays.append((until_answered([port], f"/v{n}")[port] - started) * 1e3)
+            time.sleep(0.1)
+        rows["file rewritten → that one instance (watch)"] = delays
+    lines = ["\n### 12. A fleet's configuration change, push to live (issue 30)\n",
+             f"{pushes} changes each; a change is live when every instance answers its new route.\n",
+             "| | median ms | worst ms |", "|---|---|---|"]
+    for name, delays in rows.items():
+        lines.append(f"| {name} | {statistics.median(delays):.1f} | {max(delays):.1f} |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
 SCENARIOS = {"pass": scenario_pass, "chains": scenario_chains, "cpu": scenario_cpu,
              "h2": scenario_h2, "tls": scenario_tls, "memory": scenario_memory, "reload": scenario_reload,
              "isolation": scenario_isolation, "failover": scenario_failover,
-             "plugins": scenario_plugins, "state": scenario_state}
+             "plugins": scenario_plugins, "state": scenario_state, "fleet": scenario_fleet}
 
 
 def main():

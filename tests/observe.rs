@@ -455,6 +455,7 @@ impl Browser {
             "--no-sandbox".to_owned(),
             "--disable-gpu".to_owned(),
             "--disable-dev-shm-usage".to_owned(),
+            "--window-size=1200,1400".to_owned(),
             format!("--user-data-dir={}", browser.profile.path().display()),
         ];
         let capabilities = serde_json::json!({
@@ -497,6 +498,19 @@ impl Browser {
         }
         let page = self.run("return document.body.innerText").await;
         panic!("{script}\nwant {want}, the page has {got}\n{page}");
+    }
+
+    /// A PNG of the page, kept as `target/test-artifacts/<name>`.
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine;
+        let at = format!("{}/session/{}/screenshot", self.base, self.session);
+        let shot = webdriver("GET", &at, serde_json::json!({})).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot.as_str().expect("a screenshot"))
+            .unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
     }
 
     async fn quit(mut self) {
@@ -610,6 +624,70 @@ async fn the_dashboard_renders_in_a_real_browser_and_follows_traffic() {
     let public =
         "return document.querySelector('#routes tr[data-key=\"public\"] td.requests').textContent";
     browser.wait_for(public, "7").await;
+    browser.quit().await;
+}
+
+/// The dashboard of a fleet member: the fleet's instances and revision,
+/// charts that move with traffic, targets coloured by health, plugins with
+/// their failures. Its screenshot is kept in `target/test-artifacts/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_fleet_and_charts_traffic() {
+    use sluice_control::fleet::push::{self, Push};
+    let etcd = sluice_tests::Etcd::start().await;
+    let up = Upstream::start("a").await;
+    let own = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"test-admin-token\"\n\
+         [fleet]\nendpoints = [\"{}\"]\nid = \"gw-dash\"\nsnapshot_dir = \"snapshot\"\nlease = \"3s\"\n",
+        etcd.url()
+    );
+    let gw = Gateway::start(&own).await.unwrap();
+    // What the fleet serves: `config()`'s routes, without its admin table.
+    let fleet_doc = config(&up, "").replace(
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"test-admin-token\"\n",
+        "",
+    );
+    let loaded = sluice_control::Config::load(&gw.config_path()).unwrap();
+    let fleet = loaded.fleet.as_ref().unwrap().get_ref().clone();
+    let client = fleet.client(&loaded.source).unwrap();
+    let new = Push {
+        text: &fleet_doc,
+        name: "fleet.toml",
+        expect: None,
+        force: false,
+        note: "",
+    };
+    let revision = push::push(&client, &fleet, &gw.config_path(), new)
+        .await
+        .unwrap();
+
+    let admin = gw.admin.unwrap();
+    let browser = Browser::start().await;
+    browser
+        .open(&format!("http://{admin}/dashboard#token=test-admin-token"))
+        .await;
+    let rows = "return [...document.querySelectorAll('#fleet tbody tr')].map(r => r.dataset.key).join(',')";
+    browser.wait_for(rows, "gw-dash").await;
+    let revision_cell =
+        "return document.querySelector('#fleet tr[data-key=\"gw-dash\"] td.revision').textContent";
+    browser.wait_for(revision_cell, revision.to_string()).await;
+    let state =
+        "return document.querySelector('#fleet tr[data-key=\"gw-dash\"] td.state').textContent";
+    browser.wait_for(state, "up to date").await;
+    // Health is a colour, from the page's own stylesheet (the CSP allows no inline style).
+    let chip = "return getComputedStyle(document.querySelector('#upstreams td.chip.healthy span')).backgroundColor";
+    browser.wait_for(chip, "rgb(31, 138, 59)").await;
+
+    // Traffic moves the route's chart.
+    let drawn = "return Number(document.querySelector('#charts figure[data-key=\"public\"] svg.rates')?.dataset.max ?? 0) > 0";
+    assert_eq!(browser.run(drawn).await, false);
+    for _ in 0..40 {
+        assert_eq!(get(&gw.url("/public/x"), &[]).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.wait_for(drawn, true).await;
+    let p99 = "return document.querySelector('#routes tr[data-key=\"public\"] td.p99').textContent !== '–'";
+    browser.wait_for(p99, true).await;
+    browser.screenshot("dashboard-fleet.png").await;
     browser.quit().await;
 }
 

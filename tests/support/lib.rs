@@ -620,3 +620,89 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawReply {
         body: body.to_owned(),
     }
 }
+
+/// Debian's `etcd` on free ports, its data in a folder of its own (kept
+/// across a kill and a start, as a real member's is).
+pub struct Etcd {
+    /// Its client port.
+    pub port: u16,
+    peer: u16,
+    args: Vec<String>,
+    scheme: &'static str,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Etcd {
+    /// A one-member cluster over plain HTTP.
+    pub async fn start() -> Etcd {
+        Self::start_with("http", &[]).await
+    }
+
+    /// One over `scheme` (`https` with TLS `args`: `--cert-file` and so on).
+    pub async fn start_with(scheme: &'static str, args: &[&str]) -> Etcd {
+        let mut etcd = Etcd {
+            port: free_port(),
+            peer: free_port(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            scheme,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        etcd.restart().await;
+        etcd
+    }
+
+    /// `http://127.0.0.1:<port>` (or `https://localhost:<port>`).
+    pub fn url(&self) -> String {
+        match self.scheme {
+            "https" => format!("https://localhost:{}", self.port),
+            _ => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Start it (again), on its data.
+    pub async fn restart(&mut self) {
+        let client = format!("{}://127.0.0.1:{}", self.scheme, self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::File::create(self.dir.path().join("etcd.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("etcd is installed (Debian's `etcd-server`; .ci/run installs it)");
+        self.child = Some(child);
+        wait_until_listening(self.port).await;
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

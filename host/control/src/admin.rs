@@ -2,6 +2,11 @@
 //! loopback one unless configured `public`).
 //!
 //! - `GET /healthz`: `ok`, to anyone;
+//! - `GET /readyz`: `ready` (200) once a configuration is live, else 503, to
+//!   anyone (a fleet member waits for etcd or its snapshot);
+//! - `GET /fleet`: the fleet's configuration revision and every instance,
+//!   as each published itself (its revision, what it refused), when
+//!   `[fleet]` is configured;
 //! - `GET /metrics`: Prometheus text (to anyone if `public_metrics`);
 //! - `POST /reload`: read the configuration and plugin files again;
 //! - `GET /plugins`: what is loaded (name, version, sha256, origin, when, routes);
@@ -94,8 +99,10 @@ impl AdminAccess {
         }
         // The dashboard's page and script hold no data: they ask for it with
         // the token the operator gives the page.
-        let open = matches!(head.uri.path(), "/healthz" | "/dashboard" | "/dashboard.js")
-            || (self.public_metrics && head.uri.path() == "/metrics");
+        let open = matches!(
+            head.uri.path(),
+            "/healthz" | "/readyz" | "/dashboard" | "/dashboard.js" | "/dashboard.css"
+        ) || (self.public_metrics && head.uri.path() == "/metrics");
         if !open && !self.authorized(&head.headers) {
             let mut refused = error(
                 StatusCode::UNAUTHORIZED,
@@ -193,6 +200,19 @@ async fn answer(
             control.metrics().render(),
         ),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") => match control.ready() {
+            true => text(StatusCode::OK, "text/plain", "ready\n".into()),
+            false => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "not ready: no configuration from the fleet yet\n".into(),
+            ),
+        },
+        (&Method::GET, "/fleet") => match control.fleet().await {
+            Some(Ok(instances)) => json(StatusCode::OK, &instances),
+            Some(Err(e)) => error(StatusCode::BAD_GATEWAY, &e),
+            None => error(StatusCode::NOT_FOUND, "no [fleet] is configured"),
+        },
         (&Method::POST, "/reload") => changed(control.reload().await),
         (&Method::GET, "/plugins") => json(StatusCode::OK, &control.plugins().await),
         (&Method::GET, "/routes") => json(StatusCode::OK, &control.gateway().route_views()),
@@ -200,6 +220,7 @@ async fn answer(
         (&Method::GET, "/config") => json(StatusCode::OK, &control.redacted_config().await),
         (&Method::GET, "/dashboard") => page("text/html; charset=utf-8", DASHBOARD_HTML),
         (&Method::GET, "/dashboard.js") => page("text/javascript; charset=utf-8", DASHBOARD_JS),
+        (&Method::GET, "/dashboard.css") => page("text/css; charset=utf-8", DASHBOARD_CSS),
         (&Method::PUT, _) if plugin.is_some_and(|p| !p.contains('/')) => {
             let name = plugin.expect("checked above");
             match body::collect(body::stream(incoming), MAX_UPLOAD).await {
@@ -267,6 +288,7 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
 /// The dashboard: a page and its script, which polls the JSON endpoints.
 const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
 
 /// A static page, kept out of frames and limited to this origin's scripts.
 fn page(content_type: &'static str, body: &'static str) -> Response<ProxyBody> {

@@ -44,6 +44,9 @@ pub struct Config {
     pub tracing: Option<Spanned<TracingConfig>>,
     /// The fleet's shared state (Redis), when configured (read at start).
     pub state: Option<Spanned<StateConfig>>,
+    /// Take the rest of the configuration from etcd, shared by a fleet
+    /// (read at start).
+    pub fleet: Option<Spanned<crate::fleet::FleetConfig>>,
     /// The admin listener (metrics, reloads, plugin versions), off unless configured.
     pub admin: Option<AdminConfig>,
     /// What triggers a reload besides `SIGHUP` and the admin API.
@@ -65,6 +68,9 @@ pub struct Config {
     #[serde(skip)]
     pub source: Source,
 }
+
+/// Top-level keys that only an instance's own file may set.
+const INSTANCE_KEYS: [&str; 6] = ["listeners", "admin", "fleet", "state", "engine", "reload"];
 
 /// The admin listener: metrics, health, reloads and plugin versions. It
 /// changes running code, so every endpoint but `/healthz` needs its token.
@@ -194,18 +200,60 @@ mod defaults {
 impl Config {
     /// Read and parse `path`, checking the schema (not yet the plugins).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        Self::parse(path, Self::read(path)?)
+    }
+
+    /// The text of the file at `path`.
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             line: 0,
             key: String::new(),
             message: format!("cannot read: {e}"),
-        })?;
-        Self::parse(path, text)
+        })
     }
 
     /// Parse `text` as if read from `path`.
     pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
-        let source = Source::new(path, text);
+        Self::from_source(Source::new(path, text))
+    }
+
+    /// The bootstrap `text` read from `path` with a fleet's configuration
+    /// `doc` (from etcd, named `name`) after it. The fleet's document may
+    /// not hold what belongs to one instance (its listeners, admin, state
+    /// store, engine and fleet settings).
+    pub fn with_fleet(
+        path: &Path,
+        text: &str,
+        name: &str,
+        doc: &str,
+    ) -> Result<Config, ConfigError> {
+        let source = Source::joined(path, text, name, doc);
+        let start = source.text().len() - doc.len();
+        let mut at = start;
+        let mut top_level = true;
+        for line in doc.lines() {
+            let trimmed = line.trim_start();
+            let header = trimmed.starts_with('[');
+            top_level &= !header;
+            let key = trimmed
+                .trim_start_matches('[')
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+                .next()
+                .unwrap_or("");
+            if (header || top_level) && INSTANCE_KEYS.contains(&key) {
+                return Err(source.error(
+                    at,
+                    key,
+                    "belongs to each instance's own file, not to the fleet's configuration",
+                ));
+            }
+            at += line.len() + 1;
+        }
+        Self::from_source(source)
+    }
+
+    fn from_source(source: Source) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(source.text()).map_err(|e| {
             let at = e.span().map_or(0, |s| s.start);
             // toml's message is one line; its Display adds a source excerpt we replace with file:line.

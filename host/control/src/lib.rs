@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod fleet;
 pub mod oci;
 mod server;
 mod source;
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
@@ -39,7 +41,9 @@ use tokio::task::JoinHandle;
 
 use admin::AdminAccess;
 pub use config::{Config, ConfigError};
+use fleet::{FleetDoc, FleetView, Member};
 pub use server::Server;
+use source::Source;
 use versions::{Origin, Versions, Vetted, sha256};
 
 /// Applied to every configuration after it is read (before it is checked).
@@ -72,6 +76,8 @@ enum Change {
     },
     /// Go back to a plugin's previous version.
     Rollback { plugin: String },
+    /// Serve the fleet's configuration at a new revision.
+    Fleet(FleetDoc),
 }
 
 /// A plugin as loaded now, for `GET /plugins`.
@@ -117,6 +123,8 @@ pub struct Applied {
 /// What the last good configuration was made of.
 struct State {
     text: String,
+    /// In a fleet, the fleet's configuration in force (after the file's).
+    fleet: Option<FleetDoc>,
     versions: Versions,
     generation: u64,
     plugins: Vec<PluginInfo>,
@@ -178,6 +186,11 @@ pub struct Control {
     reloads_failed: Counter,
     /// 1 per active plugin version, by plugin, version and digest.
     plugin_info: Family<Labels, Gauge>,
+    /// This instance's part in a fleet, when `[fleet]` is configured.
+    member: Option<Arc<Member>>,
+    /// Whether a configuration is live: at once from a file; in a fleet,
+    /// once one came from etcd or the snapshot.
+    ready: AtomicBool,
 }
 
 impl Control {
@@ -229,8 +242,29 @@ impl Control {
             "1 for each plugin's active version, by plugin, version and sha256",
             plugin_info.clone(),
         );
+        let member = match &config.fleet {
+            Some(fleet) => {
+                let fleet = fleet.get_ref();
+                let port = listeners.local_addrs().first().map(|a| a.port());
+                let id = fleet.id.clone().unwrap_or_else(|| fleet::default_id(port));
+                let cache = config.engine.cache_dir();
+                let snapshot = fleet::snapshot_dir(fleet, cache.as_deref(), &config.source);
+                let admin = admin.as_ref().and_then(|(l, _)| l.local_addr().ok());
+                let member = Member::new(
+                    fleet,
+                    &config.source,
+                    id,
+                    snapshot,
+                    admin.map(|a| a.to_string()),
+                )?;
+                member.metrics().register(&kept.shared.registry);
+                Some(Arc::new(member))
+            }
+            None => None,
+        };
         let state = State {
             text: config.source.text().to_owned(),
+            fleet: None,
             plugins: plugin_infos(&config, &versions),
             files: watched_files(&config),
             watch: config.reload.watch,
@@ -238,7 +272,7 @@ impl Control {
             generation: 1,
         };
         publish(&plugin_info, &state.plugins);
-        Ok(Arc::new(Control {
+        let control = Arc::new(Control {
             path: config.source.path.clone(),
             hook,
             admin_addr: admin.as_ref().and_then(|(l, _)| l.local_addr().ok()),
@@ -250,7 +284,53 @@ impl Control {
             gateway,
             listeners,
             state: tokio::sync::Mutex::new(state),
-        }))
+            ready: AtomicBool::new(member.is_none()),
+            member,
+        });
+        control.serve_saved().await;
+        Ok(control)
+    }
+
+    /// In a fleet, serve the configuration this instance last applied, kept
+    /// on disk, until etcd answers (it may be down).
+    pub(crate) async fn serve_saved(&self) {
+        let Some(saved) = self.member.as_ref().and_then(|m| m.saved()) else {
+            return;
+        };
+        let revision = saved.revision;
+        match self
+            .member
+            .as_ref()
+            .expect("checked")
+            .apply(self, saved)
+            .await
+        {
+            Ok(()) => tracing::info!("fleet: serving revision {revision} from the snapshot"),
+            Err(e) => {
+                tracing::warn!("fleet: the snapshot (revision {revision}) does not load: {e}")
+            }
+        }
+    }
+
+    /// Whether a configuration is live (`/readyz`).
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Serve the fleet's configuration `doc`.
+    pub(crate) async fn apply_fleet(&self, doc: FleetDoc) -> Result<Applied, ChangeError> {
+        let applied = self.apply(Change::Fleet(doc)).await;
+        if applied.is_ok() {
+            self.ready.store(true, Ordering::Release);
+        }
+        applied
+    }
+
+    /// This instance's fleet: the configuration's revision, and every
+    /// instance as it last published itself.
+    pub async fn fleet(&self) -> Option<Result<FleetView, String>> {
+        let member = self.member.as_ref()?;
+        Some(member.view().await.map_err(|e| e.to_string()))
     }
 
     /// Start accepting, and the admin API and file watcher if configured;
@@ -264,6 +344,10 @@ impl Control {
         // Always running; `[reload] watch` (which a reload may change) decides
         // whether changes count.
         tasks.push(tokio::spawn(watch::watch(self.clone())));
+        if let Some(member) = &self.member {
+            tasks.push(tokio::spawn(member.clone().follow(self.clone())));
+            tasks.push(tokio::spawn(member.clone().publish()));
+        }
         tasks
     }
 
@@ -357,6 +441,11 @@ impl Control {
             Change::Reload => "reload".to_owned(),
             Change::Upload { plugin, .. } => format!("upload of plugin `{plugin}`"),
             Change::Rollback { plugin } => format!("rollback of plugin `{plugin}`"),
+            Change::Fleet(doc) => format!("fleet revision {}", doc.revision),
+        };
+        let fleet = match &change {
+            Change::Fleet(doc) => Some(doc.clone()),
+            _ => None,
         };
         let mut state = self.state.lock().await;
         match self.prepare(&state, change).await {
@@ -370,6 +459,9 @@ impl Control {
                 self.listeners.commit(&wanted, opened);
                 state.generation += 1;
                 state.text = config.source.text().to_owned();
+                if fleet.is_some() {
+                    state.fleet = fleet;
+                }
                 state.plugins = plugin_infos(&config, &versions);
                 publish(&self.plugin_info, &state.plugins);
                 state.files = watched_files(&config);
@@ -399,19 +491,32 @@ impl Control {
         change: Change,
     ) -> Result<(Config, Versions, Gateway, Wanted), ChangeError> {
         let invalid = |e: &dyn std::fmt::Display| ChangeError::Invalid(e.to_string());
-        let mut config = match change {
-            Change::Reload => Config::load(&self.path),
-            _ => Config::parse(&self.path, state.text.clone()),
-        }
-        .map_err(|e| invalid(&e))?;
+        let own = match &change {
+            Change::Reload | Change::Fleet(_) => Config::read(&self.path),
+            _ => Ok(Source::new(&self.path, state.text.clone())
+                .own_text()
+                .to_owned()),
+        };
+        let doc = match &change {
+            Change::Fleet(doc) => Some(doc),
+            _ => state.fleet.as_ref(),
+        };
+        let mut config = own
+            .and_then(|own| match doc {
+                Some(doc) => Config::with_fleet(&self.path, &own, &doc.name(), &doc.text),
+                None => Config::parse(&self.path, own),
+            })
+            .map_err(|e| invalid(&e))?;
         if let Some(hook) = &self.hook {
             hook(&mut config);
         }
         let mut versions = state.versions.clone();
         match change {
-            Change::Reload => sync_files(&config, &self.kept.engine, &mut versions)
-                .await
-                .map_err(|e| invalid(&e))?,
+            Change::Reload | Change::Fleet(_) => {
+                sync_files(&config, &self.kept.engine, &mut versions)
+                    .await
+                    .map_err(|e| invalid(&e))?
+            }
             Change::Upload {
                 plugin,
                 bytes,

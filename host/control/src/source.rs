@@ -10,6 +10,9 @@ pub struct Source {
     /// The file's path as given.
     pub path: PathBuf,
     text: String,
+    /// A second document appended to the file's text (a fleet's
+    /// configuration from etcd): its name and where it starts.
+    appended: Option<(PathBuf, usize)>,
 }
 
 impl Source {
@@ -18,7 +21,33 @@ impl Source {
         Source {
             path: path.to_owned(),
             text,
+            appended: None,
         }
+    }
+
+    /// `text` from `path`, followed by `more` from `name`: one configuration
+    /// whose errors point into whichever part they are in.
+    pub fn joined(path: &Path, text: &str, name: &str, more: &str) -> Source {
+        let mut joined = String::with_capacity(text.len() + more.len() + 1);
+        joined.push_str(text);
+        if !joined.ends_with('\n') {
+            joined.push('\n');
+        }
+        let start = joined.len();
+        joined.push_str(more);
+        Source {
+            path: path.to_owned(),
+            text: joined,
+            appended: Some((PathBuf::from(name), start)),
+        }
+    }
+
+    /// The part from the file itself (all of it, unless another was appended).
+    pub fn own_text(&self) -> &str {
+        &self.text[..self
+            .appended
+            .as_ref()
+            .map_or(self.text.len(), |(_, at)| *at)]
     }
 
     /// The folder relative paths in the file are resolved against.
@@ -38,9 +67,14 @@ impl Source {
         key: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
-        let line = self.text[..at.min(self.text.len())].matches('\n').count() + 1;
+        let at = at.min(self.text.len());
+        let (file, start) = match &self.appended {
+            Some((name, start)) if at >= *start => (name.clone(), *start),
+            _ => (self.path.clone(), 0),
+        };
+        let line = self.text[start..at].matches('\n').count() + 1;
         ConfigError {
-            file: self.path.clone(),
+            file,
             line,
             key: key.into(),
             message: message.into(),

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use sluice_control::{Config, Server};
 
 mod demo;
+mod fleet;
 mod plugin;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -49,6 +50,8 @@ enum Command {
     /// Look at, sign or verify a plugin component, without a gateway.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Push, inspect and roll back a fleet's configuration in etcd.
+    Fleet(fleet::FleetArgs),
     /// Serve the quickstart with an embedded demo upstream behind every upstream.
     Demo {
         /// The configuration to demo.
@@ -111,6 +114,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(command) => plugin::run(command).await,
+        Command::Fleet(args) => fleet::run(args).await,
         Command::Demo { config } => {
             let loaded = Config::load(&config)?;
             let demo = demo::start(([127, 0, 0, 1], 0).into()).await?;

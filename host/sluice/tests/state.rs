@@ -3,12 +3,14 @@
 //! `redis-server` (Debian's), and what each does while Redis is killed,
 //! slowed or restarted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{Reply, Upstream, free_port, get, plugin, send_body, wait_until_listening};
-use tokio::net::TcpStream;
+use sluice_tests::{Upstream, free_port, get, plugin, send_body, wait_until_listening};
+
+use crate::instance::Sluice;
+use crate::pki::Pki;
 
 /// A `redis-server` on a free port, in a folder of its own.
 struct Redis {
@@ -111,95 +113,6 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A `sluice run` process with a listener and an admin listener.
-struct Sluice {
-    port: u16,
-    admin: u16,
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Sluice {
-    /// Start on `body` (everything but the listeners); compiled plugins are
-    /// shared through `cache` so the second process does not compile again.
-    async fn start(body: &str, cache: &Path) -> Sluice {
-        let (dir, port, admin, log, mut child) = Self::spawn(body, cache);
-        for _ in 0..3000 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("the gateway exited ({status}):\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Sluice {
-            port,
-            admin,
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn spawn(body: &str, cache: &Path) -> (tempfile::TempDir, u16, u16, PathBuf, Child) {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n\
-                 [admin]\naddress = \"127.0.0.1:{admin}\"\ntoken = \"test-admin-token-0123\"\n\
-                 [reload]\nwatch = false\n[engine]\ncache_dir = \"{}\"\n{body}",
-                cache.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["--workers", "2", "run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
-        (dir, port, admin, log, child)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        get(&self.url(path), headers).await
-    }
-
-    /// One line of `/metrics`: the value of the series starting `series`, or 0.
-    async fn metric(&self, series: &str) -> f64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
-        let text = get(&url, &[("authorization", "Bearer test-admin-token-0123")]).await;
-        let text = String::from_utf8_lossy(&text.body).into_owned();
-        text.lines()
-            .filter(|l| l.starts_with(series))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -615,10 +528,9 @@ async fn acl_credentials_from_a_file_work_and_a_wrong_password_stops_the_start()
         1
     );
 
-    let (_dir, _, _, log, mut child) = Sluice::spawn(&with(&bad), cache.path());
-    let status = child.wait().unwrap();
-    assert!(!status.success());
-    let text = std::fs::read_to_string(log).unwrap();
+    let mut refused = Sluice::spawn(&with(&bad), cache.path());
+    assert!(!refused.exited());
+    let text = refused.log();
     assert!(text.contains("refused the credentials"), "{text}");
     assert!(
         text.contains("state.password_file"),
@@ -631,9 +543,9 @@ async fn acl_credentials_from_a_file_work_and_a_wrong_password_stops_the_start()
 
     // A password in the URL is refused before anything is tried.
     let leaky = with(&good).replace("redis://", "redis://sluice:s3cret@");
-    let (_dir, _, _, log, mut child) = Sluice::spawn(&leaky, cache.path());
-    assert!(!child.wait().unwrap().success());
-    let text = std::fs::read_to_string(log).unwrap();
+    let mut leaky = Sluice::spawn(&leaky, cache.path());
+    assert!(!leaky.exited());
+    let text = leaky.log();
     assert!(
         text.contains("state.url") && text.contains("password_file"),
         "{text}"
@@ -642,33 +554,10 @@ async fn acl_credentials_from_a_file_work_and_a_wrong_password_stops_the_start()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_client_certificate_carries_shared_limits() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let pki = tempfile::tempdir().unwrap();
-    // OpenSSL (Redis's side) takes a leaf named like its issuer for self-signed.
-    let named = |name: &str| {
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params
-    };
-    let mut params = named("sluice test CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let write = |name: &str, text: String| {
-        let path = pki.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let ca_file = write("ca.pem", ca.pem());
-    let issue = |name: &str, file: &str| {
-        let key = KeyPair::generate().unwrap();
-        let cert = named(name).signed_by(&key, &ca).unwrap();
-        (
-            write(&format!("{file}.pem"), cert.pem()),
-            write(&format!("{file}.key"), key.serialize_pem()),
-        )
-    };
-    let (server_cert, server_key) = issue("localhost", "server");
-    let (client_cert, client_key) = issue("sluice", "client");
+    let pki = Pki::new();
+    let ca_file = pki.ca();
+    let (server_cert, server_key) = pki.issue("localhost", true);
+    let (client_cert, client_key) = pki.issue("sluice", true);
     let redis = Redis::start_on(
         &["--tls-port"],
         &[

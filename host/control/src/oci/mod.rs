@@ -11,7 +11,7 @@
 
 mod auth;
 mod reference;
-mod transport;
+pub(crate) mod transport;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

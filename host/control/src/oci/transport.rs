@@ -155,8 +155,8 @@ impl Transport {
     }
 }
 
-/// One request on a fresh HTTP/1.1 connection.
-async fn exchange<S>(
+/// One request on a fresh HTTP/1.1 connection (etcd's client sends its own this way too).
+pub(crate) async fn exchange<S>(
     io: TokioIo<S>,
     request: Request<Full<Bytes>>,
 ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error>
