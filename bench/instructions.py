@@ -8,7 +8,9 @@ machine does not move the way it moves wall time and CPU seconds.
 SCENARIOs are those of `ab_builds.py` (`pass`, `noop5`, `policy5`; all
 three by default), `nginx` (nginx proxying to the same upstream), and
 `limit_local` and `limit_cluster` (a rate-limited route with its buckets
-here or in a redis-server the script starts). Each
+here or in a redis-server the script starts), `headers_component` and
+`headers_proxy_wasm` (one request and one response header set by the
+`headers` component, and by `pw-headers` built with the proxy-wasm SDK). Each
 runs on the current build and on each saved build DIR (from `bench.py
 --save-baseline`; `plugins:DIR` is the current binary with DIR's plugins).
 Each proxy runs under callgrind with one worker; after a warm-up its
@@ -61,7 +63,22 @@ def limit_cluster(port, up):
 
 
 REDIS = None
-STATE = {"limit_local": bench.limit_toml("local", None), "limit_cluster": limit_cluster}
+PROXY_WASM = bench.ROOT / "target/wasm/wasm32-wasip1/release"
+
+
+def headers_component(port, up):
+    config = '{ request = { set = { x-added = "1" } }, response = { set = { x-pw-response = "seen" } } }'
+    return bench.sluice_toml(port, up, f'{{ plugin = "headers", config = {config} }}',
+                             f'[plugins.headers]\npath = "{bench.plugin("headers")}"\n')
+
+
+def headers_proxy_wasm(port, up):
+    return bench.sluice_toml(port, up, '{ plugin = "pw", config = { header = "x-added", value = "1" } }',
+                             f'[plugins.pw]\npath = "{PROXY_WASM / "pw_headers.wasm"}"\n')
+
+
+STATE = {"limit_local": bench.limit_toml("local", None), "limit_cluster": limit_cluster,
+         "headers_component": headers_component, "headers_proxy_wasm": headers_proxy_wasm}
 
 
 def start_sluice(scenario, build):

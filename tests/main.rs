@@ -17,6 +17,7 @@ mod observe;
 mod policies;
 mod protocols;
 mod proxy;
+mod proxy_wasm;
 mod reload;
 mod streaming;
 mod vetted;

@@ -23,6 +23,16 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// Path of a proxy-wasm filter built from `plugins/proxy-wasm/` (a core
+/// module, for wasm32-wasip1) by this crate's build script.
+pub fn proxy_wasm_plugin(name: &str) -> String {
+    format!(
+        "{}/{}.wasm",
+        env!("SLUICE_PROXY_WASM_DIR"),
+        name.replace('-', "_")
+    )
+}
+
 /// Path of a plugin component built from `plugins/` by this crate's build script.
 pub fn plugin(name: &str) -> String {
     format!(

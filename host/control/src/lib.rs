@@ -138,6 +138,8 @@ struct State {
 /// plugins), the plugins' state, the response cache and the metrics.
 struct Kept {
     engine: FilterEngine,
+    /// proxy-wasm plugins' shared data and queues.
+    proxy_data: Arc<sluice_filter::proxy_wasm::ProxyData>,
     shared: Shared,
     filters: Arc<FilterMetrics>,
 }
@@ -166,6 +168,7 @@ impl Kept {
                 config.engine.max_instances,
             )?,
             filters: Arc::new(FilterMetrics::new(registry)),
+            proxy_data: Arc::default(),
             shared,
         })
     }
@@ -767,6 +770,7 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
             .map(|(name, u)| (name.clone(), u.clone() as Arc<dyn HttpUpstream>))
             .collect(),
         metrics: kept.filters.clone(),
+        proxy_data: kept.proxy_data.clone(),
     };
     let mut plugins = HashMap::new();
     for (name, plugin) in &config.plugins {
@@ -797,6 +801,14 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
                     e.to_string(),
                 )
             })?;
+        // A proxy-wasm plugin with a configuration of its own runs from now.
+        loaded.start().await.map_err(|e| {
+            src.error(
+                plugin.path.span().start,
+                format!("plugins.{name}.configuration"),
+                e.to_string(),
+            )
+        })?;
         plugins.insert(name.clone(), Arc::new(loaded));
     }
     let access_log = match &config.access_log {

@@ -66,6 +66,12 @@ pub struct PluginConfig {
     /// What its cluster rate limits do while Redis cannot answer: `local`,
     /// `open` or `closed`; `[state] fallback` unless set.
     pub fallback: Option<Fallback>,
+    /// proxy-wasm: the VM configuration `proxy_on_vm_start` reads.
+    pub vm_config: Option<String>,
+    /// proxy-wasm: a root configuration the plugin runs with from load,
+    /// without any route (timers, queues and logs, as Envoy runs bootstrap
+    /// extensions).
+    pub configuration: Option<String>,
 }
 
 /// What happens to a request when one of its filters fails.

@@ -15,20 +15,31 @@ use crate::capability::{self, Capabilities};
 use crate::config::PluginConfig;
 use crate::error::PluginError;
 use crate::kinds::{Exports, Kind};
-use crate::plugin::Plugin;
+use crate::plugin::{Linked, Plugin};
+use crate::proxy_wasm;
 use crate::state::FilterState;
 
 /// How often the epoch advances: a running call is looked at (and yields) once a tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
+/// What a plugin file compiled to.
+#[derive(Clone)]
+pub enum Code {
+    /// A component exporting a `sluice:filter` kind.
+    Component(Component),
+    /// A core module exporting proxy-wasm's ABI marker.
+    ProxyWasm(wasmtime::Module),
+}
+
 /// A compiled component that is a Sluice filter, not yet bound to a configuration.
 #[derive(Clone)]
 pub struct Compiled {
     /// The compiled code.
-    pub component: Component,
+    pub code: Code,
     /// The kind of policy it implements.
     pub kind: Kind,
-    /// The version of `sluice:filter` it was built for.
+    /// The version of `sluice:filter` it was built for (`proxy-wasm 0.2.1`
+    /// for a proxy-wasm module).
     pub contract: &'static str,
     /// The interfaces it imports, by name (`sluice:filter/kv@0.2.3`, `wasi:cli/environment@0.2.0`).
     pub imports: Arc<[String]>,
@@ -41,6 +52,8 @@ pub struct Compiled {
 pub struct FilterEngine {
     engine: Engine,
     linker: Arc<Linker<FilterState>>,
+    /// proxy-wasm's host functions, for core modules.
+    proxy_linker: Arc<wasmtime::Linker<proxy_wasm::VmState>>,
     cache: Option<Cache>,
 }
 
@@ -88,6 +101,8 @@ impl FilterEngine {
 
         let mut linker = Linker::new(&engine);
         capability::link(&mut linker).map_err(anyhow::Error::from)?;
+        let mut proxy_linker = wasmtime::Linker::new(&engine);
+        proxy_wasm::link(&mut proxy_linker).map_err(anyhow::Error::from)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -96,6 +111,7 @@ impl FilterEngine {
         Ok(FilterEngine {
             engine,
             linker: Arc::new(linker),
+            proxy_linker: Arc::new(proxy_linker),
             cache,
         })
     }
@@ -103,6 +119,10 @@ impl FilterEngine {
     /// Compile a component (or fetch it from the disk cache) and check
     /// that it is a Sluice filter this gateway can link.
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, String> {
+        // A core module's header: the magic, then version 1.
+        if bytes.get(..8) == Some(b"\0asm\x01\0\0\0") {
+            return self.compile_module(bytes);
+        }
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| format!("not a valid component: {e:#}"))?;
         let kind = Exports::find(&self.pre(&component)?)?.kind();
@@ -119,8 +139,38 @@ impl FilterEngine {
             contract: contract_of(&self.engine, &component),
             imports,
             exports,
-            component,
+            code: Code::Component(component),
             kind,
+        })
+    }
+
+    /// A core module: a proxy-wasm filter, or refused.
+    fn compile_module(&self, bytes: &[u8]) -> Result<Compiled, String> {
+        let module = wasmtime::Module::new(&self.engine, bytes)
+            .map_err(|e| format!("not a valid module: {e:#}"))?;
+        let Some(abi) = proxy_wasm::abi_of(&module) else {
+            return Err(
+                "a core module, not a component, and not a proxy-wasm filter either \
+                 (it exports no `proxy_abi_version_0_2_1` or `proxy_abi_version_0_2_0`)"
+                    .into(),
+            );
+        };
+        self.proxy_linker
+            .instantiate_pre(&module)
+            .map_err(|e| format!("imports something Sluice does not offer: {e:#}"))?;
+        let named = |module: &str, name: &str| format!("{module}::{name}");
+        Ok(Compiled {
+            contract: match abi {
+                "0.2.0" => "proxy-wasm 0.2.0",
+                _ => "proxy-wasm 0.2.1",
+            },
+            imports: module
+                .imports()
+                .map(|i| named(i.module(), i.name()))
+                .collect(),
+            exports: module.exports().map(|e| e.name().to_owned()).collect(),
+            code: Code::ProxyWasm(module),
+            kind: Kind::HttpFilter,
         })
     }
 
@@ -152,20 +202,32 @@ impl FilterEngine {
             path: path.to_owned(),
             reason,
         };
-        for unused in capability::check_imports(&compiled.imports, config).map_err(err)? {
-            tracing::warn!(
-                plugin = name,
-                grant = %unused,
-                "plugin `{name}` is granted `{unused}` but imports nothing that uses it"
-            );
-        }
-        let pre = self.pre(&compiled.component).map_err(err)?;
-        let exports = Exports::find(&pre).map_err(err)?;
+        let linked = match &compiled.code {
+            Code::Component(component) => {
+                for unused in capability::check_imports(&compiled.imports, config).map_err(err)? {
+                    tracing::warn!(
+                        plugin = name,
+                        grant = %unused,
+                        "plugin `{name}` is granted `{unused}` but imports nothing that uses it"
+                    );
+                }
+                let pre = self.pre(component).map_err(err)?;
+                let exports = Exports::find(&pre).map_err(err)?;
+                Linked::Component { pre, exports }
+            }
+            // Every SDK imports the whole table whatever a filter uses:
+            // grants are checked when a call is made.
+            Code::ProxyWasm(module) => Linked::ProxyWasm {
+                pre: self
+                    .proxy_linker
+                    .instantiate_pre(module)
+                    .map_err(|e| err(format!("{e:#}")))?,
+            },
+        };
         Ok(Plugin::new(
             name,
             path,
-            pre,
-            exports,
+            linked,
             compiled.contract,
             config,
             caps,

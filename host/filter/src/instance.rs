@@ -46,19 +46,23 @@ impl Instance {
             CallClock::new(plugin.call_timeout, plugin.cpu.clone()),
             plugin.memory_limit,
         );
-        let mut store = Store::new(plugin.pre.engine(), state);
+        let Some((pre, exports)) = plugin.component() else {
+            return Err(PluginError::Instantiate {
+                plugin: plugin.name.to_string(),
+                reason: "a proxy-wasm module runs in VMs, not instances".into(),
+            });
+        };
+        let mut store = Store::new(pre.engine(), state);
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_callback(|mut store| store.data_mut().clock.tick());
         store.data_mut().clock.start();
         store.set_epoch_deadline(1);
 
-        let instance = plugin
-            .pre
+        let instance = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| fail(e, &stderr))?;
-        let guest = plugin
-            .exports
+        let guest = exports
             .load(&mut store, &instance)
             .map_err(|e| fail(e, &stderr))?;
         let verdict = guest.init(&mut store, config).await;
@@ -185,7 +189,7 @@ impl Instance {
 }
 
 /// A one-line reason: the trap kind, and the guest's last words on stderr if any.
-fn describe_failure(error: &wasmtime::Error, stderr: &[u8]) -> String {
+pub(crate) fn describe_failure(error: &wasmtime::Error, stderr: &[u8]) -> String {
     let what = match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => "exceeded its call timeout".to_owned(),
         Some(trap) => format!("trapped: {trap}"),

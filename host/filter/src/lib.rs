@@ -40,6 +40,7 @@ pub mod logging;
 pub mod metrics;
 mod plugin;
 mod pool;
+pub mod proxy_wasm;
 mod state;
 
 pub use answer::{Answer, Limit, Reply, ResponseAnswer, StoreDecision};

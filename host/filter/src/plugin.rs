@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 use wasmtime::component::InstancePre;
 
@@ -13,6 +14,7 @@ use crate::config::{FailurePolicy, PluginConfig};
 use crate::cpu::CpuShare;
 use crate::error::FilterFailure;
 use crate::kinds::{Exports, Kind};
+use crate::proxy_wasm;
 use crate::state::FilterState;
 use sluice_state::{Fallback, Scope};
 
@@ -32,8 +34,7 @@ pub struct Plugin {
     pub state: Option<Scope>,
     /// What its cluster rate limits do without Redis, if it says.
     pub fallback: Option<Fallback>,
-    pub(crate) pre: InstancePre<FilterState>,
-    pub(crate) exports: Exports,
+    pub(crate) code: PluginCode,
     pub(crate) memory_limit: usize,
     pub(crate) call_timeout: Duration,
     pub(crate) caps: Arc<Capabilities>,
@@ -42,34 +43,99 @@ pub struct Plugin {
     pub(crate) cpu: Arc<CpuShare>,
     /// One permit per call in flight.
     pub(crate) slots: Arc<Semaphore>,
+    /// proxy-wasm: the root configuration it runs with from load.
+    configuration: Option<String>,
+}
+
+/// What a plugin runs.
+pub(crate) enum PluginCode {
+    /// A component, instantiated per pool slot.
+    Component {
+        pre: InstancePre<FilterState>,
+        exports: Exports,
+    },
+    /// A proxy-wasm module and its VMs.
+    ProxyWasm(Arc<proxy_wasm::Module>),
+}
+
+/// Code linked, not yet a plugin.
+pub(crate) enum Linked {
+    Component {
+        pre: InstancePre<FilterState>,
+        exports: Exports,
+    },
+    ProxyWasm {
+        pre: wasmtime::InstancePre<proxy_wasm::VmState>,
+    },
 }
 
 impl Plugin {
     pub(crate) fn new(
         name: &str,
         path: &Path,
-        pre: InstancePre<FilterState>,
-        exports: Exports,
+        linked: Linked,
         contract: &'static str,
         config: &PluginConfig,
         caps: Capabilities,
     ) -> Plugin {
+        let caps = Arc::new(caps);
+        let cpu = Arc::new(CpuShare::new(config.cpu_share, workers()));
+        let slots = Arc::new(Semaphore::new(config.max_concurrency as usize));
+        let fail_open = config.on_failure == FailurePolicy::Open;
+        let memory_limit = (config.memory_limit_mib as usize) << 20;
+        let (kind, code) = match linked {
+            Linked::Component { pre, exports } => {
+                (exports.kind(), PluginCode::Component { pre, exports })
+            }
+            Linked::ProxyWasm { pre } => {
+                let limits = proxy_wasm::Limits {
+                    name: name.into(),
+                    fail_open,
+                    slots: slots.clone(),
+                    memory_limit,
+                    call_timeout: config.call_timeout,
+                    cpu: cpu.clone(),
+                    caps: caps.clone(),
+                };
+                let vm_config = Bytes::from(config.vm_config.clone().unwrap_or_default());
+                let data = caps.proxy_data.clone();
+                let module = proxy_wasm::Module::new(limits, pre, vm_config, data);
+                (Kind::HttpFilter, PluginCode::ProxyWasm(module))
+            }
+        };
         Plugin {
             name: name.into(),
             path: path.to_owned(),
-            kind: exports.kind(),
+            kind,
             contract,
-            fail_open: config.on_failure == FailurePolicy::Open,
+            fail_open,
             state: config.state.as_ref().map(|s| *s.get_ref()),
             fallback: config.fallback,
-            pre,
-            exports,
-            memory_limit: (config.memory_limit_mib as usize) << 20,
+            code,
+            memory_limit,
             call_timeout: config.call_timeout,
-            caps: Arc::new(caps),
+            caps,
             max_requests: config.max_requests_per_instance.max(1),
-            cpu: Arc::new(CpuShare::new(config.cpu_share, workers())),
-            slots: Arc::new(Semaphore::new(config.max_concurrency as usize)),
+            cpu,
+            slots,
+            configuration: config.configuration.clone(),
+        }
+    }
+
+    /// What a proxy-wasm plugin with a configuration of its own runs from
+    /// load, without a route (a root context: timers, queues, logs).
+    pub async fn start(&self) -> Result<(), crate::PluginError> {
+        match (&self.code, &self.configuration) {
+            (PluginCode::ProxyWasm(module), Some(config)) => module.configure(config).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The component and its exports, unless it is a proxy-wasm module.
+    pub(crate) fn component(&self) -> Option<(&InstancePre<FilterState>, &Exports)> {
+        match &self.code {
+            PluginCode::Component { pre, exports } => Some((pre, exports)),
+            PluginCode::ProxyWasm(_) => None,
         }
     }
 

@@ -17,7 +17,8 @@ use crate::error::{BUSY, FilterFailure, PluginError};
 use crate::exchange::Exchange;
 use crate::instance::Instance;
 use crate::kinds::Kind;
-use crate::plugin::Plugin;
+use crate::plugin::{Plugin, PluginCode};
+use crate::proxy_wasm::{Context, RouteFilter};
 
 /// Idle instances kept per filter; more are created under load and dropped after.
 const MAX_IDLE: usize = 64;
@@ -37,6 +38,9 @@ pub struct Filter {
     /// How long they took, likewise.
     call_seconds: [Histogram; 2],
     idle: Arc<Idle>,
+    /// For a proxy-wasm plugin: its root context for this route (its VMs
+    /// take the place of the idle instances).
+    proxy: Option<RouteFilter>,
 }
 
 /// Idle instances, shared with the leases that return to them.
@@ -58,18 +62,26 @@ impl Idle {
     }
 }
 
-/// An instance checked out of a filter. A filter that asks to keep its
-/// instance keeps it for a request, from its request call to its response
-/// call: both reach the same instance, which no other request uses in between.
-/// Dropped, it goes back to its filter's idle instances.
-pub struct Lease {
+/// What a request keeps of a filter from its request call to its response
+/// call: the instance both reach (a component that asked to keep it), or
+/// its HTTP context (a proxy-wasm filter).
+pub struct Lease(Held);
+
+enum Held {
+    Instance(InstanceLease),
+    Context(Context),
+}
+
+/// An instance checked out of a filter, which no other request uses in
+/// between. Dropped, it goes back to its filter's idle instances.
+struct InstanceLease {
     instance: Option<Instance>,
     /// The plugin's `max_concurrency` permit, held as long as the instance is.
     _slot: OwnedSemaphorePermit,
     idle: Arc<Idle>,
 }
 
-impl Drop for Lease {
+impl Drop for InstanceLease {
     fn drop(&mut self) {
         if let Some(instance) = self.instance.take() {
             self.idle.put(instance);
@@ -85,13 +97,19 @@ impl Filter {
         config: String,
         body_access: bool,
     ) -> Result<Filter, PluginError> {
-        let first = Instance::new(&plugin, &config).await?;
+        let (first, proxy) = match &plugin.code {
+            PluginCode::ProxyWasm(module) => {
+                let route = RouteFilter::new(module.clone(), config.clone(), body_access).await?;
+                (Vec::new(), Some(route))
+            }
+            PluginCode::Component { .. } => (vec![Instance::new(&plugin, &config).await?], None),
+        };
         let calls = ["request", "response"].map(|phase| plugin.caps.calls(phase));
         let call_seconds = ["request", "response"].map(|phase| plugin.caps.call_seconds(phase));
         Ok(Filter {
             response_phase: AtomicBool::new(plugin.kind.has_response_phase()),
             idle: Arc::new(Idle {
-                instances: Mutex::new(vec![first]),
+                instances: Mutex::new(first),
                 max_uses: plugin.max_requests,
             }),
             plugin,
@@ -99,6 +117,7 @@ impl Filter {
             body_access,
             calls,
             call_seconds,
+            proxy,
         })
     }
 
@@ -130,6 +149,14 @@ impl Filter {
         &self,
         exchange: &mut Box<Exchange>,
     ) -> Result<(Answer, Option<Lease>), FilterFailure> {
+        if let Some(proxy) = &self.proxy {
+            self.calls[0].inc();
+            let started = Instant::now();
+            let called = proxy.on_request(exchange).await;
+            self.call_seconds[0].observe(started.elapsed().as_secs_f64());
+            let (answer, context) = called?;
+            return Ok((answer, Some(Lease(Held::Context(context)))));
+        }
         let mut lease = self.checkout().await?;
         self.calls[0].inc();
         let instance = lease.instance.as_mut().expect("a lease holds its instance");
@@ -140,6 +167,7 @@ impl Filter {
             Ok((answer, asked_to_keep)) => {
                 instance.uses += 1;
                 let keep = asked_to_keep || self.plugin.always_kept();
+                let lease = Lease(Held::Instance(lease));
                 Ok((answer, (keep && self.has_response_phase()).then_some(lease)))
             }
             Err(error) => Err(self.failed(lease, &error)),
@@ -153,9 +181,18 @@ impl Filter {
         exchange: &mut Box<Exchange>,
         lease: Option<Lease>,
     ) -> Result<ResponseAnswer, FilterFailure> {
-        let mut lease = match lease {
-            Some(lease) => lease,
-            None => self.checkout().await?,
+        let mut lease = match (lease, &self.proxy) {
+            (Some(Lease(Held::Context(context))), Some(proxy)) => {
+                self.calls[1].inc();
+                let started = Instant::now();
+                let called = proxy.on_response(exchange, context).await;
+                self.call_seconds[1].observe(started.elapsed().as_secs_f64());
+                return called;
+            }
+            // A proxy-wasm filter whose request never reached it has no context.
+            (_, Some(_)) => return Ok(ResponseAnswer::Done),
+            (Some(Lease(Held::Instance(lease))), None) => lease,
+            (_, None) => self.checkout().await?,
         };
         self.calls[1].inc();
         let instance = lease.instance.as_mut().expect("a lease holds its instance");
@@ -178,7 +215,7 @@ impl Filter {
     }
 
     /// An instance for a call, with the plugin's permit for a call in flight.
-    async fn checkout(&self) -> Result<Lease, FilterFailure> {
+    async fn checkout(&self) -> Result<InstanceLease, FilterFailure> {
         let plugin = &self.plugin;
         let slot = match plugin.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -204,7 +241,7 @@ impl Filter {
                 .await
                 .map_err(|e| plugin.failed("start_failed", e.to_string()))?,
         };
-        Ok(Lease {
+        Ok(InstanceLease {
             instance: Some(instance),
             _slot: slot,
             idle: self.idle.clone(),
@@ -212,7 +249,7 @@ impl Filter {
     }
 
     /// A failed call: its instance is thrown away, and the failure counted.
-    fn failed(&self, mut lease: Lease, error: &wasmtime::Error) -> FilterFailure {
+    fn failed(&self, mut lease: InstanceLease, error: &wasmtime::Error) -> FilterFailure {
         let instance = lease.instance.take().expect("a lease holds its instance");
         let (why, reason) = instance.describe(error);
 

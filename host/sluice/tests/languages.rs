@@ -433,7 +433,7 @@ fn the_rust_api_key_sample_passes_its_cases() {
 fn new_projects_in_every_language_build_and_pass_their_cases() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    for lang in ["rust", "python", "js", "c", "go"] {
+    for lang in ["rust", "python", "js", "c", "go", "proxy-wasm-rust"] {
         let name = format!("hello-{lang}");
         let made = sluice(&["plugin", "new", "--lang", lang, &name], dir);
         assert!(made.status.success(), "{lang}: {}", text(&made));

@@ -42,11 +42,16 @@ impl PluginMetrics {
         })
     }
 
-    fn counter(&self, name: &str, labels: Labels, value: u64) -> Result<(), HostError> {
+    pub(crate) fn counter(&self, name: &str, labels: Labels, value: u64) -> Result<(), HostError> {
         self.record(|m, plugin| m.plugin_counter(plugin, name, labels, value))
     }
 
-    fn histogram(&self, name: &str, labels: Labels, value: f64) -> Result<(), HostError> {
+    pub(crate) fn histogram(
+        &self,
+        name: &str,
+        labels: Labels,
+        value: f64,
+    ) -> Result<(), HostError> {
         self.record(|m, plugin| m.plugin_histogram(plugin, name, labels, value))
     }
 }

@@ -126,6 +126,9 @@ pub struct Services {
     pub upstreams: HashMap<String, Arc<dyn HttpUpstream>>,
     /// Where calls, failures, refusals and plugin metrics are counted.
     pub metrics: Arc<FilterMetrics>,
+    /// proxy-wasm plugins' shared data and queues, by plugin: kept by the
+    /// gateway, so they outlive reloads.
+    pub proxy_data: Arc<crate::proxy_wasm::ProxyData>,
 }
 
 impl Services {
@@ -136,6 +139,7 @@ impl Services {
             stores: Stores::local(),
             upstreams: HashMap::new(),
             metrics: Arc::new(FilterMetrics::new(crate::metrics::Registry::new())),
+            proxy_data: Arc::default(),
         }
     }
 }
@@ -149,6 +153,8 @@ pub struct Capabilities {
     pub(crate) metrics: metrics::PluginMetrics,
     pub(crate) crypto: crypto::Crypto,
     pub(crate) output: types::Output,
+    /// Its shared data and queues, if it is a proxy-wasm filter.
+    pub(crate) proxy_data: Arc<crate::proxy_wasm::SharedData>,
     counters: Arc<FilterMetrics>,
 }
 
@@ -172,6 +178,7 @@ impl Capabilities {
             metrics: metrics::PluginMetrics::bind(&grants, &services.metrics, refusals.clone()),
             crypto: crypto::Crypto::bind(&grants, refusals.clone()),
             output: types::Output::of(config),
+            proxy_data: services.proxy_data.of(name),
             refusals,
             counters: services.metrics.clone(),
             plugin,

@@ -260,7 +260,7 @@ fn inspect(file: &Path, keys: &[String]) -> anyhow::Result<()> {
     println!("size:      {} bytes", bytes.len());
     println!("sha256:    {}", sha256(&bytes));
     println!("kind:      {}", compiled.kind.interface());
-    println!("contract:  sluice:filter@{}", compiled.contract);
+    println!("contract:  {}", contract(compiled.contract));
     println!(
         "needs:     {} (grant or deny each)",
         needs(&compiled.imports)
@@ -293,6 +293,14 @@ fn inspect(file: &Path, keys: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The contract a plugin speaks, as people name it.
+fn contract(contract: &str) -> String {
+    match contract.strip_prefix("proxy-wasm ") {
+        Some(abi) => format!("proxy-wasm ABI {abi}, a core module"),
+        None => format!("sluice:filter@{contract}"),
+    }
+}
+
 /// A loaded plugin as `sluice check` lists it: what it is, what it may reach.
 pub fn describe(plugin: &sluice_control::PluginInfo) {
     let signed = match &plugin.signed_by {
@@ -300,8 +308,10 @@ pub fn describe(plugin: &sluice_control::PluginInfo) {
         None => "unsigned".to_owned(),
     };
     println!(
-        "plugin {}: {} (sluice:filter@{}), {signed}",
-        plugin.name, plugin.kind, plugin.contract
+        "plugin {}: {} ({}), {signed}",
+        plugin.name,
+        plugin.kind,
+        contract(plugin.contract)
     );
     // Both digests in full, named: a `sha256 =` pin takes the component's,
     // an `oci://…@sha256:` reference the manifest's.

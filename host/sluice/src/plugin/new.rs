@@ -1,6 +1,7 @@
 //! `sluice plugin new`: a ready project for a filter in one of the
-//! languages with a component toolchain: the source, a copy of the WIT it
-//! builds against, its build command, and cases for `sluice plugin test`.
+//! languages with a component toolchain (the source, a copy of the WIT it
+//! builds against, its build command, and cases for `sluice plugin test`),
+//! or a proxy-wasm filter with the Rust SDK, as written for Envoy.
 
 use std::path::Path;
 
@@ -14,6 +15,9 @@ pub enum Lang {
     Js,
     C,
     Go,
+    /// A proxy-wasm module (the Rust SDK, crates.io `proxy-wasm`).
+    #[value(name = "proxy-wasm-rust")]
+    ProxyWasmRust,
 }
 
 /// The WIT every project carries (the contract this gateway speaks).
@@ -41,6 +45,7 @@ impl Lang {
             Lang::Js => "JavaScript",
             Lang::C => "C",
             Lang::Go => "Go",
+            Lang::ProxyWasmRust => "proxy-wasm (Rust SDK)",
         }
     }
 
@@ -78,6 +83,20 @@ impl Lang {
                 ("filter.go", include_str!("../../templates/go/filter.go")),
                 ("build.sh", include_str!("../../templates/go/build.sh")),
             ],
+            Lang::ProxyWasmRust => &[
+                (
+                    "Cargo.toml",
+                    include_str!("../../templates/proxy-wasm-rust/Cargo.toml"),
+                ),
+                (
+                    "src/lib.rs",
+                    include_str!("../../templates/proxy-wasm-rust/src/lib.rs"),
+                ),
+                (
+                    "build.sh",
+                    include_str!("../../templates/proxy-wasm-rust/build.sh"),
+                ),
+            ],
         }
     }
 }
@@ -112,7 +131,11 @@ pub fn create(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<()> {
             .replace("{{contract}}", sluice_filter::CONTRACT)
             .replace("{{guide}}", &guide)
     };
-    for (path, text) in files.iter().chain(COMMON).chain(WIT) {
+    let wit = match lang {
+        Lang::ProxyWasmRust => &[][..],
+        _ => WIT,
+    };
+    for (path, text) in files.iter().chain(COMMON).chain(wit) {
         let path = root.join(path);
         let parent = path.parent().expect("files are in the project");
         std::fs::create_dir_all(parent).map_err(|e| anyhow!("{}: {e}", parent.display()))?;

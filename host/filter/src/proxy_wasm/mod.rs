@@ -1,0 +1,712 @@
+//! Unmodified proxy-wasm filters (ABI 0.2.1 and 0.2.0, as Envoy, Istio and
+//! Kong run them), beside components, under the same sandbox and limits.
+//!
+//! A proxy-wasm VM serves many requests' contexts, so the mapping is
+//! Envoy's: each plugin has one VM per worker thread, made on first use; a
+//! request takes one (in turn) for its whole life, and the VM's callbacks
+//! run one at a time, a request's between another's. A root context is made
+//! per route configuration (`proxy_on_configure` gets the route's `config`
+//! as JSON, or as it is when it is a string). A VM that traps is thrown
+//! away with the requests it was serving, and made again on next use.
+//! Shared data and queues are kept by the host, so every VM of a plugin
+//! (and the next configuration's) sees them. A paused request waits for
+//! its outbound calls without holding a thread, and without its VM.
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use wasmtime::InstancePre;
+
+pub(crate) mod abi;
+mod host;
+mod vm;
+
+pub(crate) use host::link;
+pub(crate) use vm::VmState;
+use vm::{CallAnswer, Dispatch, Lent, Vm};
+
+use crate::answer::{Answer, Reply, ResponseAnswer};
+use crate::capability::Capabilities;
+use crate::cpu::CpuShare;
+use crate::error::{BUSY, FilterFailure, PluginError};
+use crate::exchange::Exchange;
+
+/// The ABI version a core module declares, if it is a proxy-wasm filter.
+pub(crate) fn abi_of(module: &wasmtime::Module) -> Option<&'static str> {
+    abi::VERSIONS
+        .into_iter()
+        .find(|(marker, _)| module.exports().any(|e| e.name() == *marker))
+        .map(|(_, version)| version)
+}
+
+/// Shared data and queues of one plugin, kept by the host: every VM of the
+/// plugin sees them, and they outlive a reload.
+#[derive(Default)]
+pub struct SharedData {
+    data: DashMap<String, (Bytes, u32)>,
+    queues: Mutex<Queues>,
+}
+
+#[derive(Default)]
+struct Queues {
+    next: u32,
+    by_name: std::collections::HashMap<String, u32>,
+    items: std::collections::HashMap<u32, (u32, std::collections::VecDeque<Bytes>)>,
+    /// Queues with items whose owner was not yet told.
+    ready: Vec<(u32, u32)>,
+}
+
+impl SharedData {
+    fn get(&self, key: &str) -> Option<(Bytes, u32)> {
+        self.data.get(key).map(|e| e.clone())
+    }
+
+    /// Set `key` if `cas` is 0 or its current version; false on a mismatch.
+    fn set(&self, key: String, value: Bytes, cas: u32) -> bool {
+        let mut entry = self.data.entry(key).or_insert((Bytes::new(), 0));
+        if cas != 0 && cas != entry.1 {
+            return false;
+        }
+        let version = entry.1.wrapping_add(1).max(1);
+        *entry = (value, version);
+        true
+    }
+
+    fn register(&self, name: &str, root: u32) -> u32 {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = queues.by_name.get(name) {
+            let id = *id;
+            queues.items.entry(id).or_default().0 = root;
+            return id;
+        }
+        queues.next += 1;
+        let id = queues.next;
+        queues.by_name.insert(name.to_owned(), id);
+        queues.items.insert(id, (root, Default::default()));
+        id
+    }
+
+    fn resolve(&self, name: &str) -> Option<u32> {
+        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues.by_name.get(name).copied()
+    }
+
+    fn dequeue(&self, id: u32) -> Option<Option<Bytes>> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues
+            .items
+            .get_mut(&id)
+            .map(|(_, items)| items.pop_front())
+    }
+
+    fn enqueue(&self, id: u32, item: Bytes) -> bool {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((root, items)) = queues.items.get_mut(&id) else {
+            return false;
+        };
+        items.push_back(item);
+        let owner = (*root, id);
+        if !queues.ready.contains(&owner) {
+            queues.ready.push(owner);
+        }
+        true
+    }
+
+    fn take_ready(&self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.queues.lock().unwrap_or_else(|e| e.into_inner()).ready)
+    }
+}
+
+/// Each plugin's shared data, by plugin name (proxy-wasm's VM id).
+#[derive(Default)]
+pub struct ProxyData(DashMap<String, Arc<SharedData>>);
+
+impl ProxyData {
+    pub(crate) fn of(&self, plugin: &str) -> Arc<SharedData> {
+        self.0.entry(plugin.to_owned()).or_default().clone()
+    }
+}
+
+/// Metrics a filter defined: kept here (for `proxy_get_metric`) and, when
+/// granted `metrics`, exported as the plugin's own.
+#[derive(Default)]
+struct Metrics(Mutex<Vec<(i32, String, Arc<AtomicI64>)>>);
+
+impl Metrics {
+    fn define(&self, kind: i32, name: &str) -> Option<u32> {
+        if !(0..=2).contains(&kind) {
+            return None;
+        }
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = all.iter().position(|(_, n, _)| n == name) {
+            return Some(i as u32 + 1);
+        }
+        all.push((kind, name.to_owned(), Arc::default()));
+        Some(all.len() as u32)
+    }
+
+    fn find(&self, id: u32) -> Option<(i32, String, Arc<AtomicI64>)> {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        all.get((id as usize).checked_sub(1)?).cloned()
+    }
+
+    fn increment(&self, plugin: &Limits, id: u32, offset: i64) -> i32 {
+        let Some((kind, name, value)) = self.find(id) else {
+            return abi::status::NOT_FOUND;
+        };
+        value.fetch_add(offset, Ordering::Relaxed);
+        if kind == 0 && offset > 0 {
+            let _ = plugin
+                .caps
+                .metrics
+                .counter(&exported(&name), Vec::new(), offset as u64);
+        }
+        abi::status::OK
+    }
+
+    fn record(&self, plugin: &Limits, id: u32, recorded: u64) -> i32 {
+        let Some((kind, name, value)) = self.find(id) else {
+            return abi::status::NOT_FOUND;
+        };
+        value.store(recorded as i64, Ordering::Relaxed);
+        if kind == 2 {
+            let _ = plugin
+                .caps
+                .metrics
+                .histogram(&exported(&name), Vec::new(), recorded as f64);
+        }
+        abi::status::OK
+    }
+
+    fn get(&self, id: u32) -> Option<u64> {
+        self.find(id)
+            .map(|(_, _, v)| v.load(Ordering::Relaxed) as u64)
+    }
+}
+
+/// A proxy-wasm metric's name as a Prometheus one (`a.b-c` → `a_b_c`).
+fn exported(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// What a plugin's VMs run under.
+pub(crate) struct Limits {
+    pub(crate) name: Arc<str>,
+    pub(crate) fail_open: bool,
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) memory_limit: usize,
+    pub(crate) call_timeout: Duration,
+    pub(crate) cpu: Arc<CpuShare>,
+    pub(crate) caps: Arc<Capabilities>,
+}
+
+/// A loaded proxy-wasm plugin: its code, its VMs, its host-kept state.
+pub(crate) struct Module {
+    pub(crate) plugin: Limits,
+    pub(crate) pre: InstancePre<VmState>,
+    pub(crate) vm_config: Bytes,
+    pub(crate) data: Arc<SharedData>,
+    metrics: Metrics,
+    vms: Vec<tokio::sync::Mutex<Option<Vm>>>,
+    next: AtomicUsize,
+}
+
+/// How often the driver looks for ticks due and queues with items.
+const DRIVE_EVERY: Duration = Duration::from_millis(10);
+
+impl Module {
+    /// A plugin of `pre`, with one VM slot per worker thread.
+    pub(crate) fn new(
+        plugin: Limits,
+        pre: InstancePre<VmState>,
+        vm_config: Bytes,
+        data: Arc<SharedData>,
+    ) -> Arc<Module> {
+        let workers =
+            tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
+        let module = Arc::new(Module {
+            plugin,
+            pre,
+            vm_config,
+            data,
+            metrics: Metrics::default(),
+            vms: (0..workers.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(drive(Arc::downgrade(&module)));
+        }
+        module
+    }
+
+    /// Lock VM `i`, making it if it is not there (or was thrown away).
+    async fn vm(
+        self: &Arc<Self>,
+        i: usize,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<Vm>>, wasmtime::Error> {
+        let mut slot = self.vms[i].lock().await;
+        if slot.is_none() {
+            *slot = Some(Box::pin(Vm::new(self)).await?);
+        }
+        Ok(slot)
+    }
+
+    /// Make the root context for `config` in VM 0: at load, so a filter
+    /// refusing its configuration is reported then, and a plugin with a
+    /// root context alone (timers and logs) runs without a request.
+    pub(crate) async fn configure(self: &Arc<Self>, config: &str) -> Result<(), PluginError> {
+        let fail = |reason: String| PluginError::Instantiate {
+            plugin: self.plugin.name.to_string(),
+            reason,
+        };
+        let mut slot = self.vm(0).await.map_err(|e| fail(format!("{e:#}")))?;
+        let vm = slot.as_mut().expect("made");
+        match vm.root(config).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(PluginError::Rejected {
+                plugin: self.plugin.name.to_string(),
+                message: "proxy_on_configure (or proxy_on_vm_start) returned false".into(),
+            }),
+            Err(e) => {
+                let reason = describe(vm, &e).1;
+                *slot = None;
+                Err(fail(reason))
+            }
+        }
+    }
+}
+
+/// The reason label and account of a failure in `vm`.
+fn describe(vm: &Vm, error: &wasmtime::Error) -> (&'static str, String) {
+    let state = vm.store.data();
+    let reason = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "timeout",
+        Some(wasmtime::Trap::StackOverflow) => "stack_overflow",
+        _ if error.is::<crate::cpu::WallLimit>() => "timeout",
+        _ if state.memory.refused => "out_of_memory",
+        _ => "trap",
+    };
+    (
+        reason,
+        crate::instance::describe_failure(error, &state.stderr.contents()),
+    )
+}
+
+/// Ticks and queue notices, for as long as the plugin lives.
+async fn drive(module: Weak<Module>) {
+    let started = Instant::now();
+    let mut due: std::collections::HashMap<(usize, u32), Duration> = Default::default();
+    loop {
+        tokio::time::sleep(DRIVE_EVERY).await;
+        let Some(module) = module.upgrade() else {
+            return;
+        };
+        let ready = module.data.take_ready();
+        for i in 0..module.vms.len() {
+            let mut slot = module.vms[i].lock().await;
+            let Some(vm) = slot.as_mut() else {
+                continue;
+            };
+            let now = started.elapsed();
+            let ticks: Vec<(u32, Duration)> = vm
+                .store
+                .data()
+                .ticks
+                .iter()
+                .filter(|(_, p)| !p.is_zero())
+                .map(|(r, p)| (*r, *p))
+                .collect();
+            let mut failed = None;
+            for (root, period) in ticks {
+                let next = due.entry((i, root)).or_insert(now + period);
+                if now >= *next {
+                    *next = now + period;
+                    if let Err(e) = vm.tick(root).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            for (root, queue) in &ready {
+                if failed.is_none() && vm.store.data().roots.contains_key(root) {
+                    failed = vm.queue_ready(*root, *queue).await.err();
+                }
+            }
+            let calls = vm.dispatched();
+            if let Some(e) = failed {
+                let (why, reason) = describe(vm, &e);
+                module.plugin.caps.count_failure(why, true);
+                tracing::warn!(
+                    plugin = &*module.plugin.name,
+                    "a root context failed, VM replaced: {reason}"
+                );
+                *slot = None;
+                continue;
+            }
+            drop(slot);
+            // A root context's outbound calls answer it in its VM.
+            for call in calls {
+                let module = module.clone();
+                tokio::spawn(async move {
+                    let (token, context) = (call.token, call.context);
+                    let answer = send(&module, call).await;
+                    if let Ok(mut slot) = module.vm(i).await
+                        && let Some(vm) = slot.as_mut()
+                        && vm
+                            .call_response(context, token, answer, None)
+                            .await
+                            .0
+                            .is_err()
+                    {
+                        *slot = None;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Make an outbound call a filter dispatched: its answer, or `None` if it failed.
+async fn send(module: &Module, call: Dispatch) -> Option<CallAnswer> {
+    let (upstream, _) = module.plugin.caps.outbound.upstream(&call.upstream).ok()?;
+    let sent = tokio::time::timeout(call.timeout, upstream.send(call.request, 1 << 20)).await;
+    let response = sent.ok()?.ok()?;
+    let (head, body) = response.into_parts();
+    let mut headers = vec![(
+        b":status".to_vec(),
+        head.status.as_str().as_bytes().to_vec(),
+    )];
+    headers.extend(
+        head.headers
+            .iter()
+            .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())),
+    );
+    Some(CallAnswer { headers, body })
+}
+
+/// A route's use of a proxy-wasm plugin: its root context's configuration.
+pub(crate) struct RouteFilter {
+    pub(crate) module: Arc<Module>,
+    config: String,
+    body_access: bool,
+}
+
+/// One request's HTTP context, from its request headers to its end.
+pub struct Context {
+    module: Arc<Module>,
+    vm: usize,
+    id: u32,
+    ended: bool,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        // A request that ended early (another filter answered, the client
+        // left): its context still gets its last callbacks.
+        let (module, vm, id) = (self.module.clone(), self.vm, self.id);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move {
+                if let Ok(mut slot) = module.vm(vm).await
+                    && let Some(v) = slot.as_mut()
+                    && v.finish(id, None).await.is_err()
+                {
+                    *slot = None;
+                }
+            });
+        }
+    }
+}
+
+impl RouteFilter {
+    /// `module` with a route's `config`; configured now, in VM 0.
+    pub(crate) async fn new(
+        module: Arc<Module>,
+        config: String,
+        body_access: bool,
+    ) -> Result<RouteFilter, PluginError> {
+        // A TOML string is given as it is; anything else as JSON.
+        let config = match serde_json::from_str::<serde_json::Value>(&config) {
+            Ok(serde_json::Value::String(text)) => text,
+            _ => config,
+        };
+        module.configure(&config).await?;
+        Ok(RouteFilter {
+            module,
+            config,
+            body_access,
+        })
+    }
+
+    fn failed(&self, why: &'static str, reason: String) -> FilterFailure {
+        let plugin = &self.module.plugin;
+        plugin.caps.count_failure(why, plugin.fail_open);
+        FilterFailure::new(plugin.name.clone(), why, reason)
+    }
+
+    /// The request's callbacks: headers, then the body when the route buffers
+    /// it. The context is kept for the response.
+    pub(crate) async fn on_request(
+        &self,
+        exchange: &mut Box<Exchange>,
+    ) -> Result<(Answer, Context), FilterFailure> {
+        let module = &self.module;
+        let slot = module
+            .plugin
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.failed("busy", BUSY.into()))?;
+        let vm = module.next.fetch_add(1, Ordering::Relaxed) % module.vms.len();
+        let id = {
+            let mut slot = module
+                .vm(vm)
+                .await
+                .map_err(|e| self.failed("start_failed", format!("{e:#}")))?;
+            let v = slot.as_mut().expect("made");
+            let made = async {
+                let root = v
+                    .root(&self.config)
+                    .await?
+                    .ok_or_else(|| wasmtime::Error::msg("its configuration was refused"))?;
+                v.context(root).await
+            }
+            .await;
+            match made {
+                Ok(id) => id,
+                Err(e) => {
+                    let (why, reason) = describe(v, &e);
+                    *slot = None;
+                    return Err(self.failed(why, reason));
+                }
+            }
+        };
+        let context = Context {
+            module: module.clone(),
+            vm,
+            id,
+            ended: false,
+            _slot: slot,
+        };
+        let has_body = self.body_access
+            && exchange
+                .request_body
+                .as_ref()
+                .is_some_and(|b| !b.is_empty());
+        let headers = exchange.request.headers.len() as i32 + 4;
+        let calls = [
+            ("proxy_on_request_headers", headers, !has_body),
+            (
+                "proxy_on_request_body",
+                exchange.request_body.as_ref().map_or(0, |b| b.len() as i32),
+                true,
+            ),
+        ];
+        for (i, (name, size, end)) in calls.into_iter().enumerate() {
+            if i == 1 && !has_body {
+                break;
+            }
+            if let Some(reply) = self.stream(&context, name, size, end, exchange).await? {
+                return Ok((Answer::Reply(reply), context));
+            }
+        }
+        Ok((Answer::Next, context))
+    }
+
+    /// The response's callbacks, then the context's end.
+    pub(crate) async fn on_response(
+        &self,
+        exchange: &mut Box<Exchange>,
+        mut context: Context,
+    ) -> Result<ResponseAnswer, FilterFailure> {
+        let has_body = self.body_access
+            && exchange
+                .response_body
+                .as_ref()
+                .is_some_and(|b| !b.is_empty());
+        let headers = exchange
+            .response
+            .as_ref()
+            .map_or(0, |r| r.headers.len() as i32 + 1);
+        let calls = [
+            ("proxy_on_response_headers", headers, !has_body),
+            (
+                "proxy_on_response_body",
+                exchange
+                    .response_body
+                    .as_ref()
+                    .map_or(0, |b| b.len() as i32),
+                true,
+            ),
+        ];
+        for (i, (name, size, end)) in calls.into_iter().enumerate() {
+            if i == 1 && !has_body {
+                break;
+            }
+            if let Some(reply) = self.stream(&context, name, size, end, exchange).await? {
+                // A local response in the response phase replaces the upstream's.
+                if let Some(head) = exchange.response.as_mut() {
+                    head.status = http::StatusCode::from_u16(reply.status)
+                        .unwrap_or(http::StatusCode::BAD_GATEWAY);
+                    head.headers.clear();
+                    for (k, v) in &reply.headers {
+                        if let (Ok(k), Ok(v)) = (
+                            http::HeaderName::try_from(k.as_str()),
+                            http::HeaderValue::try_from(v.as_str()),
+                        ) {
+                            head.headers.append(k, v);
+                        }
+                    }
+                }
+                exchange.response_body = Some(Bytes::from(reply.body));
+                break;
+            }
+        }
+        let mut slot = self
+            .module
+            .vm(context.vm)
+            .await
+            .map_err(|e| self.failed("start_failed", format!("{e:#}")))?;
+        if let Some(vm) = slot.as_mut() {
+            let lent = Lent {
+                exchange: std::mem::replace(exchange, Exchange::placeholder()),
+                reply: None,
+                continued: false,
+            };
+            let ended = vm.finish(context.id, Some(lent)).await;
+            if let Some(back) = vm.take_lent() {
+                *exchange = back.exchange;
+            }
+            if let Err(e) = ended {
+                *slot = None;
+                tracing::debug!(
+                    plugin = &*self.module.plugin.name,
+                    "on_log/on_done failed: {e:#}"
+                );
+            }
+        }
+        context.ended = true;
+        Ok(ResponseAnswer::Done)
+    }
+
+    /// One stream callback, and what it leads to while it pauses: its
+    /// outbound calls made and answered, until it resumes or replies.
+    async fn stream(
+        &self,
+        context: &Context,
+        name: &str,
+        size: i32,
+        end: bool,
+        exchange: &mut Box<Exchange>,
+    ) -> Result<Option<Reply>, FilterFailure> {
+        let deadline = Instant::now()
+            + self
+                .module
+                .plugin
+                .call_timeout
+                .max(Duration::from_millis(100))
+                * 10;
+        let mut lent = Lent {
+            exchange: std::mem::replace(exchange, Exchange::placeholder()),
+            reply: None,
+            continued: false,
+        };
+        let (action, calls) = {
+            let mut slot = match self.module.vm(context.vm).await {
+                Ok(slot) => slot,
+                Err(e) => {
+                    *exchange = lent.exchange;
+                    return Err(self.failed("start_failed", format!("{e:#}")));
+                }
+            };
+            let vm = slot.as_mut().expect("made");
+            let (action, back) = vm
+                .stream_call(
+                    name,
+                    context.id,
+                    (context.id as i32, size, i32::from(end)),
+                    lent,
+                )
+                .await;
+            lent = back;
+            match action {
+                Ok(action) => (action, vm.dispatched()),
+                Err(e) => {
+                    let (why, reason) = describe(vm, &e);
+                    *slot = None;
+                    *exchange = lent.exchange;
+                    return Err(self.failed(why, reason));
+                }
+            }
+        };
+        let mut paused = action == abi::ACTION_PAUSE && lent.reply.is_none();
+        let mut pending: Vec<Dispatch> = calls;
+        while paused && lent.reply.is_none() {
+            let Some(call) = pending.pop() else {
+                *exchange = lent.exchange;
+                return Err(self.failed(
+                    "invalid_answer",
+                    format!("{name} paused with nothing to resume it (no outbound call in flight)"),
+                ));
+            };
+            let (token, id) = (call.token, call.context);
+            // Waits without the VM: other requests' callbacks run meanwhile.
+            let answer = tokio::time::timeout_at(deadline.into(), send(&self.module, call))
+                .await
+                .unwrap_or_default();
+            let mut slot = match self.module.vm(context.vm).await {
+                Ok(slot) => slot,
+                Err(e) => {
+                    *exchange = lent.exchange;
+                    return Err(self.failed("start_failed", format!("{e:#}")));
+                }
+            };
+            let vm = slot.as_mut().expect("made");
+            lent.continued = false;
+            let (done, back) = vm.call_response(id, token, answer, Some(lent)).await;
+            lent = back.expect("lent back");
+            if let Err(e) = done {
+                let (why, reason) = describe(vm, &e);
+                *slot = None;
+                *exchange = lent.exchange;
+                return Err(self.failed(why, reason));
+            }
+            pending.extend(vm.dispatched());
+            paused = !lent.continued;
+        }
+        // Calls dispatched without pausing: made and answered in the background.
+        for call in pending {
+            let module = self.module.clone();
+            let vm_index = context.vm;
+            tokio::spawn(async move {
+                let (token, id) = (call.token, call.context);
+                let answer = send(&module, call).await;
+                if let Ok(mut slot) = module.vm(vm_index).await
+                    && let Some(vm) = slot.as_mut()
+                    && vm.store.data().contexts.contains_key(&id)
+                    && vm.call_response(id, token, answer, None).await.0.is_err()
+                {
+                    *slot = None;
+                }
+            });
+        }
+        *exchange = lent.exchange;
+        Ok(lent.reply)
+    }
+}
