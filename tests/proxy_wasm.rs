@@ -39,6 +39,11 @@ async fn header_edits_both_ways_a_local_reply_and_configuration_at_on_configure(
     assert_eq!(denied.status, 403);
     assert_eq!(denied.header("x-denied-by"), "pw-headers");
     assert_eq!(&denied.body[..], b"denied\n");
+    assert_eq!(
+        denied.header("x-pw-response"),
+        "seen",
+        "its response callback ran on its own reply"
+    );
     assert_eq!(up.hits(), 1, "the local reply never reached the upstream");
 
     // A configuration the filter refuses is refused at load, naming it.
@@ -225,4 +230,34 @@ async fn a_filter_that_loops_traps_or_eats_memory_fails_alone() {
         // The VM is made again: the next request is served.
         assert_eq!(get(&gw.url("/fine"), &[]).await.status, 200, "after {path}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_a_proxy_wasm_filters_configuration_without_dropping_a_request() {
+    let up = Upstream::start("a").await;
+    let config = |value: &str| {
+        route(
+            &up,
+            "pw-headers",
+            &format!(r#"config = {{ header = "x-version", value = "{value}" }}"#),
+        )
+    };
+    let gw = Gateway::start(&config("one")).await.unwrap();
+    let url = gw.url("/x");
+    let load = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..200 {
+            let reply = get(&url, &[]).await;
+            assert_eq!(reply.status, 200, "no request dropped during the swap");
+            seen.push(reply.echoed("x-version").join(","));
+        }
+        seen
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    gw.write_config(&config("two"));
+    gw.control.reload().await.unwrap();
+    let seen = load.await.unwrap();
+    assert_eq!(seen.first().map(String::as_str), Some("one"));
+    assert_eq!(get(&gw.url("/x"), &[]).await.echoed("x-version"), ["two"]);
+    assert!(seen.iter().all(|v| v == "one" || v == "two"), "{seen:?}");
 }

@@ -136,6 +136,12 @@ impl Filter {
         self.body_access
     }
 
+    /// Whether its response phase runs on a reply it made itself: a
+    /// proxy-wasm filter's does, as in Envoy; a component's does not.
+    pub fn sees_own_reply(&self) -> bool {
+        self.proxy.is_some()
+    }
+
     /// Whether it has a response phase that may act.
     pub fn has_response_phase(&self) -> bool {
         self.response_phase.load(Ordering::Relaxed)

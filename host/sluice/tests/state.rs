@@ -603,3 +603,26 @@ async fn rediss_with_a_client_certificate_carries_shared_limits() {
     assert_eq!(c.metric("sluice_state_up").await, 0.0);
     assert!(c.log().contains("is not reachable"), "{}", c.log());
 }
+
+/// A proxy-wasm filter's shared data lives in Redis with `[state]`: a
+/// CAS-counted limit of 25 holds across two gateways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_wasm_shared_data_is_shared_by_two_gateways_through_redis() {
+    let redis = Redis::start(&[]).await;
+    let up = Upstream::start("up").await;
+    let cache = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}[upstreams.up]\ntargets = [\"{}\"]\n[plugins.limit]\npath = \"{}\"\n\
+         [[routes]]\nupstream = \"up\"\nmatch.path_prefix = \"/limit\"\n\
+         [[routes.filters]]\nplugin = \"limit\"\nconfig = {{ limit = 25 }}\n",
+        state(&redis, ""),
+        up.addr,
+        sluice_tests::proxy_wasm_plugin("pw-limit")
+    );
+    let a = Sluice::start(&body, cache.path()).await;
+    let b = Sluice::start(&body, cache.path()).await;
+    let statuses = burst(&[&a, &b], "/limit", &[], 60).await;
+    assert_eq!(count(&statuses, 200), 25, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 35, "{statuses:?}");
+    assert_eq!(redis.keys("sluice:s:*"), ["sluice:s:limit|count"]);
+}

@@ -155,6 +155,8 @@ pub struct Capabilities {
     pub(crate) output: types::Output,
     /// Its shared data and queues, if it is a proxy-wasm filter.
     pub(crate) proxy_data: Arc<crate::proxy_wasm::SharedData>,
+    /// Where its shared data lives when its state is the cluster's.
+    pub(crate) shared_store: Option<Arc<sluice_state::RedisStore>>,
     counters: Arc<FilterMetrics>,
 }
 
@@ -179,6 +181,14 @@ impl Capabilities {
             crypto: crypto::Crypto::bind(&grants, refusals.clone()),
             output: types::Output::of(config),
             proxy_data: services.proxy_data.of(name),
+            shared_store: match config.state.as_ref().map(|s| *s.get_ref()) {
+                Some(sluice_state::Scope::Local) => None,
+                Some(sluice_state::Scope::Cluster) => services.stores.cluster.clone(),
+                None if services.stores.default_scope == sluice_state::Scope::Cluster => {
+                    services.stores.cluster.clone()
+                }
+                None => None,
+            },
             refusals,
             counters: services.metrics.clone(),
             plugin,

@@ -226,7 +226,10 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                     return Ok(status::BAD_ARGUMENT);
                 };
                 let key = String::from_utf8_lossy(&key).into_owned();
-                let Some((value, cas)) = c.data().module.data.get(&key) else {
+                let module = c.data().module.clone();
+                // A wait for Redis is not the guest's time.
+                let found = c.data_mut().clock.wait(module.shared_get(&key)).await;
+                let Some((value, cas)) = found else {
                     return Ok(status::NOT_FOUND);
                 };
                 write(&mut c, cas_ptr, &cas.to_le_bytes());
@@ -234,25 +237,24 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             })
         },
     )?;
-    linker.func_wrap(
+    linker.func_wrap_async(
         env,
         "proxy_set_shared_data",
-        |mut c: C, ptr: i32, len: i32, value_ptr: i32, value_len: i32, cas: i32| {
-            let (Some(key), Some(value)) =
-                (read(&mut c, ptr, len), read(&mut c, value_ptr, value_len))
-            else {
-                return status::BAD_ARGUMENT;
-            };
-            let key = String::from_utf8_lossy(&key).into_owned();
-            match c
-                .data()
-                .module
-                .data
-                .set(key, Bytes::from(value), cas as u32)
-            {
-                true => status::OK,
-                false => status::CAS_MISMATCH,
-            }
+        |mut c: C, (ptr, len, value_ptr, value_len, cas): (i32, i32, i32, i32, i32)| {
+            Box::new(async move {
+                let (Some(key), Some(value)) =
+                    (read(&mut c, ptr, len), read(&mut c, value_ptr, value_len))
+                else {
+                    return Ok(status::BAD_ARGUMENT);
+                };
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let module = c.data().module.clone();
+                let set = module.shared_set(key, Bytes::from(value), cas as u32);
+                Ok(match c.data_mut().clock.wait(set).await {
+                    true => status::OK,
+                    false => status::CAS_MISMATCH,
+                })
+            })
         },
     )?;
     linker.func_wrap(

@@ -252,6 +252,33 @@ impl Module {
         module
     }
 
+    /// Shared data `key`: in the `[state]` Redis when the plugin's state is
+    /// the cluster's (this process's while Redis cannot answer), else here.
+    async fn shared_get(&self, key: &str) -> Option<(Bytes, u32)> {
+        if let Some(redis) = &self.plugin.caps.shared_store {
+            match redis
+                .shared_get(&format!("{}\0{key}", self.plugin.name))
+                .await
+            {
+                Ok(found) => return found,
+                Err(_) => redis.metrics().fell_back("shared_data", "local"),
+            }
+        }
+        self.data.get(key)
+    }
+
+    /// Set shared data `key` if `cas` is 0 or its version; false on a mismatch.
+    async fn shared_set(&self, key: String, value: Bytes, cas: u32) -> bool {
+        if let Some(redis) = &self.plugin.caps.shared_store {
+            let namespaced = format!("{}\0{key}", self.plugin.name);
+            match redis.shared_set(&namespaced, value.clone(), cas).await {
+                Ok(set) => return set,
+                Err(_) => redis.metrics().fell_back("shared_data", "local"),
+            }
+        }
+        self.data.set(key, value, cas)
+    }
+
     /// Lock VM `i`, making it if it is not there (or was thrown away).
     async fn vm(
         self: &Arc<Self>,

@@ -120,8 +120,14 @@ impl Phase for FilterChain {
             }
             match answered {
                 Ok(Flow::Next) => {}
-                // The answering filter's own response phase does not run.
-                Ok(Flow::Answered) => return Ok(Flow::Answered),
+                // The answering filter's own response phase does not run,
+                // but a proxy-wasm filter's does, as in Envoy.
+                Ok(Flow::Answered) => {
+                    if filter.sees_own_reply() {
+                        ctx.ran = i + 1;
+                    }
+                    return Ok(Flow::Answered);
+                }
                 Err(PhaseError::Filter(failure)) if filter.plugin().fail_open => {
                     ctx.slots[i].decision = Decision::FailedOpen(failure.kind);
                     failing_open(&failure, ctx);

@@ -49,6 +49,7 @@ pub struct RedisStore {
     metrics: StateMetrics,
     take: Script,
     increment: Script,
+    shared_set: Script,
 }
 
 impl RedisStore {
@@ -84,6 +85,7 @@ impl RedisStore {
             metrics,
             take: Script::new(include_str!("take.lua")),
             increment: Script::new(include_str!("increment.lua")),
+            shared_set: Script::new(include_str!("shared_set.lua")),
         };
         store.check(&config.url).await?;
         Ok(store)
@@ -224,6 +226,40 @@ impl RedisStore {
                 .await
         })
         .await
+    }
+
+    /// proxy-wasm shared data at `key`: its value and version.
+    pub async fn shared_get(&self, key: &str) -> Result<Option<(Bytes, u32)>, StoreError> {
+        let key = self.key("s", key);
+        let (value, version): (Option<Vec<u8>>, Option<u32>) = self
+            .call(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("v")
+                    .arg("c")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(value.map(|v| (Bytes::from(v), version.unwrap_or(0))))
+    }
+
+    /// Set proxy-wasm shared data `key` to `value` if `cas` is 0 or its
+    /// version (compare-and-swap, atomic in Redis); false on a mismatch.
+    pub async fn shared_set(&self, key: &str, value: Bytes, cas: u32) -> Result<bool, StoreError> {
+        let key = self.key("s", key);
+        let script = &self.shared_set;
+        let set: i64 = self
+            .call(|mut c| async move {
+                script
+                    .key(&key)
+                    .arg(&value[..])
+                    .arg(cas)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set == 1)
     }
 
     /// A round trip for `kv`, whose plugin sees `unavailable` without Redis.

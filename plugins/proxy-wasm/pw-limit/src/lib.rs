@@ -21,6 +21,12 @@ impl RootContext for Root {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         self.limit = config["limit"].as_u64().unwrap_or(10);
+        // A missing key has no version, and a write without one is
+        // unconditional: make it before any request, so every request's
+        // write compares.
+        if let (None, _) = self.get_shared_data("count") {
+            let _ = self.set_shared_data("count", Some(b"0"), None);
+        }
         true
     }
 
