@@ -33,6 +33,15 @@ async fn header_edits_both_ways_a_local_reply_and_configuration_at_on_configure(
         "`:path` as Envoy gives it"
     );
     assert_eq!(reply.echoed("x-pw-method"), ["GET"]);
+    let source = reply.echoed("x-pw-source").join("");
+    assert!(
+        source.starts_with("127.0.0.1:") && !source.ends_with(":0"),
+        "{source}"
+    );
+    assert_eq!(
+        reply.echoed("x-pw-destination-port"),
+        [gw.addr.port().to_string()]
+    );
     assert_eq!(reply.header("x-pw-response"), "seen");
 
     let denied = get(&gw.url("/private"), &[]).await;
@@ -200,6 +209,20 @@ async fn a_root_context_alone_ticks_from_load_and_its_metric_is_exported() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(ticks >= 5.0, "ticked {ticks} times with no request at all");
+    let metrics = gw.metrics().await;
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_plugin_last_tick{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(
+        gauge.is_some_and(|g| g >= 5.0),
+        "a gauge too: {gauge:?}\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("plugin_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(up.hits(), 0);
 }
 

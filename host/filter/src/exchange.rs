@@ -27,6 +27,10 @@ pub struct Exchange {
     pub client_ip: IpAddr,
     /// Whether the client came over TLS.
     pub secure: bool,
+    /// The client's port (0 when unknown).
+    pub client_port: u16,
+    /// The address the client connected to, when known.
+    pub local: Option<std::net::SocketAddr>,
     /// The matched route's name.
     pub route: Arc<str>,
     /// Set by an auth filter.
@@ -54,6 +58,8 @@ impl Exchange {
             request,
             client_ip,
             secure: false,
+            client_port: 0,
+            local: None,
             route,
             identity: None,
             request_body: None,

@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Metric;
 
@@ -39,7 +40,26 @@ pub enum MetricError {
 
 enum Kind {
     Counter(Family<Labels, Counter>),
+    Gauge(Family<Labels, Gauge>),
     Histogram(HistogramFamily),
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Counter(_) => "counter",
+            Kind::Gauge(_) => "gauge",
+            Kind::Histogram(_) => "histogram",
+        }
+    }
+}
+
+/// Which kind of metric a plugin asks for by name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
 struct PluginMetric {
@@ -187,13 +207,32 @@ impl FilterMetrics {
         value: u64,
     ) -> Result<(), MetricError> {
         let labels = with_plugin(plugin, labels);
-        self.plugin_metric(name, true, |metric| match &metric.family {
+        self.plugin_metric(name, Asked::Counter, |metric| match &metric.family {
             Kind::Counter(family) => {
                 metric.room(family.get(&labels).is_some(), name)?;
                 family.get_or_create(&labels).inc_by(value);
                 Ok(())
             }
-            Kind::Histogram(_) => Err(MetricError::Type(name.into(), "histogram")),
+            other => Err(MetricError::Type(name.into(), other.name())),
+        })
+    }
+
+    /// Set plugin `plugin`'s gauge `name` (proxy-wasm's gauges).
+    pub fn plugin_gauge(
+        &self,
+        plugin: &str,
+        name: &str,
+        labels: Labels,
+        value: i64,
+    ) -> Result<(), MetricError> {
+        let labels = with_plugin(plugin, labels);
+        self.plugin_metric(name, Asked::Gauge, |metric| match &metric.family {
+            Kind::Gauge(family) => {
+                metric.room(family.get(&labels).is_some(), name)?;
+                family.get_or_create(&labels).set(value);
+                Ok(())
+            }
+            other => Err(MetricError::Type(name.into(), other.name())),
         })
     }
 
@@ -206,21 +245,21 @@ impl FilterMetrics {
         value: f64,
     ) -> Result<(), MetricError> {
         let labels = with_plugin(plugin, labels);
-        self.plugin_metric(name, false, |metric| match &metric.family {
+        self.plugin_metric(name, Asked::Histogram, |metric| match &metric.family {
             Kind::Histogram(family) => {
                 metric.room(family.get(&labels).is_some(), name)?;
                 family.get_or_create(&labels).observe(value);
                 Ok(())
             }
-            Kind::Counter(_) => Err(MetricError::Type(name.into(), "counter")),
+            other => Err(MetricError::Type(name.into(), other.name())),
         })
     }
 
-    /// Find or register plugin metric `name` (a counter or a histogram) and use it.
+    /// Find or register plugin metric `name` (a counter, gauge or histogram) and use it.
     fn plugin_metric(
         &self,
         name: &str,
-        counter: bool,
+        asked: Asked,
         record: impl FnOnce(&PluginMetric) -> Result<(), MetricError>,
     ) -> Result<(), MetricError> {
         if let Some(metric) = self.plugin_metrics.get(name) {
@@ -242,16 +281,24 @@ impl FilterMetrics {
             .or_insert_with(|| {
                 let full = format!("plugin_{name}");
                 let help = "Defined by a plugin";
-                let family = if counter {
-                    let family = Family::default();
-                    self.registry.register(&full, help, family.clone());
-                    Kind::Counter(family)
-                } else {
-                    let family: HistogramFamily = Family::new_with_constructor(|| {
-                        Histogram::new(exponential_buckets(0.001, 2.0, 16))
-                    });
-                    self.registry.register(&full, help, family.clone());
-                    Kind::Histogram(family)
+                let family = match asked {
+                    Asked::Counter => {
+                        let family = Family::default();
+                        self.registry.register(&full, help, family.clone());
+                        Kind::Counter(family)
+                    }
+                    Asked::Gauge => {
+                        let family = Family::default();
+                        self.registry.register(&full, help, family.clone());
+                        Kind::Gauge(family)
+                    }
+                    Asked::Histogram => {
+                        let family: HistogramFamily = Family::new_with_constructor(|| {
+                            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+                        });
+                        self.registry.register(&full, help, family.clone());
+                        Kind::Histogram(family)
+                    }
                 };
                 PluginMetric {
                     family,

@@ -383,6 +383,8 @@ impl Gateway {
             route.name.clone(),
         ));
         exchange.secure = at.conn.secure;
+        exchange.client_port = at.conn.client_port;
+        exchange.local = at.conn.local;
         let mut sent = match incoming.is_end_stream() {
             true => Outgoing {
                 body: None,

@@ -46,6 +46,10 @@ impl PluginMetrics {
         self.record(|m, plugin| m.plugin_counter(plugin, name, labels, value))
     }
 
+    pub(crate) fn gauge(&self, name: &str, labels: Labels, value: i64) -> Result<(), HostError> {
+        self.record(|m, plugin| m.plugin_gauge(plugin, name, labels, value))
+    }
+
     pub(crate) fn histogram(
         &self,
         name: &str,

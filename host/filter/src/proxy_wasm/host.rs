@@ -829,7 +829,12 @@ fn property(state: &VmState, path: &[u8]) -> Option<Vec<u8>> {
                 .as_bytes()
                 .to_vec(),
         ),
-        [b"source", b"address"] => text(&exchange.client_ip.to_string()),
+        [b"source", b"address"] => {
+            text(&std::net::SocketAddr::new(exchange.client_ip, exchange.client_port).to_string())
+        }
+        [b"source", b"port"] => Some(u64::from(exchange.client_port).to_le_bytes().to_vec()),
+        [b"destination", b"address"] => text(&exchange.local?.to_string()),
+        [b"destination", b"port"] => Some(u64::from(exchange.local?.port()).to_le_bytes().to_vec()),
         [b"connection", b"mtls"] => Some(vec![0]),
         [b"route_name"] => text(&exchange.route),
         [b"response", b"code"] => Some(

@@ -157,13 +157,8 @@ impl Metrics {
         let Some((kind, name, value)) = self.find(id) else {
             return abi::status::NOT_FOUND;
         };
-        value.fetch_add(offset, Ordering::Relaxed);
-        if kind == 0 && offset > 0 {
-            let _ = plugin
-                .caps
-                .metrics
-                .counter(&exported(&name), Vec::new(), offset as u64);
-        }
+        let now = value.fetch_add(offset, Ordering::Relaxed) + offset;
+        plugin.export(kind, &name, offset, now);
         abi::status::OK
     }
 
@@ -172,12 +167,7 @@ impl Metrics {
             return abi::status::NOT_FOUND;
         };
         value.store(recorded as i64, Ordering::Relaxed);
-        if kind == 2 {
-            let _ = plugin
-                .caps
-                .metrics
-                .histogram(&exported(&name), Vec::new(), recorded as f64);
-        }
+        plugin.export(kind, &name, 0, recorded as i64);
         abi::status::OK
     }
 
@@ -209,6 +199,22 @@ pub(crate) struct Limits {
     pub(crate) call_timeout: Duration,
     pub(crate) cpu: Arc<CpuShare>,
     pub(crate) caps: Arc<Capabilities>,
+}
+
+impl Limits {
+    /// Export a metric's change as the plugin's own (with `metrics`
+    /// granted): a counter by what it grew, a gauge as it is now, a
+    /// histogram's recorded value.
+    fn export(&self, kind: i32, name: &str, grew: i64, now: i64) {
+        let metrics = &self.caps.metrics;
+        let name = exported(name);
+        let _ = match kind {
+            0 if grew > 0 => metrics.counter(&name, Vec::new(), grew as u64),
+            1 => metrics.gauge(&name, Vec::new(), now),
+            2 => metrics.histogram(&name, Vec::new(), now as f64),
+            _ => Ok(()),
+        };
+    }
 }
 
 /// A loaded proxy-wasm plugin: its code, its VMs, its host-kept state.

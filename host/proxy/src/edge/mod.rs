@@ -27,6 +27,10 @@ pub use path::{EscapedSlashes, PathError, PathRules};
 pub struct ConnectionInfo {
     /// The client's address.
     pub client_ip: IpAddr,
+    /// The client's port, and the address it connected to (for filters).
+    pub client_port: u16,
+    /// See `client_port`.
+    pub local: Option<std::net::SocketAddr>,
     /// Whether it came over TLS.
     pub secure: bool,
     /// The listener's rules for request heads.

@@ -349,6 +349,8 @@ async fn accept_loop(
             let limits = &settings.limits;
             let mut info = ConnectionInfo {
                 client_ip: peer.ip(),
+                client_port: peer.port(),
+                local: stream.local_addr().ok(),
                 secure: false,
                 edge: settings.edge.clone(),
                 body_timeout: limits.body_timeout,

@@ -80,6 +80,12 @@ impl HttpContext for Headers {
             self.set_http_request_header("x-pw-path", Some(&path));
             let method = self.get_http_request_header(":method").unwrap_or_default();
             self.set_http_request_header("x-pw-method", Some(&method));
+            // Properties, as Envoy encodes them: text, and ports as 8 bytes.
+            let source = self.get_property(vec!["source", "address"]).unwrap_or_default();
+            self.set_http_request_header("x-pw-source", Some(&String::from_utf8_lossy(&source)));
+            let port = self.get_property(vec!["destination", "port"]).unwrap_or_default();
+            let port = port.try_into().map(u64::from_le_bytes).unwrap_or(0);
+            self.set_http_request_header("x-pw-destination-port", Some(&port.to_string()));
         }
         Action::Continue
     }
