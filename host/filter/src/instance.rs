@@ -8,7 +8,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::answer::{Answer, ResponseAnswer};
 use crate::cpu::{CallClock, WallLimit};
-use crate::error::{OverLimit, PluginError};
+use crate::error::{OverLimit, PluginError, describe_failure};
 use crate::exchange::Exchange;
 use crate::handles::{self, Lingering, RequestEntry, ResponseEntry};
 use crate::kinds::Guest;
@@ -186,36 +186,4 @@ impl Instance {
         };
         (reason, describe_failure(error, &state.stderr.contents()))
     }
-}
-
-/// A one-line reason: the trap kind, and the guest's last words on stderr if any.
-pub(crate) fn describe_failure(error: &wasmtime::Error, stderr: &[u8]) -> String {
-    let what = match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => "exceeded its call timeout".to_owned(),
-        Some(trap) => format!("trapped: {trap}"),
-        None => match (
-            error.downcast_ref::<WallLimit>(),
-            error.downcast_ref::<OverLimit>(),
-        ) {
-            (Some(limit), _) => limit.to_string(),
-            (_, Some(limit)) => limit.to_string(),
-            // One line: a log line per failure, not a backtrace.
-            _ => format!("{error:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        },
-    };
-    let said = String::from_utf8_lossy(stderr);
-    let said: Vec<&str> = said
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("note:"))
-        .collect();
-    if said.is_empty() {
-        return what;
-    }
-    let said = said.join(" ");
-    let tail = said.char_indices().rev().nth(300).map_or(0, |(i, _)| i);
-    format!("{what}; it said: {}", &said[tail..])
 }

@@ -128,7 +128,7 @@ pub struct Services {
     pub metrics: Arc<FilterMetrics>,
     /// proxy-wasm plugins' shared data and queues, by plugin: kept by the
     /// gateway, so they outlive reloads.
-    pub proxy_data: Arc<crate::proxy_wasm::ProxyData>,
+    pub proxy_data: Arc<crate::proxy_wasm::shared::ProxyData>,
 }
 
 impl Services {
@@ -154,7 +154,7 @@ pub struct Capabilities {
     pub(crate) crypto: crypto::Crypto,
     pub(crate) output: types::Output,
     /// Its shared data and queues, if it is a proxy-wasm filter.
-    pub(crate) proxy_data: Arc<crate::proxy_wasm::SharedData>,
+    pub(crate) proxy_data: Arc<crate::proxy_wasm::shared::SharedData>,
     /// Where its shared data lives when its state is the cluster's.
     pub(crate) shared_store: Option<Arc<sluice_state::RedisStore>>,
     counters: Arc<FilterMetrics>,
