@@ -306,23 +306,23 @@ async fn drive(module: Weak<Module>) {
             drop(slot);
             // A root context's outbound calls answer it in its VM.
             for call in calls {
-                let module = module.clone();
-                tokio::spawn(async move {
-                    let (token, context) = (call.token, call.context);
-                    let answer = send(&module, call).await;
-                    if let Ok(mut slot) = module.vm(i).await
-                        && let Some(vm) = slot.as_mut()
-                        && vm
-                            .call_response(context, token, answer, None)
-                            .await
-                            .0
-                            .is_err()
-                    {
-                        *slot = None;
-                    }
-                });
+                tokio::spawn(answer_later(module.clone(), i, call));
             }
         }
+    }
+}
+
+/// Make `call` and give its answer to the context that made it in VM `vm`,
+/// if that context is still there.
+async fn answer_later(module: Arc<Module>, vm: usize, call: Dispatch) {
+    let (token, id) = (call.token, call.context);
+    let answer = send(&module, call).await;
+    if let Ok(mut slot) = module.vm(vm).await
+        && let Some(v) = slot.as_mut()
+        && v.store.data().contexts.contains_key(&id)
+        && v.call_response(id, token, answer, &mut None).await.is_err()
+    {
+        *slot = None;
     }
 }
 
@@ -351,6 +351,22 @@ pub(crate) struct RouteFilter {
     body_access: bool,
 }
 
+/// Which way a request's callbacks go.
+#[derive(Clone, Copy)]
+enum Direction {
+    Request,
+    Response,
+}
+
+/// The request, moved out of `exchange` to be lent to a call.
+fn lend(exchange: &mut Box<Exchange>) -> Lent {
+    Lent {
+        exchange: std::mem::replace(exchange, Exchange::placeholder()),
+        reply: None,
+        continued: false,
+    }
+}
+
 /// One request's HTTP context, from its request headers to its end.
 pub struct Context {
     module: Arc<Module>,
@@ -372,7 +388,7 @@ impl Drop for Context {
             tokio::spawn(async move {
                 if let Ok(mut slot) = module.vm(vm).await
                     && let Some(v) = slot.as_mut()
-                    && v.finish(id, None).await.is_err()
+                    && v.finish(id, &mut None).await.is_err()
                 {
                     *slot = None;
                 }
@@ -421,29 +437,14 @@ impl RouteFilter {
             .try_acquire_owned()
             .map_err(|_| self.failed("busy", BUSY.into()))?;
         let vm = module.next.fetch_add(1, Ordering::Relaxed) % module.vms.len();
-        let id = {
-            let mut slot = module
-                .vm(vm)
-                .await
-                .map_err(|e| self.failed("start_failed", format!("{e:#}")))?;
-            let v = slot.as_mut().expect("made");
-            let made = async {
-                let root = v
-                    .root(&self.config)
-                    .await?
+        let config = &self.config;
+        let id = self
+            .on_vm(vm, async |v: &mut Vm| {
+                let root = (v.root(config).await?)
                     .ok_or_else(|| wasmtime::Error::msg("its configuration was refused"))?;
                 v.context(root).await
-            }
-            .await;
-            match made {
-                Ok(id) => id,
-                Err(e) => {
-                    let (why, reason) = describe(v, &e);
-                    *slot = None;
-                    return Err(self.failed(why, reason));
-                }
-            }
-        };
+            })
+            .await?;
         let context = Context {
             module: module.clone(),
             vm,
@@ -451,29 +452,11 @@ impl RouteFilter {
             ended: false,
             _slot: slot,
         };
-        let has_body = self.body_access
-            && exchange
-                .request_body
-                .as_ref()
-                .is_some_and(|b| !b.is_empty());
         let headers = exchange.request.headers.len() as i32 + 4;
-        let calls = [
-            ("proxy_on_request_headers", headers, !has_body),
-            (
-                "proxy_on_request_body",
-                exchange.request_body.as_ref().map_or(0, |b| b.len() as i32),
-                true,
-            ),
-        ];
-        for (i, (name, size, end)) in calls.into_iter().enumerate() {
-            if i == 1 && !has_body {
-                break;
-            }
-            if let Some(reply) = self.stream(&context, name, size, end, exchange).await? {
-                return Ok((Answer::Reply(reply), context));
-            }
-        }
-        Ok((Answer::Next, context))
+        let reply = self
+            .callbacks(&context, exchange, Direction::Request, headers)
+            .await?;
+        Ok((reply.map_or(Answer::Next, Answer::Reply), context))
     }
 
     /// The response's callbacks, then the context's end.
@@ -482,74 +465,100 @@ impl RouteFilter {
         exchange: &mut Box<Exchange>,
         mut context: Context,
     ) -> Result<ResponseAnswer, FilterFailure> {
-        let has_body = self.body_access
-            && exchange
-                .response_body
-                .as_ref()
-                .is_some_and(|b| !b.is_empty());
-        let headers = exchange
-            .response
-            .as_ref()
-            .map_or(0, |r| r.headers.len() as i32 + 1);
-        let calls = [
-            ("proxy_on_response_headers", headers, !has_body),
-            (
-                "proxy_on_response_body",
-                exchange
-                    .response_body
-                    .as_ref()
-                    .map_or(0, |b| b.len() as i32),
-                true,
-            ),
-        ];
-        for (i, (name, size, end)) in calls.into_iter().enumerate() {
-            if i == 1 && !has_body {
-                break;
-            }
-            if let Some(reply) = self.stream(&context, name, size, end, exchange).await? {
-                // A local response in the response phase replaces the upstream's.
-                if let Some(head) = exchange.response.as_mut() {
-                    head.status = http::StatusCode::from_u16(reply.status)
-                        .unwrap_or(http::StatusCode::BAD_GATEWAY);
-                    head.headers.clear();
-                    for (k, v) in &reply.headers {
-                        if let (Ok(k), Ok(v)) = (
-                            http::HeaderName::try_from(k.as_str()),
-                            http::HeaderValue::try_from(v.as_str()),
-                        ) {
-                            head.headers.append(k, v);
-                        }
+        let headers = (exchange.response.as_ref()).map_or(0, |r| r.headers.len() as i32 + 1);
+        let reply = self
+            .callbacks(&context, exchange, Direction::Response, headers)
+            .await?;
+        if let Some(reply) = reply {
+            // A local response in the response phase replaces the upstream's.
+            if let Some(head) = exchange.response.as_mut() {
+                head.status = http::StatusCode::from_u16(reply.status)
+                    .unwrap_or(http::StatusCode::BAD_GATEWAY);
+                head.headers.clear();
+                for (k, v) in &reply.headers {
+                    if let (Ok(k), Ok(v)) = (
+                        http::HeaderName::try_from(k.as_str()),
+                        http::HeaderValue::try_from(v.as_str()),
+                    ) {
+                        head.headers.append(k, v);
                     }
                 }
-                exchange.response_body = Some(Bytes::from(reply.body));
-                break;
             }
+            exchange.response_body = Some(Bytes::from(reply.body));
         }
-        let mut slot = self
-            .module
-            .vm(context.vm)
-            .await
-            .map_err(|e| self.failed("start_failed", format!("{e:#}")))?;
-        if let Some(vm) = slot.as_mut() {
-            let lent = Lent {
-                exchange: std::mem::replace(exchange, Exchange::placeholder()),
-                reply: None,
-                continued: false,
-            };
-            let ended = vm.finish(context.id, Some(lent)).await;
-            if let Some(back) = vm.take_lent() {
-                *exchange = back.exchange;
-            }
-            if let Err(e) = ended {
-                *slot = None;
-                tracing::debug!(
-                    plugin = &*self.module.plugin.name,
-                    "on_log/on_done failed: {e:#}"
-                );
-            }
+        let (id, mut lent) = (context.id, Some(lend(exchange)));
+        let ended = self
+            .on_vm(context.vm, async |vm: &mut Vm| {
+                vm.finish(id, &mut lent).await
+            })
+            .await;
+        if let Some(back) = lent {
+            *exchange = back.exchange;
         }
         context.ended = true;
+        if let Err(failure) = ended {
+            tracing::debug!(
+                plugin = &*self.module.plugin.name,
+                "on_log/on_done failed: {failure}"
+            );
+        }
         Ok(ResponseAnswer::Done)
+    }
+
+    /// A direction's callbacks: its headers', then its body's when the route
+    /// buffers bodies; the local response one of them sent, if any.
+    async fn callbacks(
+        &self,
+        context: &Context,
+        exchange: &mut Box<Exchange>,
+        direction: Direction,
+        headers: i32,
+    ) -> Result<Option<Reply>, FilterFailure> {
+        let (on_headers, on_body, body) = match direction {
+            Direction::Request => (
+                "proxy_on_request_headers",
+                "proxy_on_request_body",
+                &exchange.request_body,
+            ),
+            Direction::Response => (
+                "proxy_on_response_headers",
+                "proxy_on_response_body",
+                &exchange.response_body,
+            ),
+        };
+        let body = body
+            .as_ref()
+            .filter(|b| self.body_access && !b.is_empty())
+            .map(|b| b.len() as i32);
+        if let Some(reply) = self
+            .stream(context, on_headers, headers, body.is_none(), exchange)
+            .await?
+        {
+            return Ok(Some(reply));
+        }
+        match body {
+            Some(size) => self.stream(context, on_body, size, true, exchange).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Run `work` on VM `i`; a failure throws the VM away and is counted.
+    async fn on_vm<T>(
+        &self,
+        i: usize,
+        work: impl AsyncFnOnce(&mut Vm) -> wasmtime::Result<T>,
+    ) -> Result<T, FilterFailure> {
+        let mut slot =
+            (self.module.vm(i).await).map_err(|e| self.failed("start_failed", format!("{e:#}")))?;
+        let vm = slot.as_mut().expect("made");
+        match work(vm).await {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                let (why, reason) = describe(vm, &e);
+                *slot = None;
+                Err(self.failed(why, reason))
+            }
+        }
     }
 
     /// One stream callback, and what it leads to while it pauses: its
@@ -562,98 +571,67 @@ impl RouteFilter {
         end: bool,
         exchange: &mut Box<Exchange>,
     ) -> Result<Option<Reply>, FilterFailure> {
-        let deadline = Instant::now()
-            + self
-                .module
-                .plugin
-                .call_timeout
-                .max(Duration::from_millis(100))
-                * 10;
-        let mut lent = Lent {
-            exchange: std::mem::replace(exchange, Exchange::placeholder()),
-            reply: None,
-            continued: false,
-        };
-        let (action, calls) = {
-            let mut slot = match self.module.vm(context.vm).await {
-                Ok(slot) => slot,
-                Err(e) => {
-                    *exchange = lent.exchange;
-                    return Err(self.failed("start_failed", format!("{e:#}")));
-                }
-            };
-            let vm = slot.as_mut().expect("made");
-            let (action, back) = vm
-                .stream_call(
-                    name,
-                    context.id,
-                    (context.id as i32, size, i32::from(end)),
-                    lent,
-                )
-                .await;
-            lent = back;
-            match action {
-                Ok(action) => (action, vm.dispatched()),
-                Err(e) => {
-                    let (why, reason) = describe(vm, &e);
-                    *slot = None;
-                    *exchange = lent.exchange;
-                    return Err(self.failed(why, reason));
-                }
-            }
-        };
-        let mut paused = action == abi::ACTION_PAUSE && lent.reply.is_none();
-        let mut pending: Vec<Dispatch> = calls;
-        while paused && lent.reply.is_none() {
+        let mut lent = Some(lend(exchange));
+        let paused = self.paused(context, name, size, end, &mut lent).await;
+        let lent = lent.expect("every call gives the request back");
+        *exchange = lent.exchange;
+        paused.map(|()| lent.reply)
+    }
+
+    /// `stream`'s work, with the request lent to each call in turn.
+    async fn paused(
+        &self,
+        context: &Context,
+        name: &str,
+        size: i32,
+        end: bool,
+        lent: &mut Option<Lent>,
+    ) -> Result<(), FilterFailure> {
+        let limit = self
+            .module
+            .plugin
+            .call_timeout
+            .max(Duration::from_millis(100))
+            * 10;
+        let deadline = Instant::now() + limit;
+        let id = context.id;
+        let params = (id as i32, size, i32::from(end));
+        let (action, mut pending) = self
+            .on_vm(context.vm, async |vm: &mut Vm| {
+                let action = vm.stream_call(name, id, params, lent).await?;
+                Ok((action, vm.dispatched()))
+            })
+            .await?;
+        let replied = |lent: &Option<Lent>| lent.as_ref().is_some_and(|l| l.reply.is_some());
+        let mut paused = action == abi::ACTION_PAUSE;
+        while paused && !replied(lent) {
             let Some(call) = pending.pop() else {
-                *exchange = lent.exchange;
                 return Err(self.failed(
                     "invalid_answer",
                     format!("{name} paused with nothing to resume it (no outbound call in flight)"),
                 ));
             };
-            let (token, id) = (call.token, call.context);
+            let (token, caller) = (call.token, call.context);
             // Waits without the VM: other requests' callbacks run meanwhile.
             let answer = tokio::time::timeout_at(deadline.into(), send(&self.module, call))
                 .await
                 .unwrap_or_default();
-            let mut slot = match self.module.vm(context.vm).await {
-                Ok(slot) => slot,
-                Err(e) => {
-                    *exchange = lent.exchange;
-                    return Err(self.failed("start_failed", format!("{e:#}")));
-                }
-            };
-            let vm = slot.as_mut().expect("made");
-            lent.continued = false;
-            let (done, back) = vm.call_response(id, token, answer, Some(lent)).await;
-            lent = back.expect("lent back");
-            if let Err(e) = done {
-                let (why, reason) = describe(vm, &e);
-                *slot = None;
-                *exchange = lent.exchange;
-                return Err(self.failed(why, reason));
+            if let Some(lent) = lent.as_mut() {
+                lent.continued = false;
             }
-            pending.extend(vm.dispatched());
-            paused = !lent.continued;
+            let more = self
+                .on_vm(context.vm, async |vm: &mut Vm| {
+                    vm.call_response(caller, token, answer, lent).await?;
+                    Ok(vm.dispatched())
+                })
+                .await?;
+            pending.extend(more);
+            paused = !lent.as_ref().is_some_and(|l| l.continued);
         }
         // Calls dispatched without pausing: made and answered in the background.
         for call in pending {
-            let module = self.module.clone();
-            let vm_index = context.vm;
-            tokio::spawn(async move {
-                let (token, id) = (call.token, call.context);
-                let answer = send(&module, call).await;
-                if let Ok(mut slot) = module.vm(vm_index).await
-                    && let Some(vm) = slot.as_mut()
-                    && vm.store.data().contexts.contains_key(&id)
-                    && vm.call_response(id, token, answer, None).await.0.is_err()
-                {
-                    *slot = None;
-                }
-            });
+            tokio::spawn(answer_later(self.module.clone(), context.vm, call));
         }
-        *exchange = lent.exchange;
-        Ok(lent.reply)
+        Ok(())
     }
 }

@@ -183,26 +183,19 @@ impl Vm {
         Ok(id)
     }
 
-    /// Run a stream callback for context `id` with `lent` lent to it; the
-    /// action it answered, and the request back with what it did.
+    /// Run a stream callback for context `id` with `lent` lent to it (and
+    /// given back); the action it answered.
     pub(crate) async fn stream_call(
         &mut self,
         name: &str,
         id: u32,
         params: (i32, i32, i32),
-        lent: Lent,
-    ) -> (wasmtime::Result<i32>, Lent) {
-        let state = self.store.data_mut();
-        state.effective = id;
-        state.lent = Some(lent);
+        lent: &mut Option<Lent>,
+    ) -> wasmtime::Result<i32> {
+        self.lend(id, lent);
         let action = self.call::<(i32, i32, i32), i32>(name, params).await;
-        let lent = self
-            .store
-            .data_mut()
-            .lent
-            .take()
-            .expect("lent for the call");
-        (action.map(|a| a.unwrap_or(0)), lent)
+        *lent = self.store.data_mut().lent.take();
+        action.map(|a| a.unwrap_or(0))
     }
 
     /// Deliver an outbound call's answer to the context that made it.
@@ -211,15 +204,13 @@ impl Vm {
         id: u32,
         token: u32,
         answer: Option<CallAnswer>,
-        lent: Option<Lent>,
-    ) -> (wasmtime::Result<()>, Option<Lent>) {
+        lent: &mut Option<Lent>,
+    ) -> wasmtime::Result<()> {
         let (headers, body) = answer
             .as_ref()
             .map_or((0, 0), |a| (a.headers.len() as i32, a.body.len() as i32));
-        let state = self.store.data_mut();
-        state.effective = id;
-        state.lent = lent;
-        state.answer = answer;
+        self.lend(id, lent);
+        self.store.data_mut().answer = answer;
         let done = self
             .call::<(i32, i32, i32, i32, i32), ()>(
                 "proxy_on_http_call_response",
@@ -228,15 +219,18 @@ impl Vm {
             .await;
         let state = self.store.data_mut();
         state.answer = None;
-        (done.map(drop), state.lent.take())
+        *lent = state.lent.take();
+        done.map(drop)
     }
 
-    /// The end of context `id`: its log, done and delete callbacks (`lent`
-    /// lent to them, and left for the caller to take back).
-    pub(crate) async fn finish(&mut self, id: u32, lent: Option<Lent>) -> wasmtime::Result<()> {
-        let state = self.store.data_mut();
-        state.effective = id;
-        state.lent = lent;
+    /// The end of context `id`: its log, done and delete callbacks, with
+    /// `lent` lent to them (and given back).
+    pub(crate) async fn finish(
+        &mut self,
+        id: u32,
+        lent: &mut Option<Lent>,
+    ) -> wasmtime::Result<()> {
+        self.lend(id, lent);
         let ended = async {
             self.call::<(i32,), ()>("proxy_on_log", (id as i32,))
                 .await?;
@@ -246,8 +240,17 @@ impl Vm {
                 .await
         }
         .await;
-        self.store.data_mut().contexts.remove(&id);
+        let state = self.store.data_mut();
+        *lent = state.lent.take();
+        state.contexts.remove(&id);
         ended.map(drop)
+    }
+
+    /// Make `id` the effective context, with `lent` (if any) lent to it.
+    fn lend(&mut self, id: u32, lent: &mut Option<Lent>) {
+        let state = self.store.data_mut();
+        state.effective = id;
+        state.lent = lent.take();
     }
 
     /// Tick root context `root`.
@@ -264,11 +267,6 @@ impl Vm {
         self.call::<(i32, i32), ()>("proxy_on_queue_ready", (root as i32, queue as i32))
             .await
             .map(drop)
-    }
-
-    /// Take back what was lent to the last call.
-    pub(crate) fn take_lent(&mut self) -> Option<Lent> {
-        self.store.data_mut().lent.take()
     }
 
     /// The outbound calls dispatched since last asked.
