@@ -143,8 +143,8 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let Some(pairs) = read(&mut c, ptr, len).and_then(|b| abi::decode_map(&b)) else {
                 return status::BAD_ARGUMENT;
             };
-            edit(&mut c, kind, |head, framing| {
-                head.clear(framing);
+            edit(&mut c, kind, |head| {
+                head.clear();
                 for (k, v) in &pairs {
                     head.set(k, v, true);
                 }
@@ -182,7 +182,7 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
                 else {
                     return status::BAD_ARGUMENT;
                 };
-                edit(&mut c, kind, |head, _| head.set(&key, &value, append))
+                edit(&mut c, kind, |head| head.set(&key, &value, append))
             },
         )?;
     }
@@ -193,7 +193,7 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             let Some(key) = read(&mut c, ptr, len) else {
                 return status::BAD_ARGUMENT;
             };
-            edit(&mut c, kind, |head, _| head.remove(&key))
+            edit(&mut c, kind, |head| head.remove(&key))
         },
     )?;
     linker.func_wrap_async(
@@ -717,9 +717,9 @@ impl Head<'_> {
         }
     }
 
-    /// Remove every header a filter may set (all but framing ones, which
-    /// `set_header_map_pairs` may not take away unless it leaves them out).
-    fn clear(&mut self, _framing: bool) {
+    /// Remove every header a filter may set: all but `Host` and the
+    /// framing ones, which the gateway keeps right itself.
+    fn clear(&mut self) {
         let headers = self.headers();
         let keep: Vec<HeaderName> = headers
             .keys()
@@ -743,7 +743,7 @@ impl Head<'_> {
 }
 
 /// Edit header map `kind` of the lent request.
-fn edit(c: &mut C, kind: i32, change: impl FnOnce(&mut Head, bool)) -> i32 {
+fn edit(c: &mut C, kind: i32, change: impl FnOnce(&mut Head)) -> i32 {
     let Some(lent) = c.data_mut().lent.as_mut() else {
         return status::NOT_FOUND;
     };
@@ -757,7 +757,7 @@ fn edit(c: &mut C, kind: i32, change: impl FnOnce(&mut Head, bool)) -> i32 {
         map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS => return status::OK,
         _ => return status::NOT_FOUND,
     };
-    change(&mut head, true);
+    change(&mut head);
     status::OK
 }
 
