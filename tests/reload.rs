@@ -352,6 +352,19 @@ async fn listeners_open_and_drain_with_reloads() {
     let response = held.send_request(request()).await.unwrap();
     assert_eq!(response.status(), 200, "an open connection is not cut");
 
+    // No listener at all (a file caught empty while an editor rewrites it)
+    // is refused too: applying it would close every listener.
+    std::fs::write(gw.config_path(), "").unwrap();
+    let empty = gw.admin("POST", "/reload", "").await;
+    assert_eq!(empty.status, 422);
+    assert!(
+        empty.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no [[listeners]] configured")
+    );
+    assert_eq!(stamp(&get(&moved_url, &[]).await), "stamp-a:x");
+
     // A listener that cannot open refuses the whole change.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let clash = config(&up, "stamp-b", "y", "")

@@ -215,11 +215,6 @@ impl Control {
         let gateway = Arc::new(ArcSwap::from_pointee(gateway));
         let listeners = Listeners::new(gateway.clone());
         let wanted = wanted_listeners(&config)?;
-        anyhow::ensure!(
-            !wanted.is_empty(),
-            "{}: no [[listeners]] configured",
-            config.source.path.display()
-        );
         let opened = listeners.open(&wanted).map_err(anyhow::Error::msg)?;
         listeners.commit(&wanted, opened);
         let admin = match &config.admin {
@@ -578,11 +573,7 @@ impl Control {
 /// plugin is, imports and is granted.
 pub async fn check(config: &Config) -> anyhow::Result<Vec<PluginInfo>> {
     // What `run` would refuse before building anything: no listeners, certificates that do not load.
-    anyhow::ensure!(
-        !wanted_listeners(config)?.is_empty(),
-        "{}: no [[listeners]] configured",
-        config.source.path.display()
-    );
+    wanted_listeners(config)?;
     let kept = Kept::new(config).await?;
     let mut versions = Versions::default();
     sync_files(config, &kept.engine, &mut versions)
@@ -837,8 +828,13 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
 }
 
 /// Each listener's address, and its TLS acceptor (certificates read now).
+/// None is an error, also on reload: a file read while an editor rewrites it
+/// can be empty, and applying it would close every listener.
 fn wanted_listeners(config: &Config) -> Result<Wanted, ConfigError> {
     let src = &config.source;
+    if config.listeners.is_empty() {
+        return Err(src.error(0, "", "no [[listeners]] configured"));
+    }
     config
         .listeners
         .iter()

@@ -61,7 +61,7 @@ fn check_rejects_bad_configs_naming_file_line_and_key() {
         // No listeners: `run` would have nothing to serve on.
         (
             "[upstreams.a]\ntargets = [\"127.0.0.1:9\"]\n",
-            "gateway.toml: no [[listeners]]",
+            "gateway.toml:1: no [[listeners]]",
             "",
         ),
         // A certificate file that is not there, on line 3.
