@@ -247,6 +247,32 @@ async fn grpc_passes_through_with_trailers() {
 }
 
 #[tokio::test]
+async fn grpc_trailers_survive_filters_that_read_bodies() {
+    let (_server, port) = Helper::serve("grpc_echo.py");
+    let upstream = format!("[upstreams.u]\ntargets = [\"127.0.0.1:{port}\"]\nprotocol = \"h2\"\n");
+    // A proxy-wasm filter reads the response's trailers and adds one; a
+    // component that buffers bodies passes them on.
+    let proxy_wasm = format!(
+        "{upstream}[plugins.pw]\npath = \"{}\"\n[[routes]]\nupstream = \"u\"\n\
+         filters = [{{ plugin = \"pw\", body = true, config = {{ header = \"x-a\", value = \"1\", trailers = true }} }}]\n",
+        sluice_tests::proxy_wasm_plugin("pw-headers")
+    );
+    let component = format!(
+        "{upstream}[plugins.t]\npath = \"{}\"\n[[routes]]\nupstream = \"u\"\n\
+         filters = [{{ plugin = \"t\", body = true, config = {{}} }}]\n",
+        sluice_tests::plugin("transform")
+    );
+    for (config, trailers) in [
+        (proxy_wasm, "x-echo-trailer=kept x-pw-grpc-status=0"),
+        (component, "x-echo-trailer=kept"),
+    ] {
+        let gw = Gateway::start(&config).await.expect("gateway starts");
+        let printed = Helper::client("grpc_echo.py", "trailers", gw.addr.to_string()).await;
+        assert_eq!(printed, format!("echo:hello {trailers}\n"));
+    }
+}
+
+#[tokio::test]
 async fn websocket_echo_through_the_gateway() {
     let (_server, port) = Helper::serve("ws_echo.py");
     let gw = gateway(&format!("targets = [\"127.0.0.1:{port}\"]")).await;

@@ -1,6 +1,7 @@
 """A real gRPC server and client (grpcio), without generated code: the
 method handles raw bytes. `serve` prints its port; `call HOST:PORT` calls
-through whatever listens there and prints what came back."""
+through whatever listens there and prints what came back; `trailers
+HOST:PORT` prints one reply and its `x-` trailers."""
 import sys
 from concurrent import futures
 
@@ -38,5 +39,15 @@ def call(target):
             print(error.code().name, error.details())
 
 
+def trailers(target):
+    """One call; the reply and its `x-` trailers, sorted."""
+    with grpc.insecure_channel(target) as channel:
+        method = channel.unary_unary("/test.Echo/Say")
+        reply, outcome = method.with_call(b"hello", timeout=10)
+        kept = sorted(f"{k}={v}" for k, v in outcome.trailing_metadata() if k.startswith("x-"))
+        print(reply.decode(), " ".join(kept))
+
+
 if __name__ == "__main__":
-    serve() if sys.argv[1] == "serve" else call(sys.argv[2])
+    verbs = {"call": call, "trailers": trailers}
+    serve() if sys.argv[1] == "serve" else verbs[sys.argv[1]](sys.argv[2])

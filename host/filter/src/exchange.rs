@@ -37,10 +37,14 @@ pub struct Exchange {
     pub identity: Option<Identity>,
     /// The buffered request body, when a filter on the route asked for bodies.
     pub request_body: Option<Bytes>,
+    /// The request body's trailers, when it was buffered and had some.
+    pub request_trailers: Option<http::HeaderMap>,
     /// The response head, during the response phases.
     pub response: Option<http::response::Parts>,
     /// The buffered response body, when a filter on the route asked for bodies.
     pub response_body: Option<Bytes>,
+    /// The response body's trailers, when it was buffered and had some.
+    pub response_trailers: Option<http::HeaderMap>,
     /// Whether the filter running now may read and replace bodies.
     pub(crate) body_access: bool,
 }
@@ -63,8 +67,10 @@ impl Exchange {
             route,
             identity: None,
             request_body: None,
+            request_trailers: None,
             response: None,
             response_body: None,
+            response_trailers: None,
             body_access: false,
         }
     }

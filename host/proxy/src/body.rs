@@ -96,18 +96,47 @@ where
     }
 }
 
+/// A body made of bytes in hand, ended by `trailers` if there are any.
+pub fn whole(bytes: Bytes, trailers: Option<http::HeaderMap>) -> ProxyBody {
+    match trailers {
+        None => full(bytes),
+        Some(trailers) => Full::new(bytes)
+            .with_trailers(std::future::ready(Some(Ok(trailers))))
+            .map_err(|never| match never {})
+            .boxed(),
+    }
+}
+
 /// Read a whole body into memory, refusing more than `limit` bytes.
-pub async fn collect(mut body: ProxyBody, limit: usize) -> Result<Bytes, BoxError> {
+pub async fn collect(body: ProxyBody, limit: usize) -> Result<Bytes, BoxError> {
+    collect_whole(body, limit).await.map(|(bytes, _)| bytes)
+}
+
+/// [`collect`], keeping the body's trailers (gRPC's status travels in them).
+pub async fn collect_whole(
+    mut body: ProxyBody,
+    limit: usize,
+) -> Result<(Bytes, Option<http::HeaderMap>), BoxError> {
     let mut buffer = BytesMut::new();
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if buffer.len() + data.len() > limit {
-                return Err(ClientBodyError::TooLarge.into());
+        match frame?.into_data() {
+            Ok(data) => {
+                if buffer.len() + data.len() > limit {
+                    return Err(ClientBodyError::TooLarge.into());
+                }
+                buffer.extend_from_slice(&data);
             }
-            buffer.extend_from_slice(&data);
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    trailers
+                        .get_or_insert_with(http::HeaderMap::new)
+                        .extend(more);
+                }
+            }
         }
     }
-    Ok(buffer.freeze())
+    Ok((buffer.freeze(), trailers))
 }
 
 /// Why a client's request body was cut short.

@@ -403,11 +403,14 @@ impl Gateway {
         };
         if route.filters.needs_bodies() {
             let whole = match sent.body.take() {
-                Some(body) => body::collect(body, MAX_BUFFERED_BODY).await,
-                None => Ok(Bytes::new()),
+                Some(body) => body::collect_whole(body, MAX_BUFFERED_BODY).await,
+                None => Ok((Bytes::new(), None)),
             };
             match whole {
-                Ok(bytes) => exchange.request_body = Some(bytes),
+                Ok((bytes, trailers)) => {
+                    exchange.request_body = Some(bytes);
+                    exchange.request_trailers = trailers;
+                }
                 Err(error) => return self.client_body_failed(&*error, at),
             }
         }
@@ -472,12 +475,13 @@ impl Gateway {
             if route.filters.needs_bodies()
                 && let Some(stream) = ctx.stream.take()
             {
-                let bytes = body::collect(stream, MAX_BUFFERED_BODY)
+                let (bytes, trailers) = body::collect_whole(stream, MAX_BUFFERED_BODY)
                     .await
                     .map_err(|_| {
                         error_response(StatusCode::BAD_GATEWAY, "upstream_body_too_large")
                     })?;
                 ctx.exchange.response_body = Some(bytes);
+                ctx.exchange.response_trailers = trailers;
             }
             route.filters.response(ctx).await.map_err(failed)?;
         }
@@ -506,6 +510,10 @@ impl Gateway {
         };
         let exchange = &mut ctx.exchange;
         let body = match (exchange.request_body.take(), sent.body) {
+            // Trailers go on as a stream's end (such a request is not retried).
+            (Some(bytes), _) if exchange.request_trailers.is_some() => {
+                Payload::Stream(body::whole(bytes, exchange.request_trailers.take()))
+            }
             (Some(bytes), _) => Payload::Bytes(bytes),
             (None, Some(stream)) => Payload::Stream(stream),
             (None, None) => Payload::Bytes(Bytes::new()),
@@ -643,7 +651,7 @@ fn respond(mut ctx: RequestCtx) -> Response<ProxyBody> {
         .expect("a request served has a response");
     crate::phases::rate_limit_headers(&ctx, &mut head.headers);
     let body = match (ctx.exchange.response_body.take(), ctx.stream.take()) {
-        (Some(bytes), _) => body::full(bytes),
+        (Some(bytes), _) => body::whole(bytes, ctx.exchange.response_trailers.take()),
         (None, Some(stream)) => stream,
         (None, None) => body::full(Bytes::new()),
     };

@@ -624,9 +624,15 @@ fn pairs_of(state: &VmState, kind: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
             Some(all)
         }
         map::CALL_RESPONSE_HEADERS => Some(state.answer.as_ref()?.headers.clone()),
-        map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS | map::CALL_RESPONSE_TRAILERS => {
-            Some(Vec::new())
+        map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS => {
+            let exchange = &state.lent.as_ref()?.exchange;
+            let trailers = match kind {
+                map::REQUEST_TRAILERS => &exchange.request_trailers,
+                _ => &exchange.response_trailers,
+            };
+            Some(trailers.as_ref().map_or_else(Vec::new, |t| pairs(t, false)))
         }
+        map::CALL_RESPONSE_TRAILERS => Some(Vec::new()),
         _ => None,
     }
 }
@@ -635,6 +641,7 @@ fn pairs_of(state: &VmState, kind: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
 enum Head<'a> {
     Request(&'a mut Exchange),
     Response(&'a mut http::response::Parts),
+    Trailers(&'a mut http::HeaderMap),
 }
 
 /// Headers that frame the message: the host keeps them right itself. A
@@ -660,6 +667,7 @@ impl Head<'_> {
         match self {
             Head::Request(e) => &mut e.request.headers,
             Head::Response(r) => &mut r.headers,
+            Head::Trailers(t) => t,
         }
     }
 
@@ -753,8 +761,14 @@ fn edit(c: &mut C, kind: i32, change: impl FnOnce(&mut Head)) -> i32 {
             Some(response) => Head::Response(response),
             None => return status::NOT_FOUND,
         },
-        // Trailers are not kept: edits to them change nothing.
-        map::REQUEST_TRAILERS | map::RESPONSE_TRAILERS => return status::OK,
+        // Trailers a message had none of are made by the first edit (the
+        // SDK traps on a refusal); they go out when its body was buffered.
+        map::REQUEST_TRAILERS => {
+            Head::Trailers(lent.exchange.request_trailers.get_or_insert_default())
+        }
+        map::RESPONSE_TRAILERS => {
+            Head::Trailers(lent.exchange.response_trailers.get_or_insert_default())
+        }
         _ => return status::NOT_FOUND,
     };
     change(&mut head);

@@ -485,6 +485,7 @@ impl RouteFilter {
                 }
             }
             exchange.response_body = Some(Bytes::from(reply.body));
+            exchange.response_trailers = None;
         }
         let (id, mut lent) = (context.id, Some(lend(exchange)));
         let ended = self
@@ -514,32 +515,45 @@ impl RouteFilter {
         direction: Direction,
         headers: i32,
     ) -> Result<Option<Reply>, FilterFailure> {
-        let (on_headers, on_body, body) = match direction {
+        let (names, body, trailers) = match direction {
             Direction::Request => (
-                "proxy_on_request_headers",
-                "proxy_on_request_body",
+                [
+                    "proxy_on_request_headers",
+                    "proxy_on_request_body",
+                    "proxy_on_request_trailers",
+                ],
                 &exchange.request_body,
+                &exchange.request_trailers,
             ),
             Direction::Response => (
-                "proxy_on_response_headers",
-                "proxy_on_response_body",
+                [
+                    "proxy_on_response_headers",
+                    "proxy_on_response_body",
+                    "proxy_on_response_trailers",
+                ],
                 &exchange.response_body,
+                &exchange.response_trailers,
             ),
         };
         let body = body
             .as_ref()
             .filter(|b| self.body_access && !b.is_empty())
             .map(|b| b.len() as i32);
-        if let Some(reply) = self
-            .stream(context, on_headers, headers, body.is_none(), exchange)
-            .await?
-        {
-            return Ok(Some(reply));
+        let trailers = trailers.as_ref().map(|t| t.len() as i32);
+        // Each part is the stream's end when none of the later ones follow.
+        let parts = [
+            (Some(headers), body.is_none() && trailers.is_none()),
+            (body, trailers.is_none()),
+            (trailers, true),
+        ];
+        for (i, (name, (size, end))) in names.into_iter().zip(parts).enumerate() {
+            let Some(size) = size else { continue };
+            let end = (i < 2).then_some(end);
+            if let Some(reply) = self.stream(context, name, size, end, exchange).await? {
+                return Ok(Some(reply));
+            }
         }
-        match body {
-            Some(size) => self.stream(context, on_body, size, true, exchange).await,
-            None => Ok(None),
-        }
+        Ok(None)
     }
 
     /// Run `work` on VM `i`; a failure throws the VM away and is counted.
@@ -562,13 +576,14 @@ impl RouteFilter {
     }
 
     /// One stream callback, and what it leads to while it pauses: its
-    /// outbound calls made and answered, until it resumes or replies.
+    /// outbound calls made and answered, until it resumes or replies. `end`
+    /// is its `end_of_stream` (trailers have none: they are the end).
     async fn stream(
         &self,
         context: &Context,
         name: &str,
         size: i32,
-        end: bool,
+        end: Option<bool>,
         exchange: &mut Box<Exchange>,
     ) -> Result<Option<Reply>, FilterFailure> {
         let mut lent = Some(lend(exchange));
@@ -584,7 +599,7 @@ impl RouteFilter {
         context: &Context,
         name: &str,
         size: i32,
-        end: bool,
+        end: Option<bool>,
         lent: &mut Option<Lent>,
     ) -> Result<(), FilterFailure> {
         let limit = self
@@ -595,10 +610,9 @@ impl RouteFilter {
             * 10;
         let deadline = Instant::now() + limit;
         let id = context.id;
-        let params = (id as i32, size, i32::from(end));
         let (action, mut pending) = self
             .on_vm(context.vm, async |vm: &mut Vm| {
-                let action = vm.stream_call(name, id, params, lent).await?;
+                let action = vm.stream_call(name, id, size, end, lent).await?;
                 Ok((action, vm.dispatched()))
             })
             .await?;
@@ -606,6 +620,10 @@ impl RouteFilter {
         let mut paused = action == abi::ACTION_PAUSE;
         while paused && !replied(lent) {
             let Some(call) = pending.pop() else {
+                if end == Some(false) {
+                    // Paused for the rest of the stream, which is here already.
+                    break;
+                }
                 return Err(self.failed(
                     "invalid_answer",
                     format!("{name} paused with nothing to resume it (no outbound call in flight)"),

@@ -184,16 +184,22 @@ impl Vm {
     }
 
     /// Run a stream callback for context `id` with `lent` lent to it (and
-    /// given back); the action it answered.
+    /// given back); the action it answered. Headers and bodies take their
+    /// `end_of_stream`, trailers (`end` of `None`) do not.
     pub(crate) async fn stream_call(
         &mut self,
         name: &str,
         id: u32,
-        params: (i32, i32, i32),
+        size: i32,
+        end: Option<bool>,
         lent: &mut Option<Lent>,
     ) -> wasmtime::Result<i32> {
         self.lend(id, lent);
-        let action = self.call::<(i32, i32, i32), i32>(name, params).await;
+        let id = id as i32;
+        let action = match end {
+            Some(end) => self.call(name, (id, size, i32::from(end))).await,
+            None => self.call(name, (id, size)).await,
+        };
         *lent = self.store.data_mut().lent.take();
         action.map(|a| a.unwrap_or(0))
     }

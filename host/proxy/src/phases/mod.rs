@@ -72,6 +72,7 @@ impl RequestCtx {
     pub fn set_response(&mut self, head: http::response::Parts, body: Bytes) {
         self.exchange.response = Some(head);
         self.exchange.response_body = Some(body);
+        self.exchange.response_trailers = None;
         self.stream = None;
     }
 }

@@ -31,7 +31,11 @@ impl HttpContext for Auth {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let token = self.get_http_request_header("x-token").unwrap_or_default();
         let path = format!("/check?token={token}");
-        let headers = vec![(":method", "GET"), (":path", path.as_str()), (":authority", "auth")];
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", "auth"),
+        ];
         match self.dispatch_http_call("auth", headers, None, vec![], Duration::from_secs(2)) {
             Ok(_) => Action::Pause,
             Err(_) => {
@@ -44,8 +48,12 @@ impl HttpContext for Auth {
 
 impl Context for Auth {
     fn on_http_call_response(&mut self, _: u32, _: usize, body_size: usize, _: usize) {
-        let status = self.get_http_call_response_header(":status").unwrap_or_default();
-        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_default();
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
         if status == "200" {
             self.set_http_request_header("x-auth", Some(&String::from_utf8_lossy(&body)));
             self.resume_http_request();

@@ -1,6 +1,7 @@
 //! Header edits both ways, a local reply, and a response body rewritten
 //! (dropping `content-length`, as filters written for Envoy do), configured
-//! at `on_configure` from the route's JSON.
+//! at `on_configure` from the route's JSON, and response trailers read and
+//! added to.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -20,6 +21,9 @@ struct Config {
     /// Tell the upstream the `:path` and `:method` it saw.
     #[serde(default)]
     trace: bool,
+    /// Copy the response's `grpc-status` trailer into `x-pw-grpc-status`.
+    #[serde(default)]
+    trailers: bool,
 }
 
 proxy_wasm::main! {{
@@ -45,7 +49,8 @@ impl RootContext for Root {
                 true
             }
             Err(e) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &format!("bad configuration: {e}")).ok();
+                proxy_wasm::hostcalls::log(LogLevel::Error, &format!("bad configuration: {e}"))
+                    .ok();
                 false
             }
         }
@@ -81,9 +86,13 @@ impl HttpContext for Headers {
             let method = self.get_http_request_header(":method").unwrap_or_default();
             self.set_http_request_header("x-pw-method", Some(&method));
             // Properties, as Envoy encodes them: text, and ports as 8 bytes.
-            let source = self.get_property(vec!["source", "address"]).unwrap_or_default();
+            let source = self
+                .get_property(vec!["source", "address"])
+                .unwrap_or_default();
             self.set_http_request_header("x-pw-source", Some(&String::from_utf8_lossy(&source)));
-            let port = self.get_property(vec!["destination", "port"]).unwrap_or_default();
+            let port = self
+                .get_property(vec!["destination", "port"])
+                .unwrap_or_default();
             let port = port.try_into().map(u64::from_le_bytes).unwrap_or(0);
             self.set_http_request_header("x-pw-destination-port", Some(&port.to_string()));
         }
@@ -107,6 +116,16 @@ impl HttpContext for Headers {
         }
         if let Some(body) = self.get_http_response_body(0, size) {
             self.set_http_response_body(0, size, &body.to_ascii_uppercase());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _: usize) -> Action {
+        if self.config.trailers {
+            let status = self
+                .get_http_response_trailer("grpc-status")
+                .unwrap_or_default();
+            self.add_http_response_trailer("x-pw-grpc-status", &status);
         }
         Action::Continue
     }
