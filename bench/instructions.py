@@ -10,7 +10,9 @@ three by default), `nginx` (nginx proxying to the same upstream), and
 `limit_local` and `limit_cluster` (a rate-limited route with its buckets
 here or in a redis-server the script starts), `headers_component` and
 `headers_proxy_wasm` (one request and one response header set by the
-`headers` component, and by `pw-headers` built with the proxy-wasm SDK). Each
+`headers` component, and by `pw-headers` built with the proxy-wasm SDK),
+`routes_10` and `routes_10000` (that many prefix routes, the request to the
+last one listed). Each
 runs on the current build and on each saved build DIR (from `bench.py
 --save-baseline`; `plugins:DIR` is the current binary with DIR's plugins).
 Each proxy runs under callgrind with one worker; after a warm-up its
@@ -77,8 +79,19 @@ def headers_proxy_wasm(port, up):
                              f'[plugins.pw]\npath = "{PROXY_WASM / "pw_headers.wasm"}"\n')
 
 
+def routes(n):
+    """`n` prefix routes besides the catch-all; the request takes the last one listed."""
+    def make(port, up):
+        many = "".join(f'[[routes]]\nmatch = {{ path_prefix = "/r{i}" }}\nupstream = "u"\n\n' for i in range(n))
+        return bench.sluice_toml(port, up) + "\n" + many
+    return make
+
+
 STATE = {"limit_local": bench.limit_toml("local", None), "limit_cluster": limit_cluster,
-         "headers_component": headers_component, "headers_proxy_wasm": headers_proxy_wasm}
+         "headers_component": headers_component, "headers_proxy_wasm": headers_proxy_wasm,
+         "routes_10": routes(10), "routes_10000": routes(10_000)}
+# Where a scenario's requests go (`/` unless named here).
+PATHS = {"routes_10": "/r9/x", "routes_10000": "/r9999/x"}
 
 
 def start_sluice(scenario, build):
@@ -100,15 +113,16 @@ def start_nginx(workdir, up):
 
 
 def measure(name, start):
+    path = PATHS.get(name, "/")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(tmp)
         with bench.upstream(workdir) as up:
             server = start(workdir, up.port)
             try:
-                load(server.port, WARM_UP)
+                load(server.port, WARM_UP, path)
                 pid = server.pid
                 subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
-                load(server.port, REQUESTS)
+                load(server.port, REQUESTS, path)
                 subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
                 time.sleep(0.5)
                 dump = max(workdir.glob(f"{name}.cg.{pid}*"), key=lambda p: p.stat().st_mtime)
@@ -121,8 +135,8 @@ def measure(name, start):
     return total / REQUESTS
 
 
-def load(port, n):
-    out = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", "1", "-H", KEY[0], f"http://127.0.0.1:{port}/"],
+def load(port, n, path="/"):
+    out = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", "1", "-H", KEY[0], f"http://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, check=True).stdout
     done = re.search(r"(\d+) succeeded", out)
     # Under valgrind a rare request may time out; it does not move the count.

@@ -385,6 +385,8 @@ impl Config {
                 )?;
             }
         }
+        // Each route's compiled matcher, to find one that repeats an earlier.
+        let mut seen = std::collections::HashMap::new();
         for (i, route) in self.routes.iter().enumerate() {
             let upstream = &route.upstream;
             if !self.upstreams.contains_key(upstream.get_ref()) {
@@ -429,10 +431,7 @@ impl Config {
                 }
             }
             if let Ok(matcher) = Matcher::new(&route.matcher) {
-                let earlier = self.routes[..i]
-                    .iter()
-                    .position(|r| Matcher::new(&r.matcher).is_ok_and(|m| m == matcher));
-                if let Some(earlier) = earlier {
+                if let Some(&earlier) = seen.get(&matcher) {
                     return Err(src.error(
                         route.upstream.span().start,
                         format!("routes[{i}].match"),
@@ -443,6 +442,7 @@ impl Config {
                         ),
                     ));
                 }
+                seen.insert(matcher, i);
             }
             for (j, filter) in route.filters.iter().enumerate() {
                 let plugin = &filter.plugin;
@@ -505,6 +505,26 @@ mod tests {
         assert!(
             missing.message.contains("unknown upstream `billing`"),
             "{missing}"
+        );
+    }
+
+    #[test]
+    fn a_route_that_repeats_an_earlier_one_is_refused() {
+        let route = |m: &str| format!("[[routes]]\nmatch = {m}\nupstream = \"a\"\n");
+        let base = "[upstreams.a]\ntargets = [\"127.0.0.1:9\"]\n".to_owned()
+            + &route("{ path_prefix = \"/a\", methods = [\"GET\", \"POST\"] }")
+            + &route("{ path_prefix = \"/b\" }");
+        assert!(parse(&base).is_ok());
+        // The same conditions written another way: a trailing `/`, methods reordered.
+        let again =
+            parse(&(base + &route("{ methods = [\"post\", \"GET\"], path_prefix = \"/a/\" }")))
+                .unwrap_err();
+        assert_eq!((again.line, again.key.as_str()), (11, "routes[2].match"));
+        assert!(
+            again
+                .message
+                .contains("matches exactly what route `route-0` before it does"),
+            "{again}"
         );
     }
 }

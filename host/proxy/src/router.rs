@@ -1,13 +1,15 @@
 //! Matching a request to a route: host, path, method, headers; the most
 //! specific match wins, and ties go to the route listed first.
 
+use std::collections::HashMap;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::MatchConfig;
 
 /// The conditions of one route, compiled from [`MatchConfig`]. Two equal
 /// matchers take exactly the same requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Matcher {
     host: Option<HostMatch>,
     path: Option<PathMatch>,
@@ -15,14 +17,14 @@ pub struct Matcher {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum HostMatch {
     Exact(String),
     /// `*.example.com`, stored as `.example.com`.
     Suffix(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum PathMatch {
     Exact(String),
     Prefix(String),
@@ -128,10 +130,68 @@ impl Matcher {
     }
 }
 
-/// Routes ordered most specific first; the first that matches wins.
+/// Routes ordered most specific first; the first that matches wins. An
+/// index keyed by host and path finds the few routes a request could take,
+/// so matching costs the same with ten routes or ten thousand.
 #[derive(Debug)]
 pub struct RouteTable<T> {
     routes: Vec<(Matcher, T)>,
+    index: Index,
+}
+
+/// Keyed by the configuration's strings, looked up by the request's: a
+/// fast hash, as the keys are fixed when the table is built.
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
+/// Positions in the table (ascending: most specific first) by host, then path.
+#[derive(Debug, Default)]
+struct Index {
+    exact_hosts: Map<Paths>,
+    /// `*.example.com` by `.example.com`: a host is looked up by each of its
+    /// suffixes that starts at a dot.
+    wildcard_hosts: Map<Paths>,
+    /// Wildcards without a dot after the `*` (`*example.com`), tried in turn.
+    odd_wildcards: Vec<(String, Paths)>,
+    any_host: Paths,
+}
+
+#[derive(Debug, Default)]
+struct Paths {
+    exact: Map<Vec<usize>>,
+    /// Prefixes without their trailing `/`: a path is looked up by each of
+    /// its prefixes that ends at a segment boundary.
+    prefix: Map<Vec<usize>>,
+    any: Vec<usize>,
+}
+
+impl Paths {
+    fn add(&mut self, path: &Option<PathMatch>, position: usize) {
+        let list = match path {
+            Some(PathMatch::Exact(p)) => self.exact.entry(p.clone()).or_default(),
+            Some(PathMatch::Prefix(p)) => self.prefix.entry(p.clone()).or_default(),
+            None => &mut self.any,
+        };
+        list.push(position);
+    }
+
+    /// Every list of positions whose path condition `path` may meet.
+    fn candidates<'a>(&'a self, path: &'a str, mut each: impl FnMut(&'a [usize])) {
+        // An empty map is not asked: asking hashes the key.
+        if !self.exact.is_empty()
+            && let Some(list) = self.exact.get(path)
+        {
+            each(list);
+        }
+        if !self.prefix.is_empty() {
+            let boundaries = path.match_indices('/').map(|(i, _)| i);
+            for end in boundaries.chain(std::iter::once(path.len())) {
+                if let Some(list) = self.prefix.get(&path[..end]) {
+                    each(list);
+                }
+            }
+        }
+        each(&self.any);
+    }
 }
 
 impl<T> RouteTable<T> {
@@ -140,7 +200,27 @@ impl<T> RouteTable<T> {
         let mut routes = routes;
         // A stable sort keeps configuration order among equally specific routes.
         routes.sort_by_key(|(matcher, _)| std::cmp::Reverse(matcher.specificity()));
-        RouteTable { routes }
+        let mut index = Index::default();
+        for (position, (matcher, _)) in routes.iter().enumerate() {
+            let paths = match &matcher.host {
+                Some(HostMatch::Exact(h)) => index.exact_hosts.entry(h.clone()).or_default(),
+                Some(HostMatch::Suffix(s)) if s.starts_with('.') => {
+                    index.wildcard_hosts.entry(s.clone()).or_default()
+                }
+                Some(HostMatch::Suffix(s)) => {
+                    match index.odd_wildcards.iter().position(|(w, _)| w == s) {
+                        Some(i) => &mut index.odd_wildcards[i].1,
+                        None => {
+                            index.odd_wildcards.push((s.clone(), Paths::default()));
+                            &mut index.odd_wildcards.last_mut().expect("pushed").1
+                        }
+                    }
+                }
+                None => &mut index.any_host,
+            };
+            paths.add(&matcher.path, position);
+        }
+        RouteTable { routes, index }
     }
 
     /// Every route, in match order.
@@ -148,7 +228,8 @@ impl<T> RouteTable<T> {
         self.routes.iter().map(|(_, t)| t)
     }
 
-    /// The route for this request, if any.
+    /// The route for this request, if any: of the routes the index names,
+    /// the first in match order whose conditions all hold.
     pub fn find(
         &self,
         host: Option<&str>,
@@ -156,10 +237,38 @@ impl<T> RouteTable<T> {
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<&T> {
-        self.routes
-            .iter()
-            .find(|(m, _)| m.matches(host, path, method, headers))
-            .map(|(_, t)| t)
+        let mut best: Option<usize> = None;
+        let mut consider = |positions: &[usize]| {
+            for &i in positions {
+                if best.is_some_and(|b| b <= i) {
+                    return;
+                }
+                if self.routes[i].0.matches(host, path, method, headers) {
+                    best = Some(i);
+                    return;
+                }
+            }
+        };
+        let index = &self.index;
+        if let Some(host) = host {
+            if !index.exact_hosts.is_empty()
+                && let Some(paths) = index.exact_hosts.get(host)
+            {
+                paths.candidates(path, &mut consider);
+            }
+            if !index.wildcard_hosts.is_empty() {
+                for (dot, _) in host.match_indices('.') {
+                    if let Some(paths) = index.wildcard_hosts.get(&host[dot..]) {
+                        paths.candidates(path, &mut consider);
+                    }
+                }
+            }
+            for (_, paths) in &index.odd_wildcards {
+                paths.candidates(path, &mut consider);
+            }
+        }
+        index.any_host.candidates(path, &mut consider);
+        best.map(|i| &self.routes[i].1)
     }
 }
 
@@ -236,6 +345,77 @@ mod tests {
         assert!(tenant.matches(None, "/", &get, &blue));
         assert!(!tenant.matches(None, "/", &get, &none));
         assert!(!tenant.matches(None, "/", &Method::POST, &blue));
+    }
+
+    /// The index finds what a scan of every route in match order finds.
+    #[test]
+    fn the_index_agrees_with_a_scan_of_every_route() {
+        let hosts = [
+            "",
+            "host = \"a.example.com\"",
+            "host = \"*.example.com\"",
+            "host = \"*ample.com\"",
+            "host = \"*.com\"",
+        ];
+        let paths = [
+            "",
+            "path = \"/a/b\"",
+            "path_prefix = \"/a\"",
+            "path_prefix = \"/a/b/\"",
+            "path_prefix = \"/\"",
+            "path = \"/\"",
+        ];
+        let extras = ["", "methods = [\"POST\"]", "headers = { x-t = \"1\" }"];
+        let mut configs = Vec::new();
+        for host in hosts {
+            for path in paths {
+                for extra in extras {
+                    configs.push(format!("{host}\n{path}\n{extra}"));
+                }
+            }
+        }
+        // A shuffled configuration order (a fixed LCG), so ties are tested too.
+        let mut seed = 7u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for i in (1..configs.len()).rev() {
+            configs.swap(i, next(i + 1));
+        }
+        let refs: Vec<&str> = configs.iter().map(String::as_str).collect();
+        for keep in [refs.len(), 40, 7] {
+            let table = table(&refs[..keep]);
+            let mut tagged = HeaderMap::new();
+            tagged.insert("x-t", HeaderValue::from_static("1"));
+            for host in [
+                None,
+                Some("a.example.com"),
+                Some("b.a.example.com"),
+                Some("example.com"),
+                Some("sample.com"),
+                Some("x.org"),
+            ] {
+                for path in ["/", "/a", "/a/", "/a/b", "/a/b/c", "/ab", "/z"] {
+                    for method in [Method::GET, Method::POST] {
+                        for headers in [&HeaderMap::new(), &tagged] {
+                            let scan = table
+                                .routes
+                                .iter()
+                                .find(|(m, _)| m.matches(host, path, &method, headers))
+                                .map(|(_, t)| t);
+                            assert_eq!(
+                                table.find(host, path, &method, headers),
+                                scan,
+                                "{host:?} {path} {method}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
