@@ -94,6 +94,11 @@ impl CallClock {
         }
     }
 
+    /// Wall time since the call began (its waits and pauses included).
+    pub fn since_start(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// A call begins.
     pub fn start(&mut self) {
         let now = Instant::now();

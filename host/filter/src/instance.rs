@@ -165,6 +165,12 @@ impl Instance {
         back.keep
     }
 
+    /// How long its last call took, from its start (the clock the call's
+    /// deadline reads, so a call reads the time once at each end).
+    pub(crate) fn call_took(&self) -> std::time::Duration {
+        self.store.data().clock.since_start()
+    }
+
     /// Whether its memory grew past half its limit (recycle it).
     pub(crate) fn bloated(&self) -> bool {
         let memory = &self.store.data().memory;

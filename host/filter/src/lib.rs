@@ -41,6 +41,7 @@ pub mod metrics;
 mod plugin;
 mod pool;
 pub mod proxy_wasm;
+mod slots;
 mod state;
 
 pub use answer::{Answer, Limit, Reply, ResponseAnswer, StoreDecision};

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 use wasmtime::component::InstancePre;
 
 use crate::capability::Capabilities;
@@ -15,6 +14,7 @@ use crate::cpu::CpuShare;
 use crate::error::FilterFailure;
 use crate::kinds::{Exports, Kind};
 use crate::proxy_wasm;
+use crate::slots::Slots;
 use crate::state::FilterState;
 use sluice_state::{Fallback, Scope};
 
@@ -41,10 +41,12 @@ pub struct Plugin {
     pub(crate) max_requests: u32,
     /// Meters its long-running calls.
     pub(crate) cpu: Arc<CpuShare>,
-    /// One permit per call in flight.
-    pub(crate) slots: Arc<Semaphore>,
+    /// One per call in flight.
+    pub(crate) slots: Arc<Slots>,
     /// proxy-wasm: the root configuration it runs with from load.
     configuration: Option<String>,
+    /// See [`Plugin::always_kept`]; decided once, read on every call.
+    always_kept: bool,
 }
 
 /// What a plugin runs.
@@ -80,7 +82,7 @@ impl Plugin {
     ) -> Plugin {
         let caps = Arc::new(caps);
         let cpu = Arc::new(CpuShare::new(config.cpu_share, workers()));
-        let slots = Arc::new(Semaphore::new(config.max_concurrency as usize));
+        let slots = Slots::new(config.max_concurrency as usize);
         let fail_open = config.on_failure == FailurePolicy::Open;
         let memory_limit = (config.memory_limit_mib as usize) << 20;
         let (kind, code) = match linked {
@@ -119,6 +121,7 @@ impl Plugin {
             cpu,
             slots,
             configuration: config.configuration.clone(),
+            always_kept: matches!(contract, "0.2.1" | "0.2.0" | "0.1.0" | "unknown"),
         }
     }
 
@@ -150,7 +153,7 @@ impl Plugin {
     /// Whether every request keeps its instance for its response call, as
     /// contracts before 0.2.2 promised (later ones ask with `keep-instance`).
     pub(crate) fn always_kept(&self) -> bool {
-        matches!(self.contract, "0.2.1" | "0.2.0" | "0.1.0" | "unknown")
+        self.always_kept
     }
 }
 

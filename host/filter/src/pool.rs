@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::answer::{Answer, ResponseAnswer};
 use crate::error::{BUSY, FilterFailure, PluginError};
@@ -19,6 +18,7 @@ use crate::instance::Instance;
 use crate::kinds::Kind;
 use crate::plugin::{Plugin, PluginCode};
 use crate::proxy_wasm::{Context, RouteFilter};
+use crate::slots::Slot;
 
 /// Idle instances kept per filter; more are created under load and dropped after.
 const MAX_IDLE: usize = 64;
@@ -45,13 +45,17 @@ pub struct Filter {
 
 /// Idle instances, shared with the leases that return to them.
 struct Idle {
-    instances: Mutex<Vec<Instance>>,
+    #[allow(
+        clippy::vec_box,
+        reason = "an instance moves out and back on every call: a pointer, not its whole size"
+    )]
+    instances: Mutex<Vec<Box<Instance>>>,
     max_uses: u32,
 }
 
 impl Idle {
     /// Keep a healthy instance for the next call.
-    fn put(&self, instance: Instance) {
+    fn put(&self, instance: Box<Instance>) {
         if instance.uses >= self.max_uses || instance.bloated() || instance.spoiled {
             return;
         }
@@ -75,9 +79,9 @@ enum Held {
 /// An instance checked out of a filter, which no other request uses in
 /// between. Dropped, it goes back to its filter's idle instances.
 struct InstanceLease {
-    instance: Option<Instance>,
-    /// The plugin's `max_concurrency` permit, held as long as the instance is.
-    _slot: OwnedSemaphorePermit,
+    instance: Option<Box<Instance>>,
+    /// The plugin's `max_concurrency` slot, held as long as the instance is.
+    _slot: Slot,
     idle: Arc<Idle>,
 }
 
@@ -102,7 +106,9 @@ impl Filter {
                 let route = RouteFilter::new(module.clone(), config.clone(), body_access).await?;
                 (Vec::new(), Some(route))
             }
-            PluginCode::Component { .. } => (vec![Instance::new(&plugin, &config).await?], None),
+            PluginCode::Component { .. } => {
+                (vec![Box::new(Instance::new(&plugin, &config).await?)], None)
+            }
         };
         let calls = ["request", "response"].map(|phase| plugin.caps.calls(phase));
         let call_seconds = ["request", "response"].map(|phase| plugin.caps.call_seconds(phase));
@@ -166,9 +172,8 @@ impl Filter {
         let mut lease = self.checkout().await?;
         self.calls[0].inc();
         let instance = lease.instance.as_mut().expect("a lease holds its instance");
-        let started = Instant::now();
         let called = instance.request(exchange, self.body_access).await;
-        self.call_seconds[0].observe(started.elapsed().as_secs_f64());
+        self.call_seconds[0].observe(instance.call_took().as_secs_f64());
         match called {
             Ok((answer, asked_to_keep)) => {
                 instance.uses += 1;
@@ -202,9 +207,8 @@ impl Filter {
         };
         self.calls[1].inc();
         let instance = lease.instance.as_mut().expect("a lease holds its instance");
-        let started = Instant::now();
         let called = instance.response(exchange, self.body_access).await;
-        self.call_seconds[1].observe(started.elapsed().as_secs_f64());
+        self.call_seconds[1].observe(instance.call_took().as_secs_f64());
         match called {
             Ok(ResponseAnswer::Unused) => {
                 if self.response_phase.swap(false, Ordering::Relaxed) {
@@ -223,16 +227,8 @@ impl Filter {
     /// An instance for a call, with the plugin's permit for a call in flight.
     async fn checkout(&self) -> Result<InstanceLease, FilterFailure> {
         let plugin = &self.plugin;
-        let slot = match plugin.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                tokio::time::timeout(plugin.call_timeout, plugin.slots.clone().acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .ok_or_else(|| plugin.failed("busy", BUSY))?
-            }
-        };
+        let slot = (plugin.slots.take(plugin.call_timeout).await)
+            .ok_or_else(|| plugin.failed("busy", BUSY))?;
         let idle = self
             .idle
             .instances
@@ -243,9 +239,11 @@ impl Filter {
             Some(instance) => instance,
             // Boxed: instantiating takes a kilobyte of future that a call
             // finding a warm instance (nearly all) should not carry.
-            None => Box::pin(Instance::new(plugin, &self.config))
-                .await
-                .map_err(|e| plugin.failed("start_failed", e.to_string()))?,
+            None => Box::new(
+                Box::pin(Instance::new(plugin, &self.config))
+                    .await
+                    .map_err(|e| plugin.failed("start_failed", e.to_string()))?,
+            ),
         };
         Ok(InstanceLease {
             instance: Some(instance),

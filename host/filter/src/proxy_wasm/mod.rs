@@ -35,6 +35,7 @@ use crate::capability::Capabilities;
 use crate::cpu::CpuShare;
 use crate::error::{BUSY, FilterFailure, PluginError};
 use crate::exchange::Exchange;
+use crate::slots::{Slot, Slots};
 
 /// The ABI version a core module declares, if it is a proxy-wasm filter.
 pub(crate) fn abi_of(module: &wasmtime::Module) -> Option<&'static str> {
@@ -108,7 +109,7 @@ fn exported(name: &str) -> String {
 pub(crate) struct Limits {
     pub(crate) name: Arc<str>,
     pub(crate) fail_open: bool,
-    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) slots: Arc<Slots>,
     pub(crate) memory_limit: usize,
     pub(crate) call_timeout: Duration,
     pub(crate) cpu: Arc<CpuShare>,
@@ -373,7 +374,7 @@ pub struct Context {
     vm: usize,
     id: u32,
     ended: bool,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl Drop for Context {
@@ -430,12 +431,8 @@ impl RouteFilter {
         exchange: &mut Box<Exchange>,
     ) -> Result<(Answer, Context), FilterFailure> {
         let module = &self.module;
-        let slot = module
-            .plugin
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| self.failed("busy", BUSY.into()))?;
+        let slot =
+            (module.plugin.slots.try_take()).ok_or_else(|| self.failed("busy", BUSY.into()))?;
         let vm = module.next.fetch_add(1, Ordering::Relaxed) % module.vms.len();
         let config = &self.config;
         let id = self
