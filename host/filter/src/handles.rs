@@ -28,20 +28,41 @@ pub struct HeadersEntry {
     pub(crate) response: bool,
 }
 
+/// A call's entries kept for the next call on the same instance, when the
+/// guest kept no handle under them: making and deleting them cost a table
+/// insert and removal (and a set of children) per call. A handle kept past
+/// its call keeps its entries out of this, so it never reaches the next
+/// request.
+#[derive(Default)]
+pub(crate) struct Spare {
+    request: Option<u32>,
+    /// A child of the spare request entry.
+    response: Option<u32>,
+}
+
 /// Open the entries a call gets: the request handle and, with
-/// `response`, the response handle. The exchange goes in with [`fill`]
-/// once they exist, so nothing is moved if the table refuses them.
+/// `response`, the response handle (spare ones first). The exchange goes
+/// in with [`fill`] once they exist, so nothing is moved if the table
+/// refuses them.
 pub(crate) fn open(
     table: &mut ResourceTable,
+    spare: &mut Spare,
     response: bool,
 ) -> wasmtime::Result<(Resource<RequestEntry>, Option<Resource<ResponseEntry>>)> {
-    let request = table.push(RequestEntry {
-        exchange: None,
-        keep: false,
-        added: 0,
-    })?;
+    let request = match spare.request.take() {
+        Some(rep) => Resource::new_own(rep),
+        None => table.push(RequestEntry {
+            exchange: None,
+            keep: false,
+            added: 0,
+        })?,
+    };
     if !response {
+        // A spare response entry stays a child of the request entry, unseen.
         return Ok((request, None));
+    }
+    if let Some(rep) = spare.response.take() {
+        return Ok((request, Some(Resource::new_own(rep))));
     }
     match table.push_child(
         ResponseEntry {
@@ -105,33 +126,65 @@ impl Lingering {
     }
 }
 
-/// Take the exchange back after a call.
+/// Take the exchange back after a call; its entries become `spare` when
+/// the guest kept no handle under them.
 pub(crate) fn take_back(
     table: &mut ResourceTable,
+    spare: &mut Spare,
     request: Resource<RequestEntry>,
     response: Option<Resource<ResponseEntry>>,
 ) -> Returned {
-    // A response entry the guest still holds handles under stays (its rep kept).
-    let response = response.and_then(|r| {
-        let rep = r.rep();
-        table.delete(r).is_err().then_some(rep)
-    });
     let entry = table
         .get_mut(&request)
         .expect("the request entry lives until it is taken back");
-    let keep = entry.keep;
+    let keep = std::mem::take(&mut entry.keep);
+    entry.added = 0;
     let exchange = entry
         .exchange
         .take()
         .expect("the request entry holds the exchange until it is taken back");
+    // The response entry is spare if no handle hangs under it, and the
+    // request entry if nothing but the response entry does.
+    let response_spare = response.as_ref().is_some_and(|r| children(table, r) == 0);
+    let response = response.map(|r| r.rep());
+    let allowed = usize::from(response.is_some() || spare.response.is_some());
+    let request_spare =
+        (response.is_none() || response_spare) && children(table, &request) == allowed;
     let rep = request.rep();
-    let lingering = (response.is_some() || table.delete(request).is_err()).then_some(Lingering {
+    if request_spare {
+        spare.request = Some(rep);
+        spare.response = response.or(spare.response);
+        return Returned {
+            exchange,
+            lingering: None,
+            keep,
+        };
+    }
+    // Held: the entries linger (a response entry under them that nothing
+    // holds goes now).
+    let unused = spare
+        .response
+        .take()
+        .or(response.filter(|_| response_spare));
+    if let Some(rep) = unused {
+        let _ = table.delete(Resource::<ResponseEntry>::new_own(rep));
+    }
+    let response = response.filter(|_| !response_spare);
+    let mut lingering = Lingering {
         request: rep,
         response,
-    });
+    };
+    let gone = lingering.clear(table);
     Returned {
         exchange,
-        lingering,
+        lingering: (!gone).then_some(lingering),
         keep,
     }
+}
+
+/// How many entries hang under `entry` (the handles the guest holds under it).
+fn children<T: 'static>(table: &ResourceTable, entry: &Resource<T>) -> usize {
+    table
+        .iter_children(entry)
+        .map_or(usize::MAX, Iterator::count)
 }

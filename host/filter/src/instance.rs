@@ -32,6 +32,8 @@ pub(crate) struct Instance {
     pub(crate) spoiled: bool,
     /// Earlier calls' entries the guest still holds handles under.
     lingering: VecDeque<Lingering>,
+    /// The last call's entries, when the guest held none of them.
+    entries: handles::Spare,
 }
 
 impl Instance {
@@ -79,6 +81,7 @@ impl Instance {
             uses: 0,
             spoiled: false,
             lingering: VecDeque::new(),
+            entries: handles::Spare::default(),
         })
     }
 
@@ -128,7 +131,7 @@ impl Instance {
         Option<wasmtime::component::Resource<ResponseEntry>>,
     )> {
         let table = &mut self.store.data_mut().table;
-        let (request, response) = handles::open(table, response)?;
+        let (request, response) = handles::open(table, &mut self.entries, response)?;
         let spare = self.spare.take().expect("a spare between calls");
         // Until `take_back`: a call dropped before it returns spoils the instance.
         self.spoiled = true;
@@ -151,7 +154,7 @@ impl Instance {
         response: Option<wasmtime::component::Resource<ResponseEntry>>,
     ) -> bool {
         let table = &mut self.store.data_mut().table;
-        let mut back = handles::take_back(table, request, response);
+        let mut back = handles::take_back(table, &mut self.entries, request, response);
         back.exchange.body_access = false;
         self.spare = Some(std::mem::replace(exchange, back.exchange));
         // Handles a garbage-collected guest has not dropped yet keep their

@@ -562,42 +562,78 @@ types_host!(v1, String, |e: HostError| e.to_string());
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handles::{fill, open, take_back};
+    use crate::handles::{Spare, fill, open, take_back};
 
-    fn lent(table: &mut ResourceTable) -> Resource<RequestEntry> {
-        let (request, _) = open(table, false).unwrap();
+    fn lent(
+        table: &mut ResourceTable,
+        spare: &mut Spare,
+        response: bool,
+    ) -> (Resource<RequestEntry>, Option<Resource<ResponseEntry>>) {
+        let (request, response) = open(table, spare, response).unwrap();
         fill(table, &request, Exchange::placeholder());
-        request
+        (request, response)
+    }
+
+    fn headers(
+        table: &mut ResourceTable,
+        request: &Resource<RequestEntry>,
+    ) -> Resource<HeadersEntry> {
+        let entry = HeadersEntry {
+            request: request.rep(),
+            response: false,
+        };
+        table.push_child(entry, request).unwrap()
     }
 
     #[test]
-    fn a_call_whose_handles_are_dropped_leaves_nothing() {
+    fn a_call_whose_handles_are_dropped_leaves_its_entries_to_the_next() {
         let mut table = ResourceTable::new();
-        let request = lent(&mut table);
-        let back = take_back(&mut table, request, None);
+        let mut spare = Spare::default();
+        let (request, response) = lent(&mut table, &mut spare, true);
+        let reps = (request.rep(), response.as_ref().map(Resource::rep));
+        let back = take_back(&mut table, &mut spare, request, response);
         assert!(back.lingering.is_none());
-        assert!(table.is_empty());
+        // The next call, request or response, gets the same entries, empty.
+        let (request, none) = lent(&mut table, &mut spare, false);
+        assert_eq!((request.rep(), none.is_none()), (reps.0, true));
+        take_back(&mut table, &mut spare, request, None);
+        let (request, response) = lent(&mut table, &mut spare, true);
+        assert_eq!((request.rep(), response.as_ref().map(Resource::rep)), reps);
+        let entry = table.get(&request).unwrap();
+        assert!(!entry.keep && entry.added == 0);
+        take_back(&mut table, &mut spare, request, response);
     }
 
     #[test]
     fn a_handle_kept_past_its_call_lingers_until_dropped() {
         let mut table = ResourceTable::new();
-        let request = lent(&mut table);
-        let headers = table
-            .push_child(
-                HeadersEntry {
-                    request: request.rep(),
-                    response: false,
-                },
-                &request,
-            )
-            .unwrap();
-        let mut lingering = take_back(&mut table, request, None)
+        let mut spare = Spare::default();
+        // A call on spare entries whose guest keeps a headers handle.
+        let (request, response) = lent(&mut table, &mut spare, true);
+        take_back(&mut table, &mut spare, request, response);
+        let (request, _) = lent(&mut table, &mut spare, false);
+        let kept = headers(&mut table, &request);
+        let held = request.rep();
+        let mut lingering = take_back(&mut table, &mut spare, request, None)
             .lingering
             .expect("the headers handle keeps its request entry");
+        // The next request never reaches through it: it gets other entries,
+        // and the held entry has no exchange.
+        let (next, _) = lent(&mut table, &mut spare, false);
+        assert_ne!(next.rep(), held);
+        let entry = table
+            .get(&Resource::<RequestEntry>::new_borrow(held))
+            .unwrap();
+        assert!(entry.exchange.is_none());
         assert!(!lingering.clear(&mut table), "still held");
-        table.delete(headers).unwrap();
+        table.delete(kept).unwrap();
         assert!(lingering.clear(&mut table));
-        assert!(table.is_empty());
+        // The next call's entries are given back as spares; the held one is gone.
+        take_back(&mut table, &mut spare, next, None);
+        assert!(
+            table
+                .get(&Resource::<RequestEntry>::new_borrow(held))
+                .is_err()
+        );
     }
 }
