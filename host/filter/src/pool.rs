@@ -227,8 +227,12 @@ impl Filter {
     /// An instance for a call, with the plugin's permit for a call in flight.
     async fn checkout(&self) -> Result<InstanceLease, FilterFailure> {
         let plugin = &self.plugin;
-        let slot = (plugin.slots.take(plugin.call_timeout).await)
-            .ok_or_else(|| plugin.failed("busy", BUSY))?;
+        let slot = match plugin.slots.try_take() {
+            Some(slot) => slot,
+            None => Box::pin(plugin.slots.take(plugin.call_timeout))
+                .await
+                .ok_or_else(|| plugin.failed("busy", BUSY))?,
+        };
         let idle = self
             .idle
             .instances

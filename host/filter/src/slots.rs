@@ -37,7 +37,8 @@ impl Slots {
             .map(|_| Slot(self.clone()))
     }
 
-    /// A slot, waiting up to `limit` for one to be freed.
+    /// A slot, waiting up to `limit` for one to be freed (call
+    /// [`Slots::try_take`] first: this future is large).
     pub(crate) async fn take(self: &Arc<Self>, limit: Duration) -> Option<Slot> {
         let waiting = async {
             loop {
@@ -50,10 +51,7 @@ impl Slots {
                 freed.await;
             }
         };
-        match self.try_take() {
-            Some(slot) => Some(slot),
-            None => tokio::time::timeout(limit, waiting).await.ok(),
-        }
+        tokio::time::timeout(limit, waiting).await.ok()
     }
 }
 
