@@ -290,16 +290,23 @@ token = "test-admin-token"
 path = "{}"
 [plugins.stamp]
 path = "{}"
+[plugins.transform]
+path = "{}"
 
 [upstreams.a]
 targets = ["{}"]
 
 [[routes]]
 upstream = "a"
-filters = [{{ plugin = "noop" }}, {{ plugin = "stamp", config = {{ label = "x" }} }}]
+filters = [
+  {{ plugin = "noop" }},
+  {{ plugin = "stamp", config = {{ label = "x" }} }},
+  {{ plugin = "transform", config = {{ request_headers = {{ set = {{ x-t = "1" }} }} }} }},
+]
 "#,
         plugin("noop"),
         plugin("stamp-a"),
+        plugin("transform"),
         up.addr
     ))
     .await
@@ -309,6 +316,7 @@ filters = [{{ plugin = "noop" }}, {{ plugin = "stamp", config = {{ label = "x" }
         assert_eq!(reply.status, 200);
         // The filter that has a response phase still runs it every time.
         assert_eq!(reply.header("x-stamp"), "stamp-a:x");
+        assert_eq!(reply.echoed("x-t"), ["1"]);
     }
     let metrics = gw.metrics().await;
     for (plugin, phase, calls) in [
@@ -317,6 +325,9 @@ filters = [{{ plugin = "noop" }}, {{ plugin = "stamp", config = {{ label = "x" }
         ("noop", "response", 1),
         ("stamp", "request", 5),
         ("stamp", "response", 5),
+        // One whose configuration has nothing for responses says so too.
+        ("transform", "request", 5),
+        ("transform", "response", 1),
     ] {
         let line =
             format!(r#"sluice_filter_calls_total{{plugin="{plugin}",phase="{phase}"}} {calls}"#);

@@ -69,6 +69,13 @@ pub use policy::{
     RateLimit, RouteTo, Routing, Transform, Verdict,
 };
 
+/// Say, from `on_response`, that this configuration has nothing to do
+/// there: the gateway stops calling the filter's response phase on its
+/// route (a call saved per request), as it does for a filter without one.
+pub fn skip_response_phase() {
+    __rt::response_phase_unused();
+}
+
 /// Defines [`export!`] with one arm per policy kind, from the kinds table.
 macro_rules! define_export {
     ($d:tt $( $Kind:ident $snake:ident $interface:literal $world:literal

@@ -4,8 +4,13 @@
 //! upstream, at random or stuck to a client by IP, header or cookie; without
 //! a split, the route's own upstream is used.
 
+use std::cell::LazyCell;
+
 use serde::Deserialize;
 use sluice_sdk::{Plugin, Request, RouteTo, Routing};
+
+/// The request's `cookie` header, read on first use.
+type Cookies<'a> = LazyCell<String, Box<dyn FnOnce() -> String + 'a>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,7 +150,7 @@ fn fnv1a(text: &str) -> u64 {
 
 impl Router {
     /// The upstream of the weighted split for this request.
-    fn split(&self, req: &Request, cookies: &str) -> Option<RouteTo> {
+    fn split(&self, req: &Request, cookies: &Cookies) -> Option<RouteTo> {
         if self.split.is_empty() {
             return None;
         }
@@ -153,7 +158,7 @@ impl Router {
             Sticky::Random => None,
             Sticky::ClientIp => Some(req.client_ip()),
             Sticky::Header(name) => req.header(name),
-            Sticky::Cookie(name) => cookie(cookies, name).map(str::to_owned),
+            Sticky::Cookie(name) => cookie(&cookies[..], name).map(str::to_owned),
         };
         // Clients without the sticky key are spread at random.
         let mut point = match key {
@@ -174,8 +179,9 @@ impl Router {
 
 impl Routing for Router {
     fn select(&self, req: &Request) -> Option<RouteTo> {
-        let path = req.path();
-        let cookies = req.header("cookie").unwrap_or_default();
+        // Read when a rule asks, not before: each read is a call to the host.
+        let path = LazyCell::new(|| req.path());
+        let cookies: Cookies = LazyCell::new(Box::new(|| req.header("cookie").unwrap_or_default()));
         let Some(rule) = self.rules.iter().find(|rule| {
             rule.header
                 .as_ref()
@@ -183,11 +189,11 @@ impl Routing for Router {
                 && rule
                     .cookie
                     .as_ref()
-                    .is_none_or(|m| value_matches(&m.value, cookie(&cookies, &m.name)))
+                    .is_none_or(|m| value_matches(&m.value, cookie(&cookies[..], &m.name)))
                 && rule
                     .path_prefix
                     .as_ref()
-                    .is_none_or(|p| under_prefix(&path, p))
+                    .is_none_or(|p| under_prefix(&path[..], p))
         }) else {
             return self.split(req, &cookies);
         };

@@ -76,6 +76,10 @@ struct HeaderEdits {
 }
 
 impl HeaderEdits {
+    fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
     /// Every edit in one call to the gateway. Names and values were checked
     /// by `check`; one the gateway keeps itself is skipped.
     fn apply(&self, headers: &Headers) {
@@ -172,6 +176,9 @@ impl Plugin for Transformer {
 
 impl Transformer {
     fn new_path(&self, req: &Request) -> Option<String> {
+        if self.config.version.is_none() && self.rewrites.is_empty() {
+            return None;
+        }
         let path = req.path();
         let mut new = None;
         if let Some(version) = &self.config.version {
@@ -318,6 +325,10 @@ impl Transform for Transformer {
     }
 
     fn on_response(&self, _req: &Request, resp: &Response) {
+        let config = &self.config;
+        if config.response_headers.is_empty() && config.response_json.is_empty() {
+            return sluice_sdk::skip_response_phase();
+        }
         self.config.response_headers.apply(resp.headers());
         // A response too large to edit passes unedited: it is already on its way.
         let _ = edit_body(
