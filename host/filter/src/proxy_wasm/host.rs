@@ -511,7 +511,7 @@ fn lossy(bytes: &[u8]) -> String {
 }
 
 fn memory(c: &mut C) -> Option<wasmtime::Memory> {
-    c.get_export("memory").and_then(|e| e.into_memory())
+    c.data().exported.as_ref().map(|(memory, _)| *memory)
 }
 
 /// `len` bytes of the guest's memory at `ptr`.
@@ -535,13 +535,9 @@ fn write(c: &mut C, ptr: i32, bytes: &[u8]) -> i32 {
 /// Hand `bytes` to the guest: memory it allocates for them, its address
 /// and size written where it asked.
 async fn give(c: &mut C<'_>, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> wasmtime::Result<i32> {
-    let allocate = ["proxy_on_memory_allocate", "malloc"]
-        .into_iter()
-        .find_map(|name| c.get_export(name).and_then(|e| e.into_func()));
-    let Some(allocate) = allocate else {
+    let Some((_, allocate)) = c.data().exported.clone() else {
         return Ok(status::INTERNAL_FAILURE);
     };
-    let allocate = allocate.typed::<i32, i32>(&*c)?;
     let at = allocate.call_async(&mut *c, bytes.len() as i32).await?;
     if at == 0 && !bytes.is_empty() {
         return Ok(status::INTERNAL_FAILURE);

@@ -578,7 +578,7 @@ impl RouteFilter {
     async fn stream(
         &self,
         context: &Context,
-        name: &str,
+        name: &'static str,
         size: i32,
         end: Option<bool>,
         exchange: &mut Box<Exchange>,
@@ -594,7 +594,7 @@ impl RouteFilter {
     async fn paused(
         &self,
         context: &Context,
-        name: &str,
+        name: &'static str,
         size: i32,
         end: Option<bool>,
         lent: &mut Option<Lent>,

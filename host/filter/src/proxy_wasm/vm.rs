@@ -65,12 +65,18 @@ pub(crate) struct VmState {
     /// Tick periods by root context.
     pub(crate) ticks: HashMap<u32, Duration>,
     pub(crate) next_token: u32,
+    /// The module's memory and allocator, looked up once (host functions
+    /// use them on every read and every value handed back).
+    pub(crate) exported: Option<(wasmtime::Memory, TypedFunc<i32, i32>)>,
 }
 
 /// A VM: its store and instance, and the root contexts made in it.
 pub(crate) struct Vm {
     pub(crate) store: Store<VmState>,
     instance: wasmtime::Instance,
+    /// Callbacks looked up by name once, each as the type it is called
+    /// with (`None`: the module does not export it).
+    callbacks: Vec<(&'static str, Box<dyn std::any::Any + Send + Sync>)>,
     /// Root context ids by configuration.
     roots: HashMap<String, u32>,
     next_id: u32,
@@ -102,6 +108,7 @@ impl Vm {
             dispatched: Vec::new(),
             ticks: HashMap::new(),
             next_token: 1,
+            exported: None,
         };
         let mut store = Store::new(module.pre.module().engine(), state);
         store.limiter(|s| &mut s.memory);
@@ -109,9 +116,15 @@ impl Vm {
         store.set_epoch_deadline(1);
         store.data_mut().clock.start();
         let instance = module.pre.instantiate_async(&mut store).await?;
+        let memory = instance.get_memory(&mut store, "memory");
+        let allocate = ["proxy_on_memory_allocate", "malloc"]
+            .into_iter()
+            .find_map(|name| instance.get_typed_func::<i32, i32>(&mut store, name).ok());
+        store.data_mut().exported = memory.zip(allocate);
         let mut vm = Vm {
             store,
             instance,
+            callbacks: Vec::new(),
             roots: HashMap::new(),
             next_id: 1,
         };
@@ -129,18 +142,39 @@ impl Vm {
     }
 
     /// Call export `name`, if the module has it (`None` if not).
-    pub(crate) async fn call<P, R>(&mut self, name: &str, params: P) -> wasmtime::Result<Option<R>>
+    pub(crate) async fn call<P, R>(
+        &mut self,
+        name: &'static str,
+        params: P,
+    ) -> wasmtime::Result<Option<R>>
     where
-        P: WasmParams + Send + Sync,
-        R: WasmResults + Send + Sync,
+        P: WasmParams + Send + Sync + 'static,
+        R: WasmResults + Send + Sync + 'static,
     {
-        let Some(func) = self.instance.get_func(&mut self.store, name) else {
+        let Some(func) = self.callback::<P, R>(name)? else {
             return Ok(None);
         };
-        let func: TypedFunc<P, R> = func.typed(&self.store)?;
         self.store.data_mut().clock.start();
         self.store.set_epoch_deadline(1);
         func.call_async(&mut self.store, params).await.map(Some)
+    }
+
+    /// Export `name` as a function of `P` to `R`, looked up on first use.
+    fn callback<P, R>(&mut self, name: &'static str) -> wasmtime::Result<Option<TypedFunc<P, R>>>
+    where
+        P: WasmParams + Send + Sync + 'static,
+        R: WasmResults + Send + Sync + 'static,
+    {
+        let cached = self.callbacks.iter().find(|(n, _)| *n == name);
+        if let Some(func) = cached.and_then(|(_, f)| f.downcast_ref::<Option<TypedFunc<P, R>>>()) {
+            return Ok(func.clone());
+        }
+        let func = match self.instance.get_func(&mut self.store, name) {
+            Some(func) => Some(func.typed::<P, R>(&self.store)?),
+            None => None,
+        };
+        self.callbacks.push((name, Box::new(func.clone())));
+        Ok(func)
     }
 
     /// The root context for `config`, made (and configured) if new here;
@@ -188,7 +222,7 @@ impl Vm {
     /// `end_of_stream`, trailers (`end` of `None`) do not.
     pub(crate) async fn stream_call(
         &mut self,
-        name: &str,
+        name: &'static str,
         id: u32,
         size: i32,
         end: Option<bool>,
