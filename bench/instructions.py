@@ -12,7 +12,9 @@ here or in a redis-server the script starts), `headers_component` and
 `headers_proxy_wasm` (one request and one response header set by the
 `headers` component, and by `pw-headers` built with the proxy-wasm SDK),
 `routes_10` and `routes_10000` (that many prefix routes, the request to the
-last one listed). Each
+last one listed), and `alone_<plugin>` (one sample plugin on the route,
+configured as in `policy5`; `noop`, `headers`, `api-key-auth`, `rate-limit`,
+`transform`, `router`, `cache-policy`). Each
 runs on the current build and on each saved build DIR (from `bench.py
 --save-baseline`; `plugins:DIR` is the current binary with DIR's plugins).
 Each proxy runs under callgrind with one worker; after a warm-up its
@@ -87,9 +89,30 @@ def routes(n):
     return make
 
 
+def alone(name, config):
+    """One sample plugin on the route, configured as in `policy5` (`noop` and `headers` as named)."""
+    def make(port, up):
+        return bench.sluice_toml(port, up, f'{{ plugin = "{name}", config = {config} }}',
+                                 f'[plugins.{name}]\npath = "{bench.plugin(name)}"\n')
+    return make
+
+
+# Each plugin alone: `alone_<name>` (instructions per request over `pass`
+# is what it costs through the proxy).
+ALONE = {
+    "noop": "{}",
+    "headers": '{ request = { set = { x-added = "1" } }, response = { set = { x-pw-response = "seen" } } }',
+    "api-key-auth": '{ keys = [{ key = "bench-key", owner = "bench", claims = { plan = "gold" } }] }',
+    "rate-limit": '{ key = "identity", capacity = 1000000000, window_secs = 1 }',
+    "transform": '{ request_headers = { set = { x-bench = "1" } } }',
+    "router": '{ split = [{ upstream = "u", weight = 1 }] }',
+    "cache-policy": '{ paths = ["/cached-only"] }',
+}
+
 STATE = {"limit_local": bench.limit_toml("local", None), "limit_cluster": limit_cluster,
          "headers_component": headers_component, "headers_proxy_wasm": headers_proxy_wasm,
-         "routes_10": routes(10), "routes_10000": routes(10_000)}
+         "routes_10": routes(10), "routes_10000": routes(10_000),
+         **{f"alone_{name}": alone(name, config) for name, config in ALONE.items()}}
 # Where a scenario's requests go (`/` unless named here).
 PATHS = {"routes_10": "/r9/x", "routes_10000": "/r9999/x"}
 
