@@ -48,7 +48,7 @@ pub use answer::{Answer, Limit, Reply, ResponseAnswer, StoreDecision};
 pub use capability::{CAPABILITIES, Capabilities, Grant, HttpUpstream, Services, capability_of};
 pub use engine::{Compiled, FilterEngine};
 pub use error::{FilterFailure, HostError, PluginError};
-pub use exchange::{Exchange, Identity};
+pub use exchange::{Exchange, Identity, ip_text};
 pub use kinds::Kind;
 pub use plugin::Plugin;
 pub use pool::{Filter, Lease};

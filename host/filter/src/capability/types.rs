@@ -414,7 +414,7 @@ macro_rules! types_host {
             }
 
             fn client_ip(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<String> {
-                Ok(self.exchange(r.rep())?.client_ip.to_string())
+                Ok(crate::ip_text(self.exchange(r.rep())?.client_ip))
             }
 
             fn headers(

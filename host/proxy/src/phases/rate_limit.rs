@@ -101,8 +101,13 @@ pub(super) async fn admit(
     limit: Limit,
     buckets: &Buckets,
 ) -> Result<Flow, PhaseError> {
-    // Buckets are namespaced by plugin, like its key-value entries.
-    let key = format!("{}\0{}", filter.plugin().name, limit.key);
+    // Buckets are namespaced by plugin, like its key-value entries (pushed,
+    // not `format!`ted: the formatting machinery costs ~1,500 instructions).
+    let plugin = &filter.plugin().name;
+    let mut key = String::with_capacity(plugin.len() + 1 + limit.key.len());
+    key.push_str(plugin);
+    key.push('\0');
+    key.push_str(&limit.key);
     let Some(admission) = buckets.take(&key, &limit).await? else {
         return Ok(Flow::Next);
     };

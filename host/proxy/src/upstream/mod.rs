@@ -620,7 +620,10 @@ pub fn prepare_request<B>(request: &mut Request<B>, client_ip: IpAddr, secure: b
     strip_hop_by_hop(headers);
     // Every field of the chain the client sent (a second one is the same
     // list, RFC 9110 §5.3), then the client.
-    let forwarded_for = chain(headers.get_all(X_FORWARDED_FOR), ip_text(client_ip));
+    let forwarded_for = chain(
+        headers.get_all(X_FORWARDED_FOR),
+        sluice_filter::ip_text(client_ip),
+    );
     if let Ok(value) = HeaderValue::try_from(forwarded_for) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -630,7 +633,7 @@ pub fn prepare_request<B>(request: &mut Request<B>, client_ip: IpAddr, secure: b
     // `X-Real-IP` cannot stand (it is one address, the client's), and
     // `Forwarded` (RFC 7239) gets the client appended as `X-Forwarded-For` does.
     if headers.contains_key(X_REAL_IP)
-        && let Ok(value) = HeaderValue::try_from(ip_text(client_ip))
+        && let Ok(value) = HeaderValue::try_from(sluice_filter::ip_text(client_ip))
     {
         headers.insert(X_REAL_IP, value);
     }
@@ -675,28 +678,6 @@ fn chain(earlier: http::header::GetAll<'_, HeaderValue>, node: String) -> String
     list
 }
 
-/// `ip` as text. IPv4 is written by hand: `Display` goes through the
-/// formatting machinery and cost more than the rest of `prepare_request`.
-fn ip_text(ip: IpAddr) -> String {
-    let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
-    };
-    let mut out = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
-        }
-        out.push(char::from(b'0' + octet % 10));
-    }
-    out
-}
-
 /// The status a failed upstream exchange answers with, and its code.
 pub fn failure_status(error: &UpstreamError) -> (StatusCode, &'static str) {
     match error {
@@ -730,25 +711,5 @@ impl sluice_filter::HttpUpstream for Upstream {
             .await
             .map_err(|e| format!("upstream `{}`: reading the body: {e}", self.name))?;
         Ok(Response::from_parts(head, body))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ip_text_writes_addresses_as_display_does() {
-        for ip in [
-            "0.0.0.0",
-            "255.255.255.255",
-            "10.0.100.9",
-            "127.0.0.1",
-            "::1",
-            "2001:db8::7",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
-        }
     }
 }
