@@ -20,4 +20,5 @@ mod proxy;
 mod proxy_wasm;
 mod reload;
 mod streaming;
+mod translate;
 mod vetted;

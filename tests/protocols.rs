@@ -3,15 +3,13 @@
 //! ALPN), gRPC with real grpcio on both ends, WebSocket with the real
 //! websockets library on both ends, and compressed responses decoded by curl.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use sluice_tests::{Gateway, Upstream, get};
+use sluice_tests::{Gateway, Python, Upstream, curl, get};
 
 /// A certificate authority and what it signed, written as PEM files.
 struct Pki {
@@ -178,77 +176,20 @@ async fn http2_to_upstreams_by_prior_knowledge_and_by_alpn() {
     assert_eq!(get(&gw.url("/"), &[]).await.json()["version"], "HTTP/2.0");
 }
 
-/// A Python helper from `tests/python` serving on a port it prints.
-struct Helper(Child);
-
-impl Helper {
-    fn serve(script: &str) -> (Helper, u16) {
-        let mut child = Command::new("python3")
-            .arg(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("python")
-                    .join(script),
-            )
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().unwrap_or_else(|_| {
-            panic!("{script} did not start (pip install -r tests/python/requirements.txt)")
-        });
-        (Helper(child), port)
-    }
-
-    /// Run the script's client against `target` and return what it printed.
-    async fn client(script: &str, verb: &str, target: String) -> String {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("python")
-            .join(script);
-        let verb = verb.to_owned();
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new("python3")
-                .arg(path)
-                .arg(verb)
-                .arg(target)
-                .output()
-        })
-        .await
-        .unwrap()
-        .expect("python3 runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn grpc_passes_through_with_trailers() {
-    let (_server, port) = Helper::serve("grpc_echo.py");
+    let (_server, port) = Python::serve("grpc_echo.py");
     let gw = gateway(&format!(
         "targets = [\"127.0.0.1:{port}\"]\nprotocol = \"h2\""
     ))
     .await;
-    let printed = Helper::client("grpc_echo.py", "call", gw.addr.to_string()).await;
+    let printed = Python::client("grpc_echo.py", "call", gw.addr.to_string()).await;
     assert_eq!(printed, "echo:hello kept\nNOT_FOUND no such thing\n");
 }
 
 #[tokio::test]
 async fn grpc_trailers_survive_filters_that_read_bodies() {
-    let (_server, port) = Helper::serve("grpc_echo.py");
+    let (_server, port) = Python::serve("grpc_echo.py");
     let upstream = format!("[upstreams.u]\ntargets = [\"127.0.0.1:{port}\"]\nprotocol = \"h2\"\n");
     // A proxy-wasm filter reads the response's trailers and adds one; a
     // component that buffers bodies passes them on.
@@ -267,34 +208,17 @@ async fn grpc_trailers_survive_filters_that_read_bodies() {
         (component, "x-echo-trailer=kept"),
     ] {
         let gw = Gateway::start(&config).await.expect("gateway starts");
-        let printed = Helper::client("grpc_echo.py", "trailers", gw.addr.to_string()).await;
+        let printed = Python::client("grpc_echo.py", "trailers", gw.addr.to_string()).await;
         assert_eq!(printed, format!("echo:hello {trailers}\n"));
     }
 }
 
 #[tokio::test]
 async fn websocket_echo_through_the_gateway() {
-    let (_server, port) = Helper::serve("ws_echo.py");
+    let (_server, port) = Python::serve("ws_echo.py");
     let gw = gateway(&format!("targets = [\"127.0.0.1:{port}\"]")).await;
-    let printed = Helper::client("ws_echo.py", "talk", gw.addr.to_string()).await;
+    let printed = Python::client("ws_echo.py", "talk", gw.addr.to_string()).await;
     assert_eq!(printed, "echo:one\necho:two\n");
-}
-
-/// curl's view of a response: its headers and the decoded body.
-async fn curl(args: &[&str]) -> (String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("curl")
-            .args(["-s", "-D", "-"])
-            .args(args)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("curl runs");
-    let text = String::from_utf8(output.stdout).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.to_ascii_lowercase(), body.to_owned())
 }
 
 #[tokio::test]

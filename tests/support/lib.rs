@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -715,4 +718,79 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A Python peer from `tests/python` (a real gRPC or WebSocket server
+/// and client) serving on a port it prints; killed when dropped.
+pub struct Python(Child);
+
+impl Python {
+    pub fn serve(script: &str) -> (Python, u16) {
+        let mut child = Command::new("python3")
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("python")
+                    .join(script),
+            )
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            panic!("{script} did not start (pip install -r tests/python/requirements.txt)")
+        });
+        (Python(child), port)
+    }
+
+    /// Run the script's client against `target` and return what it printed.
+    pub async fn client(script: &str, verb: &str, target: String) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python")
+            .join(script);
+        let verb = verb.to_owned();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("python3")
+                .arg(path)
+                .arg(verb)
+                .arg(target)
+                .output()
+        })
+        .await
+        .unwrap()
+        .expect("python3 runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// curl's view of a response: its head (lowercased) and body.
+pub async fn curl(args: &[&str]) -> (String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-s", "-D", "-"])
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("curl runs");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_ascii_lowercase(), body.to_owned())
 }

@@ -264,7 +264,7 @@ impl Control {
             text: config.source.text().to_owned(),
             fleet: None,
             plugins: plugin_infos(&config, &versions),
-            files: watched_files(&config),
+            files: watched_files(&config, &gateway.load()),
             watch: config.reload.watch,
             versions,
             generation: 1,
@@ -453,6 +453,7 @@ impl Control {
                     Err(e) => return Err(self.failed(&what, ChangeError::Invalid(e))),
                 };
                 // The swap: requests arriving from here on see the new gateway.
+                let files = watched_files(&config, &gateway);
                 self.gateway.store(Arc::new(gateway));
                 self.listeners.commit(&wanted, opened);
                 state.generation += 1;
@@ -462,7 +463,7 @@ impl Control {
                 }
                 state.plugins = plugin_infos(&config, &versions);
                 publish(&self.plugin_info, &state.plugins);
-                state.files = watched_files(&config);
+                state.files = files;
                 state.watch = config.reload.watch;
                 state.versions = versions;
                 self.reloads_ok.inc();
@@ -568,10 +569,17 @@ impl Control {
     }
 }
 
+/// What `sluice check` found.
+pub struct Checked {
+    /// Each plugin: what it is, imports and is granted.
+    pub plugins: Vec<PluginInfo>,
+    /// Each transcoding route's name and the HTTP routes it offers.
+    pub transcoded: Vec<(String, Vec<String>)>,
+}
+
 /// Load every plugin and build every route of `config`, as a start would,
-/// without binding anything: what `sluice check` runs. Answers what each
-/// plugin is, imports and is granted.
-pub async fn check(config: &Config) -> anyhow::Result<Vec<PluginInfo>> {
+/// without binding anything: what `sluice check` runs.
+pub async fn check(config: &Config) -> anyhow::Result<Checked> {
     // What `run` would refuse before building anything: no listeners, certificates that do not load.
     wanted_listeners(config)?;
     let kept = Kept::new(config).await?;
@@ -579,8 +587,15 @@ pub async fn check(config: &Config) -> anyhow::Result<Vec<PluginInfo>> {
     sync_files(config, &kept.engine, &mut versions)
         .await
         .map_err(anyhow::Error::msg)?;
-    build(config, &kept, &versions).await?;
-    Ok(plugin_infos(config, &versions))
+    let gateway = build(config, &kept, &versions).await?;
+    let transcoded = gateway
+        .transcoders()
+        .map(|(route, t)| (route.to_owned(), t.describe().collect()))
+        .collect();
+    Ok(Checked {
+        plugins: plugin_infos(config, &versions),
+        transcoded,
+    })
 }
 
 /// Compile on a blocking thread: it takes milliseconds to seconds of CPU.
@@ -818,6 +833,7 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
     };
     Gateway::build(
         &config.routes,
+        src.dir(),
         &plugins,
         upstreams,
         &kept.shared,
@@ -857,7 +873,9 @@ fn wanted_listeners(config: &Config) -> Result<Wanted, ConfigError> {
         .collect()
 }
 
-fn watched_files(config: &Config) -> Vec<PathBuf> {
+/// The configuration file, the plugin files and the service definitions
+/// transcoding routes were built from.
+fn watched_files(config: &Config, gateway: &Gateway) -> Vec<PathBuf> {
     let dir = config.source.dir();
     std::iter::once(config.source.path.clone())
         .chain(
@@ -866,6 +884,11 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
                 .values()
                 .filter(|p| oci::Reference::of_path(p.path.get_ref()).is_none())
                 .map(|p| dir.join(p.path.get_ref())),
+        )
+        .chain(
+            gateway
+                .transcoders()
+                .flat_map(|(_, t)| t.files().iter().cloned()),
         )
         .map(|p| std::path::absolute(&p).unwrap_or(p))
         .collect()

@@ -406,6 +406,66 @@ pub struct RouteConfig {
     /// response one gateway fetched is a hit on every other.
     #[serde(default)]
     pub shared_cache: bool,
+    /// Take gRPC-Web from browsers (`application/grpc-web`, `+proto`, and
+    /// the base64 `-text` forms) to the route's gRPC upstream, its trailers
+    /// sent as the body's last frame; other requests pass as they are.
+    #[serde(default)]
+    pub grpc_web: bool,
+    /// Take JSON/REST calls to the gRPC service the definitions describe.
+    pub transcode: Option<Spanned<TranscodeConfig>>,
+}
+
+/// JSON/REST to gRPC from a service's own definitions: `.proto` files
+/// (compiled by the gateway, imports included) or a descriptor set, each
+/// method mapped by its `google.api.http` rules and at `POST /pkg.Service/Method`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeConfig {
+    /// `.proto` files to compile, named as imports name them (relative to an
+    /// `include` folder).
+    #[serde(default)]
+    pub protos: Vec<PathBuf>,
+    /// Folders imports are looked up in, relative to the configuration
+    /// file; its own folder when none is given. `google/api/annotations.proto`
+    /// and the well-known types are built in.
+    #[serde(default)]
+    pub include: Vec<PathBuf>,
+    /// A compiled `FileDescriptorSet` (`protoc --include_imports
+    /// --descriptor_set_out`), instead of `protos`.
+    pub descriptor: Option<PathBuf>,
+    /// The services offered, by full name; every service defined when empty.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// A query parameter that names no field of the request: `reject` (400)
+    /// or `ignore`.
+    #[serde(default)]
+    pub unknown_query: UnknownQuery,
+    /// How a server-streaming method's messages are sent: `ndjson` (one JSON
+    /// object a line) or `sse` (server-sent events).
+    #[serde(default)]
+    pub stream: StreamFormat,
+}
+
+/// What a transcoded route does with a query parameter that names no field.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownQuery {
+    /// Refuse the request with 400.
+    #[default]
+    Reject,
+    /// Leave it out of the call.
+    Ignore,
+}
+
+/// How a server-streaming call's messages reach a JSON client.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamFormat {
+    /// Newline-delimited JSON (`application/x-ndjson`).
+    #[default]
+    Ndjson,
+    /// Server-sent events (`text/event-stream`), one `data:` event a message.
+    Sse,
 }
 
 /// Response compression, negotiated by `Accept-Encoding`.

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -27,6 +28,7 @@ use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::phases::{CachePhase, FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::router::{Matcher, RouteTable};
 use crate::trace::{Trace, Tracing};
+use crate::translate::{Transcoder, Translation};
 use crate::upgrade::{self, Upgrade};
 use crate::upstream::{
     self, Payload, Sending, TargetGauges, TargetRegistry, Upstream, UpstreamError,
@@ -45,6 +47,8 @@ pub struct Route {
     /// The largest request body it takes.
     max_body: u64,
     compression: Option<Compression>,
+    /// gRPC-Web or JSON/REST to the upstream's gRPC.
+    translation: Option<Translation>,
     /// Its requests by method and status class, and their latency.
     pub(crate) metrics: RouteMetrics,
 }
@@ -144,10 +148,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Initialise every route's filters with `plugins` (loaded for this
-    /// configuration). Errors say where in the configuration, which route
-    /// and which plugin.
+    /// configuration); files the routes name are relative to `dir`. Errors
+    /// say where in the configuration, which route and which plugin.
     pub async fn build(
         configured: &[RouteConfig],
+        dir: &Path,
         plugins: &HashMap<String, Arc<Plugin>>,
         upstreams: HashMap<String, Arc<Upstream>>,
         shared: &Shared,
@@ -209,6 +214,7 @@ impl Gateway {
                 })?),
                 None => None,
             };
+            let translation = translation(route, i, dir, &upstreams)?;
             let route = Route {
                 metrics: RouteMetrics::new(&shared.metrics, &name),
                 name,
@@ -223,6 +229,7 @@ impl Gateway {
                 filters,
                 max_body: route.max_body.as_u64(),
                 compression,
+                translation,
             };
             routes.push((matcher, route));
         }
@@ -244,6 +251,15 @@ impl Gateway {
     /// Its routes, in match order.
     pub(crate) fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
+    }
+
+    /// Its transcoding routes, by name: what `sluice check` lists and a
+    /// reload watches.
+    pub fn transcoders(&self) -> impl Iterator<Item = (&str, &Transcoder)> {
+        self.routes().filter_map(|route| match &route.translation {
+            Some(Translation::Transcode(transcoder)) => Some((&*route.name, transcoder)),
+            _ => None,
+        })
     }
 
     /// Its upstreams.
@@ -533,6 +549,10 @@ impl Gateway {
                 Request::from_parts(std::mem::replace(&mut exchange.request, blank), body)
             }
         };
+        let translated = match &route.translation {
+            None => None,
+            Some(translation) => self.translate(translation, &mut request, route, at).await?,
+        };
         upstream::prepare_request(&mut request, exchange.client_ip, exchange.secure);
         if let Some(upgrade) = &sent.upgrade {
             upgrade.restore(request.headers_mut());
@@ -569,9 +589,13 @@ impl Gateway {
                     upgrade.restore(response.headers_mut());
                     upgrade.join(&mut response, at.conn.idle_timeout);
                 }
-                let (head, incoming) = response.into_parts();
+                let (mut head, incoming) = response.into_parts();
+                let mut stream = body::paced(incoming, upstream.body_timeout());
+                if let Some(translated) = translated {
+                    stream = translated.response(&mut head, stream).await;
+                }
                 exchange.response = Some(head);
-                ctx.stream = Some(body::paced(incoming, upstream.body_timeout()));
+                ctx.stream = Some(stream);
                 Ok(())
             }
             Err(UpstreamError::ClientBody(error)) => Err(self.client_body_failed(&error, at)),
@@ -586,6 +610,41 @@ impl Gateway {
                 Err(error_response(status, code))
             }
         }
+    }
+
+    /// Translate the request for the route's gRPC upstream, reading its
+    /// whole body first if the translation needs it.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error is the response the client gets"
+    )]
+    async fn translate(
+        &self,
+        translation: &Translation,
+        request: &mut Request<Payload>,
+        route: &Route,
+        at: &Arrival<'_>,
+    ) -> Result<Option<crate::translate::Translated>, Response<ProxyBody>> {
+        let whole = match translation.needs_whole_body() {
+            false => Bytes::new(),
+            true => match std::mem::replace(request.body_mut(), Payload::Bytes(Bytes::new())) {
+                Payload::Bytes(bytes) => bytes,
+                Payload::Stream(stream) => body::collect(stream, route.max_body as usize)
+                    .await
+                    .map_err(|error| self.client_body_failed(&*error, at))?,
+            },
+        };
+        translation.request(request, whole).map_err(|refusal| {
+            self.shared.metrics.refused(refusal.code());
+            sluice_filter::log_throttled!(
+                info,
+                ("untranslatable", &*route.name, refusal.code()),
+                route = &*route.name,
+                request_id = log_id(&at.id),
+                "request not translated: {refusal}"
+            );
+            refusal.response()
+        })
     }
 
     /// The answer to a request whose body could not be read: too large,
@@ -604,6 +663,47 @@ impl Gateway {
         };
         self.refuse(status, code, &error, at)
     }
+}
+
+/// The route's translation, checked against its upstream (gRPC needs HTTP/2).
+fn translation(
+    route: &RouteConfig,
+    i: usize,
+    dir: &Path,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+) -> Result<Option<Translation>, BuildError> {
+    let translation = match (route.grpc_web, &route.transcode) {
+        (false, None) => return Ok(None),
+        (true, None) => Translation::GrpcWeb,
+        (false, Some(config)) => {
+            let transcoder =
+                Transcoder::load(config.get_ref(), dir).map_err(|message| BuildError {
+                    at: config.span().start,
+                    key: format!("routes[{i}].transcode"),
+                    message,
+                })?;
+            Translation::Transcode(transcoder)
+        }
+        (true, Some(config)) => {
+            return Err(BuildError {
+                at: config.span().start,
+                key: format!("routes[{i}].transcode"),
+                message: "a route takes gRPC-Web or transcodes JSON, not both".into(),
+            });
+        }
+    };
+    let upstream = &upstreams[route.upstream.get_ref()];
+    if !upstream.speaks_h2() {
+        return Err(BuildError {
+            at: route.upstream.span().start,
+            key: format!("routes[{i}].upstream"),
+            message: format!(
+                "upstream `{}` speaks HTTP/1.1; gRPC needs `protocol = \"h2\"`",
+                upstream.name
+            ),
+        });
+    }
+    Ok(Some(translation))
 }
 
 /// The status logged for a client that hung up before its request was

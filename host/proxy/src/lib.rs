@@ -2,7 +2,8 @@
 //! [`listener`] → [`edge`] (one view of each request) → [`router`] → the
 //! route's [`phases`] (its filters, then the [`cache`]) → [`upstream`] →
 //! back through the phases → client. [`gateway`] takes one request along
-//! it, the [`access_log`] tells of each and [`trace`] follows it in spans;
+//! it, [`translate`] turns gRPC-Web and JSON into a route's gRPC and back,
+//! the [`access_log`] tells of each and [`trace`] follows it in spans;
 //! [`config`] describes it all;
 //! [`overview`] is what the admin API shows of it.
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@ pub mod phases;
 pub mod router;
 pub mod tls;
 pub mod trace;
+pub mod translate;
 pub mod upgrade;
 pub mod upstream;
 

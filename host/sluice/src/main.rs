@@ -100,9 +100,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config } => {
             let loaded = Config::load(&config)?;
-            let plugins = sluice_control::check(&loaded).await?;
-            for plugin in &plugins {
+            let checked = sluice_control::check(&loaded).await?;
+            for plugin in &checked.plugins {
                 plugin::describe(plugin);
+            }
+            for (route, offered) in &checked.transcoded {
+                println!("route `{route}` transcodes JSON to gRPC:");
+                for line in offered {
+                    println!("  {line}");
+                }
             }
             println!(
                 "{}: OK ({} routes, {} plugins, {} upstreams)",

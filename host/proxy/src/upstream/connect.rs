@@ -140,6 +140,11 @@ pub(super) struct Connector {
 }
 
 impl Connector {
+    /// The protocol spoken to the targets.
+    pub(super) fn protocol(&self) -> UpstreamProtocol {
+        self.protocol
+    }
+
     /// From the upstream's configuration; the error names a bad file.
     pub(super) fn new(config: &UpstreamConfig) -> Result<Connector, String> {
         let tls = match &config.tls {

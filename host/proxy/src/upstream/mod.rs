@@ -140,6 +140,11 @@ impl Upstream {
         self.policy.body
     }
 
+    /// Whether it speaks HTTP/2, as gRPC needs (always, or by ALPN).
+    pub fn speaks_h2(&self) -> bool {
+        self.connector.protocol() != crate::config::UpstreamProtocol::Http1
+    }
+
     /// Build from configuration: names resolved, targets that stay taken
     /// from `registry` with their connections, health checks and name
     /// lookups started on tasks that end with the upstream.
