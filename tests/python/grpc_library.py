@@ -1,6 +1,6 @@
 """A real gRPC service (grpcio) from tests/fixtures/proto/library/v1, whose
 .proto files import each other and google/api/annotations.proto; its code is
-generated at start with grpcio-tools. `serve` prints its port; `web URL`
+generated at start with grpcio-tools. `serve [PORT]` prints its port; `web URL`
 makes gRPC-Web calls (written against grpc/grpc's PROTOCOL-WEB, sent with
 curl) through a gateway and prints what came back; `grpc HOST:PORT` makes
 one native gRPC call."""
@@ -68,10 +68,10 @@ class Library(library_pb2_grpc.LibraryServicer):
         return library_pb2.CountBooksReply(count=10 * len(request.shelves))
 
 
-def serve():
+def serve(port="0"):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     library_pb2_grpc.add_LibraryServicer_to_server(Library(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print(port, flush=True)
     server.wait_for_termination()
@@ -138,6 +138,6 @@ def native(target):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve()
+        serve(*sys.argv[2:])
     else:
         {"web": web, "grpc": native}[sys.argv[1]](sys.argv[2])

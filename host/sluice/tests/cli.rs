@@ -191,3 +191,79 @@ fn check_names_both_digests_and_warns_of_a_grant_nothing_uses() {
         stderr(&output)
     );
 }
+
+#[test]
+fn check_lists_the_http_routes_a_transcoder_offers_and_names_bad_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/proto");
+    let config = |transcode: &str, protocol: &str| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[upstreams.library]\ntargets = [\"127.0.0.1:9\"]\n\
+             protocol = \"{protocol}\"\n[[routes]]\nname = \"rest\"\nupstream = \"library\"\n\
+             [routes.transcode]\ninclude = [{:?}]\n{transcode}\n",
+            protos.display()
+        )
+    };
+    let output = check(
+        dir.path(),
+        &config("protos = [\"library/v1/library.proto\"]", "h2"),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listed = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "route `rest` transcodes JSON to gRPC:",
+        "  GET /v1/shelves/{shelf}/books/{id} -> library.v1.Library/GetBook",
+        "  GET /v1/books/{id} -> library.v1.Library/GetBook",
+        "  POST /v1/shelves/{shelf}/books -> library.v1.Library/CreateBook",
+        "  GET /v1/shelves/{shelf}/books -> library.v1.Library/ListBooks (server streaming)",
+        "  POST /v1/shelves:count -> library.v1.Library/CountBooks",
+        "  POST /library.v1.Library/CountBooks -> library.v1.Library/CountBooks",
+    ] {
+        assert!(listed.contains(line), "`{line}` not in:\n{listed}");
+    }
+
+    std::fs::write(
+        dir.path().join("broken.proto"),
+        "syntax = \"proto3\";\nimport \"missing.proto\";\n",
+    )
+    .unwrap();
+    let cases = [
+        (
+            config("protos = [\"library/v1/library.proto\"]", "http1"),
+            "gateway.toml:8: routes[0].upstream",
+            "gRPC needs `protocol = \"h2\"`",
+        ),
+        (
+            config("protos = [\"nowhere.proto\"]", "h2"),
+            "gateway.toml:9: routes[0].transcode",
+            "nowhere.proto",
+        ),
+        (
+            config(
+                "protos = [\"library/v1/library.proto\"]\nservices = [\"library.v1.Shop\"]",
+                "h2",
+            ),
+            "routes[0].transcode",
+            "no service `library.v1.Shop`",
+        ),
+        (
+            format!(
+                "{}\n[routes.transcode]\ninclude = [{:?}]\nprotos = [\"broken.proto\"]\n",
+                config("protos = []", "h2")
+                    .split("[routes.transcode]")
+                    .next()
+                    .unwrap(),
+                dir.path().display()
+            ),
+            "broken.proto:2:",
+            "missing.proto",
+        ),
+    ];
+    for (toml, location, message) in cases {
+        let output = check(dir.path(), &toml);
+        let err = stderr(&output);
+        assert!(!output.status.success(), "accepted:\n{toml}");
+        assert!(err.contains(location), "expected `{location}` in: {err}");
+        assert!(err.contains(message), "expected `{message}` in: {err}");
+    }
+}

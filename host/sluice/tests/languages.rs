@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sluice_tests::{Gateway, Upstream, get, send, send_body, toml_str};
+use sluice_tests::{Gateway, Python, Upstream, get, send, send_body, toml_str};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -180,6 +180,50 @@ async fn a_javascript_filter_answers_cors_in_a_gateway() {
     )
     .await;
     assert_eq!(refused.status, 403);
+
+    // A browser's gRPC-Web call: the preflight for its headers, then the
+    // call, whose trailers frame and exposed grpc-status the page can read.
+    let (_grpc, port) = Python::serve("grpc_library.py");
+    let filter = r#"{ plugin = "sample", config = { allow_origins = ["https://app.example"], allow_methods = ["POST"], allow_headers = ["content-type", "x-grpc-web", "x-user-agent"], expose_headers = ["grpc-status", "grpc-message"] } }"#;
+    let config = gateway_config(&upstream, &component, filter).replace(
+        "[[routes]]",
+        &format!(
+            "[upstreams.library]\ntargets = [\"127.0.0.1:{port}\"]\nprotocol = \"h2\"\n\
+             [[routes]]\ngrpc_web = true"
+        ),
+    );
+    let config = config.replace("upstream = \"backend\"", "upstream = \"library\"");
+    let gw = Gateway::start(&config).await.unwrap();
+    let url = gw.url("/library.v1.Library/GetBook");
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "POST"),
+        (
+            "access-control-request-headers",
+            "content-type, x-grpc-web, x-user-agent",
+        ),
+    ];
+    assert_eq!(send("OPTIONS", &url, &preflight).await.status, 204);
+    // GetBookRequest { shelf: "s", id: 7 }, framed.
+    let call = [0u8, 0, 0, 0, 5, 0x0a, 1, b's', 0x10, 7];
+    let headers = [
+        ("origin", "https://app.example"),
+        ("content-type", "application/grpc-web+proto"),
+        ("x-grpc-web", "1"),
+    ];
+    let answered = send_body("POST", &url, &headers, call.to_vec()).await;
+    assert_eq!(answered.status, 200);
+    assert_eq!(
+        answered.header("content-type"),
+        "application/grpc-web+proto"
+    );
+    assert_eq!(
+        answered.header("access-control-expose-headers"),
+        "grpc-status, grpc-message"
+    );
+    let body = String::from_utf8_lossy(&answered.body);
+    assert!(body.contains("Book 7"), "{body}");
+    assert!(body.contains("grpc-status: 0\r\n"), "{body:?}");
 
     let empty = r#"{ plugin = "sample", config = { allow_origins = [] } }"#;
     let error = Gateway::start(&gateway_config(&upstream, &component, empty))
