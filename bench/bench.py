@@ -168,6 +168,43 @@ http {{
     return Server(name, [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
 
 
+# GetBook's answer (tests/fixtures/proto/library/v1): Book { shelf: "s", id: 7,
+# title: "Book 7" }, framed; and its request, GetBookRequest { shelf: "s", id: 7 }.
+GRPC_REPLY = b"\x00\x00\x00\x00\x0d\x0a\x01s\x10\x07\x1a\x06Book 7"
+GRPC_REQUEST = b"\x00\x00\x00\x00\x05\x0a\x01s\x10\x07"
+
+
+def grpc_upstream(workdir, name="grpc-upstream"):
+    """nginx as a gRPC server over h2c: every call answered with GRPC_REPLY
+    and an OK status in the trailers (an upstream that costs next to nothing,
+    so the proxy's share shows)."""
+    port = free_port()
+    conf = workdir / f"{name}.conf"
+    conf.write_bytes(f"""
+daemon off; master_process off; worker_processes 1; error_log stderr warn; pid {workdir}/{name}.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port} http2;
+    location / {{ default_type application/grpc; add_trailer grpc-status 0 always; return 200 """
+                     .encode() + b'"' + GRPC_REPLY + b'"; }\n  }\n}\n')
+    return Server(name, [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
+
+
+def transcode_toml(port, up):
+    """A route transcoding JSON to the library service at `up`, beside one passing gRPC through."""
+    protos = ROOT / "tests/fixtures/proto"
+    return sluice_toml(port, up).replace("[upstreams.u]\n", "[upstreams.u]\nprotocol = \"h2\"\n").replace(
+        "[[routes]]", f"""[[routes]]
+match = {{ path_prefix = "/v1" }}
+upstream = "u"
+[routes.transcode]
+protos = ["library/v1/library.proto"]
+include = ["{protos}"]
+
+[[routes]]""", 1)
+
+
 def nginx(workdir, workers, up, h2=False, tls=False):
     conf, port = nginx_conf(workdir, workers, up, h2, tls)
     return Server("nginx", [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
@@ -342,9 +379,10 @@ def wrk(port, seconds, conns, headers=(), scheme="http", path="/", threads=2):
     }
 
 
-def h2load(port, seconds, conns, scheme="http"):
+def h2load(port, seconds, conns, scheme="http", path="/", extra=()):
     out = subprocess.run(
-        ["h2load", "-c", str(conns), "-m", "10", "-t", "2", "-D", str(seconds), f"{scheme}://127.0.0.1:{port}/"],
+        ["h2load", "-c", str(conns), "-m", "10", "-t", "2", "-D", str(seconds), *extra,
+         f"{scheme}://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True,
     ).stdout
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
@@ -478,6 +516,36 @@ def scenario_h2(args, workdir, up):
     results = rounds(args, targets, lambda s, secs: h2load(s.port, secs, 64))
     columns = [("req/s", "rps", "{:,.0f}"), ("vs nginx", "ratio", ""), ("mean ms", "mean", "{:.2f}"), ("errors", "errors", "{:.0f}")]
     return table("4. HTTP/2 cleartext (h2c, prior knowledge), 64 connections × 10 streams", results, "nginx", columns)
+
+
+def grpc_calls(workdir):
+    """h2load's arguments for GetBook called in gRPC, and as JSON through the transcoder."""
+    data = workdir / "get-book.grpc"
+    data.write_bytes(GRPC_REQUEST)
+    grpc = ("/library.v1.Library/GetBook", ["-d", str(data), "-H", "content-type: application/grpc",
+                                           "-H", "te: trailers"])
+    json_call = ("/v1/shelves/s/books/7", [])
+    return {"gRPC through Sluice": grpc, "JSON through the transcoder": json_call}
+
+
+def scenario_translate(args, workdir, up):
+    """One unary call (GetBook) to a gRPC upstream, made in gRPC through the
+    gateway and as JSON through the transcoder, on the same Sluice."""
+    calls = grpc_calls(workdir)
+    results = {name: [] for name in calls}
+    with grpc_upstream(workdir) as grpc:
+        for r in range(args.rounds):
+            with sluice(workdir, args.workers, lambda p: transcode_toml(p, grpc.port), pin=True) as server:
+                order = list(calls.items())
+                for name, (path, extra) in order[r % 2:] + order[:r % 2]:
+                    h2load(server.port, 2, 64, path=path, extra=extra)
+                    row = h2load(server.port, args.seconds, 64, path=path, extra=extra)
+                    if row["errors"]:
+                        sys.exit(f"{name}: {row['errors']} requests failed")
+                    results[name].append(row)
+    columns = [("req/s", "rps", "{:,.0f}"), ("vs gRPC", "ratio", ""), ("mean ms", "mean", "{:.2f}"), ("errors", "errors", "{:.0f}")]
+    return table("13. Translation: a unary call as gRPC and as JSON (h2c, 64 connections × 10 streams; nginx as the gRPC server)",
+                 results, "gRPC through Sluice", columns)
 
 
 def scenario_tls(args, workdir, up):
@@ -1036,7 +1104,8 @@ def scenario_fleet(args, workdir, up):
 SCENARIOS = {"pass": scenario_pass, "chains": scenario_chains, "cpu": scenario_cpu,
              "h2": scenario_h2, "tls": scenario_tls, "memory": scenario_memory, "reload": scenario_reload,
              "isolation": scenario_isolation, "failover": scenario_failover,
-             "plugins": scenario_plugins, "state": scenario_state, "fleet": scenario_fleet}
+             "plugins": scenario_plugins, "state": scenario_state, "fleet": scenario_fleet,
+             "translate": scenario_translate}
 
 
 def main():

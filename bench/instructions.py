@@ -12,7 +12,9 @@ here or in a redis-server the script starts), `headers_component` and
 `headers_proxy_wasm` (one request and one response header set by the
 `headers` component, and by `pw-headers` built with the proxy-wasm SDK),
 `routes_10` and `routes_10000` (that many prefix routes, the request to the
-last one listed), and `alone_<plugin>` (one sample plugin on the route,
+last one listed), `grpc_direct` and `grpc_json` (GetBook, a unary call to a
+gRPC upstream, made in gRPC and as JSON through the transcoder; HTTP/2 from
+the client, nginx as the gRPC server), and `alone_<plugin>` (one sample plugin on the route,
 configured as in `policy5`; `noop`, `headers`, `api-key-auth`, `rate-limit`,
 `transform`, `router`, `cache-policy`). Each
 runs on the current build and on each saved build DIR (from `bench.py
@@ -110,11 +112,14 @@ ALONE = {
 }
 
 STATE = {"limit_local": bench.limit_toml("local", None), "limit_cluster": limit_cluster,
+         "grpc_direct": bench.transcode_toml, "grpc_json": bench.transcode_toml,
          "headers_component": headers_component, "headers_proxy_wasm": headers_proxy_wasm,
          "routes_10": routes(10), "routes_10000": routes(10_000),
          **{f"alone_{name}": alone(name, config) for name, config in ALONE.items()}}
 # Where a scenario's requests go (`/` unless named here).
 PATHS = {"routes_10": "/r9/x", "routes_10000": "/r9999/x"}
+# Scenarios whose upstream speaks gRPC, and their calls (HTTP/2 from the client).
+GRPC = {"grpc_direct": "gRPC through Sluice", "grpc_json": "JSON through the transcoder"}
 
 
 def start_sluice(scenario, build):
@@ -136,16 +141,19 @@ def start_nginx(workdir, up):
 
 
 def measure(name, start):
-    path = PATHS.get(name, "/")
+    path, extra = PATHS.get(name, "/"), ["--h1", "-H", KEY[0]]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(tmp)
-        with bench.upstream(workdir) as up:
+        if name in GRPC:
+            path, extra = bench.grpc_calls(workdir)[GRPC[name]]
+        upstream = bench.grpc_upstream if name in GRPC else bench.upstream
+        with upstream(workdir) as up:
             server = start(workdir, up.port)
             try:
-                load(server.port, WARM_UP, path)
+                load(server.port, WARM_UP, path, extra)
                 pid = server.pid
                 subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
-                load(server.port, REQUESTS, path)
+                load(server.port, REQUESTS, path, extra)
                 subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
                 time.sleep(0.5)
                 dump = max(workdir.glob(f"{name}.cg.{pid}*"), key=lambda p: p.stat().st_mtime)
@@ -158,8 +166,8 @@ def measure(name, start):
     return total / REQUESTS
 
 
-def load(port, n, path="/"):
-    out = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", "1", "-H", KEY[0], f"http://127.0.0.1:{port}{path}"],
+def load(port, n, path, extra):
+    out = subprocess.run(["h2load", *extra, "-n", str(n), "-c", "1", f"http://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, check=True).stdout
     done = re.search(r"(\d+) succeeded", out)
     # Under valgrind a rare request may time out; it does not move the count.

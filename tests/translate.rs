@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sluice_tests::{Gateway, Python, curl, plugin, toml_str};
+use sluice_tests::{Gateway, Python, Upstream, curl, plugin, toml_str};
 
 fn protos() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/proto")
@@ -258,4 +258,26 @@ async fn definitions_reload_when_their_files_change() {
     assert!(said.contains("library/v1/library.proto:2:"), "{said}");
     let (head, _) = curl(&[&gw.url("/v2/books/5")]).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn an_upstream_answering_without_grpc_is_a_counted_502() {
+    // An HTTP/2 server, but not a gRPC one: its JSON echo is not an answer.
+    let plain = Upstream::start("plain").await;
+    let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"test-admin-token\"\n";
+    let gw = transcoding(plain.addr.port(), &protos(), admin, "", "").await;
+    let (head, body) = curl(&[&gw.url("/v1/books/1")]).await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(head.contains("x-sluice-error: upstream_not_grpc"), "{head}");
+    assert_eq!(json(&body)["code"], 13);
+    // A refusal is counted as one, by its reason.
+    let (head, _) = curl(&[&gw.url("/v1/books/1?nope=1")]).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    let metrics = gw.metrics().await;
+    for line in [
+        r#"sluice_translation_failures_total{reason="upstream_not_grpc"} 1"#,
+        r#"sluice_requests_refused_total{reason="invalid_argument"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
 }

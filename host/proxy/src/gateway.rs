@@ -592,7 +592,8 @@ impl Gateway {
                 let (mut head, incoming) = response.into_parts();
                 let mut stream = body::paced(incoming, upstream.body_timeout());
                 if let Some(translated) = translated {
-                    stream = translated.response(&mut head, stream).await;
+                    let metrics = &self.shared.metrics;
+                    stream = translated.response(&mut head, stream, metrics).await;
                 }
                 exchange.response = Some(head);
                 ctx.stream = Some(stream);

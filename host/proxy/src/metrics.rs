@@ -40,6 +40,8 @@ pub struct ProxyMetrics {
     pub(crate) upstream_healthy: Family<Labels, Gauge>,
     /// Access log records dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// gRPC answers that could not be translated for the client, by reason.
+    translation_failures: Family<Labels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -123,7 +125,19 @@ impl ProxyMetrics {
                 );
                 counter
             },
+            translation_failures: counters(
+                registry,
+                "translation_failures",
+                "gRPC answers that could not be made the client's JSON or gRPC-Web, by reason",
+            ),
         }
+    }
+
+    /// Count an answer that could not be translated, for `reason`.
+    pub(crate) fn translation_failed(&self, reason: &str) {
+        self.translation_failures
+            .get_or_create(&labels([("reason", reason)]))
+            .inc();
     }
 
     /// Count a refusal with `code`.

@@ -8,10 +8,13 @@ pub mod frames;
 mod grpc_web;
 pub mod transcode;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 
 use crate::body::{self, ProxyBody};
+use crate::metrics::ProxyMetrics;
 use crate::upstream::Payload;
 pub use transcode::Transcoder;
 
@@ -52,15 +55,17 @@ impl Translation {
 }
 
 impl Translated {
-    /// The upstream's response, `head` and `body`, as the client expects it.
+    /// The upstream's response, `head` and `body`, as the client expects
+    /// it; what cannot be translated is counted in `metrics`.
     pub(crate) async fn response(
         self,
         head: &mut http::response::Parts,
         body: ProxyBody,
+        metrics: &Arc<ProxyMetrics>,
     ) -> ProxyBody {
         match self {
             Translated::GrpcWeb(flavor) => grpc_web::response(flavor, head, body),
-            Translated::Transcode(call) => call.response(head, body).await,
+            Translated::Transcode(call) => call.response(head, body, metrics).await,
         }
     }
 }

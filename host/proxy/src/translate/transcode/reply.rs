@@ -15,6 +15,7 @@ use prost_reflect::DynamicMessage;
 use super::Route;
 use crate::body::{self, BoxError, ProxyBody};
 use crate::config::StreamFormat;
+use crate::metrics::ProxyMetrics;
 use crate::translate::frames::{COMPRESSED, Deframer};
 
 /// The largest message (and unary answer) taken from the upstream.
@@ -31,36 +32,48 @@ impl Call {
         Call { route, format }
     }
 
-    /// The upstream's gRPC answer, `head` and `body`, made the client's JSON.
+    /// The upstream's gRPC answer, `head` and `body`, made the client's
+    /// JSON; what cannot be is counted in `metrics`.
     pub(crate) async fn response(
         self,
         head: &mut http::response::Parts,
         body: ProxyBody,
+        metrics: &Arc<ProxyMetrics>,
     ) -> ProxyBody {
         let grpc = (head.headers.get(header::CONTENT_TYPE))
             .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
         if !grpc {
             let why = format!("the upstream answered {} without gRPC", head.status);
-            return failed(head, "upstream_not_grpc", why);
+            return failed(head, "upstream_not_grpc", why, metrics);
         }
         // Trailers-Only: a failure with no message, its status in the head.
         if let Some(status) = Status::of(&head.headers).filter(|s| s.code != 0) {
             return status.reply(head);
         }
         match self.route.rpc.server_streaming {
-            true => self.stream(head, body),
-            false => self.unary(head, body).await,
+            true => self.stream(head, body, metrics.clone()),
+            false => self.unary(head, body, metrics).await,
         }
     }
 
-    async fn unary(self, head: &mut http::response::Parts, body: ProxyBody) -> ProxyBody {
+    async fn unary(
+        self,
+        head: &mut http::response::Parts,
+        body: ProxyBody,
+        metrics: &ProxyMetrics,
+    ) -> ProxyBody {
         let (bytes, trailers) = match body::collect_whole(body, MAX_MESSAGE).await {
             Ok(whole) => whole,
-            Err(error) => return failed(head, "upstream_body_incomplete", error.to_string()),
+            Err(error) => {
+                return failed(head, "upstream_body_incomplete", error.to_string(), metrics);
+            }
         };
         let trailers = trailers.unwrap_or_default();
         match Status::of(&trailers).or_else(|| Status::of(&head.headers)) {
-            None => return failed(head, "upstream_no_status", "the answer had no grpc-status"),
+            None => {
+                let why = "the answer had no grpc-status";
+                return failed(head, "upstream_no_status", why, metrics);
+            }
             Some(status) if status.code != 0 => return status.reply(head),
             Some(_) => {}
         }
@@ -73,7 +86,7 @@ impl Call {
         };
         let json = match json {
             Ok(json) => json,
-            Err(why) => return failed(head, "upstream_invalid_message", why),
+            Err(why) => return failed(head, "upstream_invalid_message", why, metrics),
         };
         json_head(head, StatusCode::OK, "application/json");
         // The call's own metadata, which a JSON client can only read as headers.
@@ -85,7 +98,12 @@ impl Call {
         body::full(json)
     }
 
-    fn stream(self, head: &mut http::response::Parts, body: ProxyBody) -> ProxyBody {
+    fn stream(
+        self,
+        head: &mut http::response::Parts,
+        body: ProxyBody,
+        metrics: Arc<ProxyMetrics>,
+    ) -> ProxyBody {
         let content_type = match self.format {
             StreamFormat::Ndjson => "application/x-ndjson",
             StreamFormat::Sse => "text/event-stream",
@@ -95,6 +113,7 @@ impl Call {
             inner: body,
             deframer: Deframer::new(MAX_MESSAGE),
             call: self,
+            metrics,
             done: false,
         })
     }
@@ -147,6 +166,7 @@ struct Streamed {
     inner: ProxyBody,
     deframer: Deframer,
     call: Call,
+    metrics: Arc<ProxyMetrics>,
     done: bool,
 }
 
@@ -202,6 +222,12 @@ impl Body for Streamed {
 impl Streamed {
     /// The stream ends with a failure: the upstream sent what is not a message.
     fn fail(&mut self, why: String) -> Bytes {
+        self.metrics.translation_failed("upstream_invalid_message");
+        sluice_filter::log_throttled!(
+            warn,
+            ("transcode", "stream"),
+            "gRPC transcoding: a stream ends broken: {why}"
+        );
         self.done = true;
         self.deframer = Deframer::new(0);
         let status = Status {
@@ -253,8 +279,10 @@ fn failed(
     head: &mut http::response::Parts,
     code: &'static str,
     why: impl Into<String>,
+    metrics: &ProxyMetrics,
 ) -> ProxyBody {
     let why = why.into();
+    metrics.translation_failed(code);
     sluice_filter::log_throttled!(warn, ("transcode", code), "gRPC transcoding: {why}");
     let status = Status {
         code: INTERNAL,
