@@ -299,14 +299,13 @@ fn json_head(head: &mut http::response::Parts, status: StatusCode, content_type:
     head.status = status;
     let headers = &mut head.headers;
     headers.remove(header::CONTENT_LENGTH);
-    for grpc in [
-        "grpc-status",
-        "grpc-message",
-        "grpc-status-details-bin",
-        "grpc-encoding",
-        "grpc-accept-encoding",
-    ] {
-        headers.remove(grpc);
+    // Only those present: removing by a name parses and hashes it.
+    let grpc: Vec<_> = (headers.keys())
+        .filter(|name| name.as_str().starts_with("grpc-"))
+        .cloned()
+        .collect();
+    for name in grpc {
+        headers.remove(name);
     }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
 }
