@@ -2,7 +2,8 @@
 //! generated from `tests/fixtures/proto`, whose files import each other and
 //! `google/api/annotations.proto`): curl's JSON/REST calls through the
 //! transcoder, gRPC-Web calls written against the spec over HTTP/1.1 and
-//! HTTP/2, filters reading the JSON both ways, and definitions that reload.
+//! HTTP/2, filters reading the JSON both ways, definitions that reload, a
+//! descriptor set from protoc, and an upstream that is not gRPC.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -280,4 +281,35 @@ async fn an_upstream_answering_without_grpc_is_a_counted_502() {
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
+}
+
+#[tokio::test]
+async fn a_compiled_descriptor_set_serves_as_the_protos_do() {
+    let (_server, port) = Python::serve("grpc_library.py");
+    // protoc's own output (grpcio-tools), imports included, as a build would publish it.
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("library.pb");
+    let google_api = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/proxy/src/translate");
+    let made = std::process::Command::new("python3")
+        .args(["-m", "grpc_tools.protoc", "--include_imports"])
+        .arg(format!("-I{}", protos().display()))
+        .arg(format!("-I{}", google_api.display()))
+        .arg(format!("--descriptor_set_out={}", set.display()))
+        .arg("library/v1/library.proto")
+        .output()
+        .expect("python3 runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = format!(
+        "[upstreams.library]\ntargets = [\"127.0.0.1:{port}\"]\nprotocol = \"h2\"\n\
+         [[routes]]\nupstream = \"library\"\ntranscode = {{ descriptor = {}, services = [\"library.v1.Library\"] }}\n",
+        toml_str(&set.to_string_lossy())
+    );
+    let gw = Gateway::start(&config).await.expect("gateway starts");
+    let (head, body) = curl(&[&gw.url("/v1/shelves/a/books/2")]).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}{body}");
+    assert_eq!(json(&body)["title"], "Book 2");
 }
