@@ -13,6 +13,7 @@ mod faults;
 mod filters;
 mod isolation;
 mod jose;
+mod layer4;
 mod observe;
 mod policies;
 mod protocols;

@@ -856,12 +856,31 @@ fn wanted_listeners(config: &Config) -> Result<Wanted, ConfigError> {
         .iter()
         .enumerate()
         .map(|(i, listener)| {
+            if let Some(tcp) = &listener.tcp {
+                let names = std::iter::once(&tcp.get_ref().upstream)
+                    .chain(tcp.get_ref().routes.iter().map(|r| &r.upstream));
+                for name in names {
+                    if !config.upstreams.contains_key(name) {
+                        let key = format!("listeners[{i}].tcp");
+                        return Err(src.error(
+                            tcp.span().start,
+                            key,
+                            format!("unknown upstream `{name}`"),
+                        ));
+                    }
+                }
+            }
             let acceptor = match &listener.tls {
                 None => None,
                 Some(tls) => {
                     let cert = src.dir().join(&tls.get_ref().cert);
                     let key = src.dir().join(&tls.get_ref().key);
-                    let acceptor = sluice_proxy::tls::acceptor(&cert, &key).map_err(|e| {
+                    // A TCP listener's protocol is its targets', so it offers none.
+                    let alpn: &[&[u8]] = match listener.tcp {
+                        Some(_) => &[],
+                        None => &[b"h2", b"http/1.1"],
+                    };
+                    let acceptor = sluice_proxy::tls::acceptor(&cert, &key, alpn).map_err(|e| {
                         src.error(tls.span().start, format!("listeners[{i}].tls"), e)
                     })?;
                     Some(acceptor)

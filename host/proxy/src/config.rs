@@ -64,6 +64,58 @@ pub struct ListenerConfig {
     /// closes then; nginx's `send_timeout`).
     #[serde(default = "defaults::body_timeout", with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// Take the PROXY protocol header (v1 or v2) that load balancers in
+    /// front send: the client address it names is the client's.
+    pub proxy_protocol: Option<ProxyProtocolAccept>,
+    /// Proxy TCP connections (bytes both ways) instead of serving HTTP.
+    pub tcp: Option<Spanned<TcpConfig>>,
+}
+
+/// Where PROXY protocol headers are taken from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolAccept {
+    /// The load balancers' addresses (`10.0.0.0/8`, `127.0.0.1`): each of
+    /// their connections must begin with a header; connections from any
+    /// other address are refused, so no client can name itself.
+    pub trusted: Vec<ipnet::IpNet>,
+}
+
+/// A TCP listener: where its connections go, routed by what the TLS
+/// ClientHello says (SNI, ALPN) when `routes` are given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// The upstream connections go to when no route matches.
+    pub upstream: String,
+    /// Routes by the TLS ClientHello, first match wins: passed through
+    /// untouched without `tls` on the listener, or by the handshake with it.
+    #[serde(default)]
+    pub routes: Vec<TcpRoute>,
+    /// How long a client has to send its ClientHello when routes read it.
+    #[serde(default = "defaults::hello_timeout", with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// Close a connection quiet both ways this long; none by default
+    /// (database clients hold quiet connections; TCP keepalive finds dead peers).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection this long after it opened, whatever it does.
+    #[serde(default, with = "humantime_serde")]
+    pub max_duration: Option<Duration>,
+}
+
+/// One TCP route: the ClientHello's server name and ALPN it takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpRoute {
+    /// Server names (`*.example.com` for subdomains); any when empty.
+    #[serde(default)]
+    pub sni: Vec<String>,
+    /// ALPN protocols offered (one of them); any when empty.
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// Where its connections go.
+    pub upstream: String,
 }
 
 impl ListenerConfig {
@@ -153,6 +205,19 @@ pub struct UpstreamConfig {
     /// Passive outlier detection: targets that keep failing are ejected for a while.
     #[serde(default)]
     pub outlier: OutlierConfig,
+    /// Begin each TCP listener's connection to a target with a PROXY
+    /// protocol header (`v1` or `v2`) naming the client.
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyVersion {
+    /// The text form.
+    V1,
+    /// The binary form.
+    V2,
 }
 
 impl UpstreamConfig {
@@ -537,6 +602,10 @@ mod defaults {
     use std::time::Duration;
 
     use bytesize::ByteSize;
+
+    pub fn hello_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
 
     pub fn max_header_bytes() -> ByteSize {
         ByteSize::kib(32)

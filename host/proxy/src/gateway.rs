@@ -215,6 +215,16 @@ impl Gateway {
                 None => None,
             };
             let translation = translation(route, i, dir, &upstreams)?;
+            if upstreams[route.upstream.get_ref()].sends_proxy_protocol() {
+                return Err(BuildError {
+                    at: route.upstream.span().start,
+                    key: format!("routes[{i}].upstream"),
+                    message: format!(
+                        "upstream `{}` sends the PROXY protocol, which only TCP listeners' connections do",
+                        route.upstream.get_ref()
+                    ),
+                });
+            }
             let route = Route {
                 metrics: RouteMetrics::new(&shared.metrics, &name),
                 name,
@@ -246,6 +256,16 @@ impl Gateway {
     /// The proxy's metrics.
     pub fn metrics(&self) -> &ProxyMetrics {
         &self.shared.metrics
+    }
+
+    /// The proxy's metrics, shared.
+    pub(crate) fn metrics_arc(&self) -> Arc<ProxyMetrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The upstream a TCP listener's route names.
+    pub(crate) fn tcp_upstream(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.upstreams.get(name).cloned()
     }
 
     /// Its routes, in match order.

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod overview;
 pub mod phases;
 pub mod router;
+pub mod tcp;
 pub mod tls;
 pub mod trace;
 pub mod translate;

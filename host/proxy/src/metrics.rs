@@ -42,6 +42,10 @@ pub struct ProxyMetrics {
     pub access_log_dropped: Counter,
     /// gRPC answers that could not be translated for the client, by reason.
     translation_failures: Family<Labels, Counter>,
+    /// TCP listeners' connections, by listener, upstream and how they ended.
+    tcp_connections: Family<Labels, Counter>,
+    /// Bytes through TCP listeners, by listener and direction.
+    tcp_bytes: Family<Labels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -130,6 +134,39 @@ impl ProxyMetrics {
                 "translation_failures",
                 "gRPC answers that could not be made the client's JSON or gRPC-Web, by reason",
             ),
+            tcp_connections: counters(
+                registry,
+                "tcp_connections",
+                "TCP listeners' connections, by listener, upstream and how they ended",
+            ),
+            tcp_bytes: counters(
+                registry,
+                "tcp_bytes",
+                "Bytes through TCP listeners, by listener and direction (from_client, to_client)",
+            ),
+        }
+    }
+
+    /// Count a TCP connection that ended, and its bytes each way.
+    pub(crate) fn tcp_connection(
+        &self,
+        listener: &str,
+        upstream: &str,
+        ended: &str,
+        from_client: u64,
+        to_client: u64,
+    ) {
+        let connection = [
+            ("listener", listener),
+            ("upstream", upstream),
+            ("ended", ended),
+        ];
+        self.tcp_connections
+            .get_or_create(&labels(connection))
+            .inc();
+        for (direction, bytes) in [("from_client", from_client), ("to_client", to_client)] {
+            let key = labels([("listener", listener), ("direction", direction)]);
+            self.tcp_bytes.get_or_create(&key).inc_by(bytes);
         }
     }
 

@@ -1,5 +1,5 @@
 //! TLS with rustls: termination for listeners (a certificate chain and key
-//! from PEM files, ALPN offering HTTP/2 and HTTP/1.1), and the client side
+//! from PEM files; ALPN offering HTTP/2 and HTTP/1.1 on HTTP listeners), and the client side
 //! for upstreams (the system's roots or a configured CA, an optional client
 //! certificate).
 
@@ -12,8 +12,9 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// An acceptor for the certificate chain in `cert` and the private key in
-/// `key`; the error says which file is wrong and how.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+/// `key`, offering `alpn` (none for a TCP listener, whose protocol is its
+/// targets'); the error says which file is wrong and how.
+pub fn acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<TlsAcceptor, String> {
     let (certs, key) = identity(cert, key)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -21,7 +22,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("the certificate and key do not go together: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -8,6 +8,7 @@
 
 pub mod connection;
 mod limits;
+pub mod proxy_protocol;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ListenerConfig;
 use crate::edge::{ConnectionInfo, Edge};
 use crate::gateway::Gateway;
+use crate::tcp::{Accepted, TcpSettings};
 use limits::ConnectionCounts;
 use sluice_filter::metrics::labels;
 
@@ -51,6 +53,11 @@ pub struct ListenerSettings {
     edge: Arc<Edge>,
     limits: ConnectionLimits,
     builder: auto::Builder<TokioExecutor>,
+    /// Load balancers whose PROXY protocol headers name the client; any
+    /// other address is refused.
+    proxy_protocol: Option<Vec<ipnet::IpNet>>,
+    /// Proxy TCP instead of serving HTTP.
+    tcp: Option<Arc<TcpSettings>>,
 }
 
 impl ListenerSettings {
@@ -88,6 +95,8 @@ impl ListenerSettings {
             edge: Arc::new(edge),
             limits,
             builder,
+            proxy_protocol: config.proxy_protocol.as_ref().map(|p| p.trusted.clone()),
+            tcp: (config.tcp.as_ref()).map(|tcp| Arc::new(TcpSettings::new(tcp.get_ref()))),
         }
     }
 }
@@ -215,10 +224,10 @@ impl Listeners {
                         .expect("`open` bound every new address");
                     let (_, listener) = opened.swap_remove(i);
                     let local = listener.local_addr().unwrap_or(*addr);
-                    let scheme = if settings.tls.is_some() {
-                        "https"
-                    } else {
-                        "http"
+                    let scheme = match (&settings.tcp, &settings.tls) {
+                        (Some(_), _) => "tcp",
+                        (None, Some(_)) => "https",
+                        (None, None) => "http",
                     };
                     tracing::info!("listening on {scheme}://{local}");
                     let mut slot = Slot {
@@ -344,12 +353,52 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let drain = drain.clone();
+        let local = local.clone();
         tokio::spawn(async move {
             let _counted = counted;
+            let mut stream = stream;
             let limits = &settings.limits;
+            let client = match &settings.proxy_protocol {
+                None => peer,
+                Some(trusted) => match from_balancer(&mut stream, peer, trusted, limits).await {
+                    Ok(client) => client,
+                    Err(reason) => {
+                        let metrics = gateway.load().metrics_arc();
+                        (metrics.connections_refused)
+                            .get_or_create(&labels([("listener", &local), ("reason", reason)]))
+                            .inc();
+                        sluice_filter::log_throttled!(
+                            warn,
+                            ("connection refused", &local, reason),
+                            client = %peer.ip(),
+                            "connection refused on {local}: {reason}"
+                        );
+                        return;
+                    }
+                },
+            };
+            if let Some(tcp) = &settings.tcp {
+                let accepted = Accepted {
+                    local: stream.local_addr().unwrap_or(peer),
+                    stream,
+                    client,
+                    listener: local.into(),
+                };
+                let tls = settings.tls.clone();
+                crate::tcp::serve(
+                    accepted,
+                    tcp.clone(),
+                    tls,
+                    limits.header_timeout,
+                    gateway,
+                    drain,
+                )
+                .await;
+                return;
+            }
             let mut info = ConnectionInfo {
-                client_ip: peer.ip(),
-                client_port: peer.port(),
+                client_ip: client.ip(),
+                client_port: client.port(),
                 local: stream.local_addr().ok(),
                 secure: false,
                 edge: settings.edge.clone(),
@@ -370,5 +419,22 @@ async fn accept_loop(
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// The client a trusted load balancer's PROXY protocol header names (the
+/// balancer itself for a header that names none); the reason otherwise.
+async fn from_balancer(
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+    trusted: &[ipnet::IpNet],
+    limits: &ConnectionLimits,
+) -> Result<SocketAddr, &'static str> {
+    if !trusted.iter().any(|net| net.contains(&peer.ip())) {
+        return Err("proxy_protocol_untrusted");
+    }
+    match proxy_protocol::read(stream, limits.header_timeout).await {
+        Ok(client) => Ok(client.unwrap_or(peer)),
+        Err(error) => Err(error.reason()),
     }
 }

@@ -203,6 +203,47 @@ impl Connector {
     }
 }
 
+/// A byte stream to a target, plain or TLS.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync> ByteStream for S {}
+
+impl Connector {
+    /// A TCP connection to `addr` (`host`'s), with TLS if the upstream
+    /// speaks it: what a TCP listener's connection is joined to.
+    pub(super) async fn connect_stream(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+    ) -> Result<Box<dyn ByteStream>, BoxError> {
+        let timeout = self.timeout;
+        let opening = async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            keepalive(&tcp);
+            let Some(tls) = &self.tls else {
+                return Ok(Box::new(tcp) as Box<dyn ByteStream>);
+            };
+            let name = self.server_name.as_deref().unwrap_or(host);
+            let name = ServerName::try_from(name.to_owned())
+                .map_err(|_| format!("`{name}` is not a valid TLS server name"))?;
+            Ok(Box::new(tls.connect(name, tcp).await?) as Box<dyn ByteStream>)
+        };
+        tokio::time::timeout(timeout, opening)
+            .await
+            .map_err(|_| format!("connect timed out after {timeout:?}"))?
+    }
+}
+
+/// TCP keepalive on a long-lived proxied connection, so a peer that
+/// vanished is found without an idle timeout.
+pub(crate) fn keepalive(tcp: &TcpStream) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&probes);
+}
+
 async fn handshake<S>(stream: S, h2: bool, upgrades: bool) -> Result<Sender, BoxError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,

@@ -35,15 +35,19 @@ mod health;
 mod pool;
 mod resolve;
 mod retry;
+mod stream;
 mod target;
 
 use balance::{Key, Members};
+pub use connect::ByteStream;
 use connect::Connector;
+pub(crate) use connect::keepalive;
 pub use gauges::TargetGauges;
 pub use pool::UpstreamBody;
 use resolve::Resolver;
 pub use resolve::TargetRegistry;
 use retry::RetryBudget;
+pub use stream::Joined;
 pub use target::Target;
 
 /// Why an upstream exchange failed, and so which status the client sees.
@@ -132,12 +136,19 @@ pub struct Upstream {
     policy: Policy,
     budget: RetryBudget,
     metrics: Arc<ProxyMetrics>,
+    /// The PROXY protocol header a TCP listener's connections begin with.
+    proxy_protocol: Option<crate::config::ProxyVersion>,
 }
 
 impl Upstream {
     /// The longest pause allowed in a response body once its head came.
     pub fn body_timeout(&self) -> Duration {
         self.policy.body
+    }
+
+    /// Whether its targets expect a PROXY protocol header.
+    pub fn sends_proxy_protocol(&self) -> bool {
+        self.proxy_protocol.is_some()
     }
 
     /// Whether it speaks HTTP/2, as gRPC needs (always, or by ALPN).
@@ -185,6 +196,7 @@ impl Upstream {
             },
             budget: RetryBudget::new(config.retry_budget),
             metrics: metrics.clone(),
+            proxy_protocol: config.proxy_protocol,
         });
         for (target, _) in upstream.members.load().targets.iter() {
             upstream.metrics_health(target);

@@ -1,0 +1,332 @@
+//! TCP listeners with real servers and clients on loopback: two
+//! `redis-server` targets driven by `redis-cli`, one killed and brought
+//! back; TLS passed through by SNI to TLS servers (curl with `--resolve`),
+//! with a default route and a client that never says hello; TLS terminated
+//! for TCP; the PROXY protocol sent to nginx, which reports the client it
+//! was told of, and taken from HAProxy in front (`send-proxy-v2`) but
+//! refused from an untrusted address.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_tests::{Gateway, Upstream, curl, free_port, toml_str, wait_until_listening};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A server process, killed when dropped.
+struct Process(Child);
+
+impl Process {
+    fn spawn(program: &str, args: &[&str]) -> Process {
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} runs (.ci/run installs it): {e}"));
+        Process(child)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn redis(port: u16) -> Process {
+    let port_text = port.to_string();
+    let server = Process::spawn(
+        "redis-server",
+        &[
+            "--port",
+            &port_text,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    );
+    wait_until_listening(port).await;
+    server
+}
+
+/// `redis-cli` against `port`: its answer.
+async fn redis_cli(port: u16, args: &[&str]) -> String {
+    let mut command = Command::new("redis-cli");
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn tls_files() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// A TLS HTTP server (the test upstream) with the fixture certificate.
+async fn tls_upstream(id: &'static str) -> Upstream {
+    let (cert, key) = tls_files();
+    let acceptor = sluice_proxy::tls::acceptor(&cert, &key, &[b"http/1.1"]).unwrap();
+    Upstream::start_tls(id, acceptor).await
+}
+
+fn tcp_listener(extra: &str) -> String {
+    format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{extra}\n")
+}
+
+const ADMIN: &str = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"test-admin-token\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_redis_servers_behind_a_tcp_listener_one_killed_and_back() {
+    let (a, b) = (free_port(), free_port());
+    let mut first = redis(a).await;
+    let _second = redis(b).await;
+    let config = format!(
+        "{}{ADMIN}[upstreams.redis]\ntargets = [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]\n\
+         balance = \"round-robin\"\nhealth = {{ interval = \"100ms\", healthy_threshold = 1, unhealthy_threshold = 1 }}\n",
+        tcp_listener("tcp = { upstream = \"redis\" }")
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let port = gw.addr.port();
+    for i in 0..4 {
+        assert_eq!(redis_cli(port, &["SET", &format!("k{i}"), "v"]).await, "OK");
+    }
+    // Round robin: a connection each.
+    assert_eq!(redis_cli(a, &["DBSIZE"]).await, "2");
+    assert_eq!(redis_cli(b, &["DBSIZE"]).await, "2");
+    let before: u32 = redis_cli(b, &["DBSIZE"]).await.parse().unwrap();
+
+    first.kill();
+    for i in 4..10 {
+        assert_eq!(
+            redis_cli(port, &["SET", &format!("k{i}"), "v"]).await,
+            "OK",
+            "k{i}"
+        );
+    }
+    // Every one on the target left (a refused connection retried on it at once).
+    assert_eq!(redis_cli(b, &["DBSIZE"]).await, (before + 6).to_string());
+    let healthy = |up: u16| {
+        format!("sluice_upstream_healthy{{upstream=\"redis\",target=\"127.0.0.1:{up}\"}} ")
+    };
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(&format!("{}0", healthy(a))), "{metrics}");
+
+    // Back: the health check takes it in again, and round robin reaches it.
+    let _first = redis(a).await;
+    let started = Instant::now();
+    while !gw.metrics().await.contains(&format!("{}1", healthy(a))) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never healthy again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 10..14 {
+        assert_eq!(redis_cli(port, &["SET", &format!("k{i}"), "v"]).await, "OK");
+    }
+    assert_eq!(redis_cli(a, &["DBSIZE"]).await, "2");
+    let metrics = gw.metrics().await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_tcp_connections_total{") && l.contains("ended=\"closed\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(line.contains("upstream=\"redis\""), "{line}");
+    assert!(metrics.contains("sluice_tcp_bytes_total{"), "{metrics}");
+}
+
+#[tokio::test]
+async fn tls_passes_through_routed_by_sni_with_a_default_and_a_hello_timeout() {
+    let (a, b, fallback) = (
+        tls_upstream("a").await,
+        tls_upstream("b").await,
+        tls_upstream("default").await,
+    );
+    let config = format!(
+        "{}{ADMIN}[upstreams.a]\ntargets = [\"{}\"]\n[upstreams.b]\ntargets = [\"{}\"]\n\
+         [upstreams.fallback]\ntargets = [\"{}\"]\n",
+        tcp_listener(
+            "[listeners.tcp]\nupstream = \"fallback\"\nhello_timeout = \"300ms\"\n\
+             routes = [{ sni = [\"a.example\"], upstream = \"a\" }, { sni = [\"*.b.example\"], upstream = \"b\" }]"
+        ),
+        a.addr,
+        b.addr,
+        fallback.addr
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let port = gw.addr.port();
+    for (name, expected) in [
+        ("a.example", "a"),
+        ("api.b.example", "b"),
+        ("c.example", "default"),
+    ] {
+        let resolve = format!("{name}:{port}:127.0.0.1");
+        let url = format!("https://{name}:{port}/");
+        let (head, _) = curl(&["-k", "--resolve", &resolve, &url]).await;
+        assert!(
+            head.contains(&format!("x-upstream: {expected}")),
+            "{name}: {head}"
+        );
+    }
+    // No SNI at all (an address): the default route.
+    let (head, _) = curl(&["-k", &format!("https://127.0.0.1:{port}/")]).await;
+    assert!(head.contains("x-upstream: default"), "{head}");
+
+    // A client that never sends its ClientHello is let go after the timeout.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let mut byte = [0; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(
+        gw.metrics().await.contains("ended=\"hello_timeout\""),
+        "counted"
+    );
+}
+
+#[tokio::test]
+async fn tls_terminated_for_tcp() {
+    let plain = Upstream::start("plain").await;
+    let (cert, key) = tls_files();
+    let config = format!(
+        "{}[upstreams.plain]\ntargets = [\"{}\"]\n",
+        tcp_listener(&format!(
+            "tls = {{ cert = {}, key = {} }}\ntcp = {{ upstream = \"plain\" }}",
+            toml_str(&cert.to_string_lossy()),
+            toml_str(&key.to_string_lossy())
+        )),
+        plain.addr
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let url = format!("https://localhost:{}/hello", gw.addr.port());
+    let (head, body) = curl(&["--cacert", &cert.to_string_lossy(), &url]).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-upstream: plain"), "{head}");
+    assert!(body.contains("/hello"), "{body}");
+}
+
+/// nginx answering with the client its PROXY protocol header named.
+fn nginx_reporting_the_client(dir: &Path, port: u16) -> Process {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; worker_processes 1; error_log stderr warn; pid {}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_temp_path {0}; uwsgi_temp_path {0}; scgi_temp_path {0};\n\
+               server {{ listen 127.0.0.1:{port} proxy_protocol; location / {{ return 200 \"$proxy_protocol_addr:$proxy_protocol_port\"; }} }} }}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    Process::spawn(
+        "nginx",
+        &["-c", &conf.to_string_lossy(), "-p", &dir.to_string_lossy()],
+    )
+}
+
+#[tokio::test]
+async fn the_client_address_survives_a_chain_of_balancers() {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx_port = free_port();
+    let _nginx = nginx_reporting_the_client(dir.path(), nginx_port);
+    wait_until_listening(nginx_port).await;
+    // Sluice takes a v1 header from a trusted balancer and sends v2 on.
+    let config = format!(
+        "{}{ADMIN}[upstreams.nginx]\ntargets = [\"127.0.0.1:{nginx_port}\"]\nproxy_protocol = \"v2\"\n",
+        tcp_listener(
+            "proxy_protocol = { trusted = [\"127.0.0.1/32\"] }\ntcp = { upstream = \"nginx\" }"
+        )
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let answer = raw_exchange(
+        gw.addr,
+        b"PROXY TCP4 203.0.113.9 127.0.0.1 4444 80\r\nGET / HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.ends_with("203.0.113.9:4444"), "{answer}");
+    // Straight from a client (curl bound to 127.0.0.1, trusted, but with no header): refused.
+    let refused = raw_exchange(gw.addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(refused, "");
+    // Without a header of its own, the client Sluice saw is what nginx hears.
+    let direct = format!(
+        "{}[upstreams.nginx]\ntargets = [\"127.0.0.1:{nginx_port}\"]\nproxy_protocol = \"v1\"\n",
+        tcp_listener("tcp = { upstream = \"nginx\" }")
+    );
+    let gw2 = Gateway::start_as_is(&direct).await.unwrap();
+    let (_, body) = curl(&["--interface", "127.0.0.7", &format!("http://{}/", gw2.addr)]).await;
+    assert!(body.starts_with("127.0.0.7:"), "{body}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("reason=\"proxy_protocol_malformed\""),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_http_listener_takes_the_client_from_haproxy_and_refuses_others() {
+    let up = Upstream::start("echo").await;
+    let config = format!(
+        "{}{ADMIN}[upstreams.u]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"u\"\n",
+        tcp_listener("proxy_protocol = { trusted = [\"127.0.0.1/32\"] }"),
+        up.addr
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy_port = free_port();
+    let conf = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            "global\n  log stderr format raw local0 warning\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend in\n  bind 127.0.0.1:{haproxy_port}\n  default_backend sluice\n\
+             backend sluice\n  server s1 {} send-proxy-v2\n",
+            gw.addr
+        ),
+    )
+    .unwrap();
+    let _haproxy = Process::spawn("haproxy", &["-f", &conf.to_string_lossy()]);
+    wait_until_listening(haproxy_port).await;
+    let url = format!("http://127.0.0.1:{haproxy_port}/");
+    let (head, body) = curl(&["--interface", "127.0.0.7", &url]).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        echoed["headers"]["x-forwarded-for"][0], "127.0.0.7",
+        "{echoed}"
+    );
+    // From an address it does not trust, a connection is closed unanswered.
+    let direct = format!("http://{}/", gw.addr);
+    let (head, _) = curl(&["--interface", "127.0.0.9", &direct]).await;
+    assert_eq!(head, "");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("reason=\"proxy_protocol_untrusted\""),
+        "{metrics}"
+    );
+}
+
+/// Write `request` on a fresh connection to `addr`, read until it closes.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
