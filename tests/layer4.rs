@@ -330,3 +330,58 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+#[tokio::test]
+async fn idle_and_maximum_duration_close_connections_as_configured() {
+    let port = free_port();
+    let _redis = redis(port).await;
+    // Two listeners: each configured address is one socket, so not both on port 0.
+    let (idle_port, max_port) = (free_port(), free_port());
+    let config = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{idle_port}\"\ntcp = {{ upstream = \"redis\", idle_timeout = \"300ms\" }}\n\
+         [[listeners]]\naddress = \"127.0.0.1:{max_port}\"\ntcp = {{ upstream = \"redis\", max_duration = \"600ms\" }}\n\
+         {ADMIN}[upstreams.redis]\ntargets = [\"127.0.0.1:{port}\"]\n",
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let addrs = gw.control.local_addrs();
+    async fn ping(stream: &mut TcpStream) -> String {
+        stream.write_all(b"PING\r\n").await.unwrap();
+        let mut answer = [0; 7];
+        let n = stream.read(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+    // Quiet both ways past the idle timeout: closed.
+    let mut quiet = TcpStream::connect(addrs[0]).await.unwrap();
+    assert_eq!(ping(&mut quiet).await, "+PONG\r\n");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut byte = [0; 1];
+    assert_eq!(quiet.read(&mut byte).await.unwrap_or(0), 0);
+    // Busy, but open past the maximum duration: closed too.
+    let mut busy = TcpStream::connect(addrs[1]).await.unwrap();
+    let started = Instant::now();
+    let mut answers = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        if busy.write_all(b"PING\r\n").await.is_err() {
+            break;
+        }
+        let mut answer = [0; 7];
+        match tokio::time::timeout(Duration::from_secs(1), busy.read(&mut answer)).await {
+            Ok(Ok(n)) if n > 0 => answers += 1,
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lasted = started.elapsed();
+    assert!(answers >= 3, "{answers}");
+    assert!(
+        lasted >= Duration::from_millis(500) && lasted < Duration::from_secs(2),
+        "{lasted:?}"
+    );
+    let metrics = gw.metrics().await;
+    for ended in ["idle_timeout", "max_duration"] {
+        assert!(
+            metrics.contains(&format!("ended=\"{ended}\"")),
+            "{ended}: {metrics}"
+        );
+    }
+}

@@ -102,6 +102,10 @@ pub struct TcpConfig {
     /// Close a connection this long after it opened, whatever it does.
     #[serde(default, with = "humantime_serde")]
     pub max_duration: Option<Duration>,
+    /// When the gateway shuts down, how long open connections may go on
+    /// before they are closed (within the process's own drain bound).
+    #[serde(default = "defaults::tcp_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 /// One TCP route: the ClientHello's server name and ALPN it takes.
@@ -602,6 +606,10 @@ mod defaults {
     use std::time::Duration;
 
     use bytesize::ByteSize;
+
+    pub fn tcp_drain() -> Duration {
+        Duration::from_secs(20)
+    }
 
     pub fn hello_timeout() -> Duration {
         Duration::from_secs(5)

@@ -267,3 +267,83 @@ fn check_lists_the_http_routes_a_transcoder_offers_and_names_bad_definitions() {
         assert!(err.contains(message), "expected `{message}` in: {err}");
     }
 }
+
+#[test]
+fn sigterm_lets_tcp_connections_go_on_until_their_drain_timeout() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    // An echo server, the TCP listener's one target.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+            });
+        }
+    });
+    let port = free();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\ntcp = {{ upstream = \"echo\", drain_timeout = \"1s\" }}\n\
+             [upstreams.echo]\ntargets = [\"{target}\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = (0..500)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .expect("the gateway listens");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut echoed = [0; 3];
+    client.write_all(b"one").unwrap();
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"one");
+
+    let pid = gateway.id().to_string();
+    let signalled = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Still served while it drains; new connections are not taken.
+    std::thread::sleep(Duration::from_millis(200));
+    client.write_all(b"two").unwrap();
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"two");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    // Closed at the drain timeout, and the gateway exits.
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    let closed = signalled.elapsed();
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
+        "{closed:?}"
+    );
+    assert!(gateway.wait().unwrap().success());
+}

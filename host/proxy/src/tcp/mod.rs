@@ -3,7 +3,7 @@
 //! configured), joined to a target of the route's upstream (the same
 //! balancing, health and outlier detection as HTTP), and its bytes copied
 //! both ways until either side closes, it idles out, its time is up, or
-//! the gateway shuts down. TLS is passed through untouched, or terminated
+//! the gateway has been shutting down for the listener's drain timeout. TLS is passed through untouched, or terminated
 //! here when the listener has a certificate.
 
 pub mod hello;
@@ -33,6 +33,7 @@ pub struct TcpSettings {
     hello_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_duration: Option<Duration>,
+    drain_timeout: Duration,
 }
 
 impl TcpSettings {
@@ -51,6 +52,7 @@ impl TcpSettings {
             hello_timeout: config.hello_timeout,
             idle_timeout: config.idle_timeout,
             max_duration: config.max_duration,
+            drain_timeout: config.drain_timeout,
         }
     }
 
@@ -191,7 +193,7 @@ pub async fn serve(
             },
             () = idle(settings.idle_timeout, &client_bytes, &target_bytes) => Ended::IdleTimeout,
             () = sleep_for(settings.max_duration) => Ended::MaxDuration,
-            () = drained(drain) => Ended::Drained,
+            () = drained(drain, settings.drain_timeout) => Ended::Drained,
         }
     }
     .await;
@@ -235,11 +237,13 @@ async fn sleep_for(limit: Option<Duration>) {
     }
 }
 
-/// Ends when the gateway asks its connections to finish.
-async fn drained(mut drain: watch::Receiver<bool>) {
+/// Ends `bound` after the gateway asks its connections to finish: until
+/// then a connection goes on, and may end on its own.
+async fn drained(mut drain: watch::Receiver<bool>, bound: Duration) {
     if drain.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }
+    tokio::time::sleep(bound).await;
 }
 
 /// Bytes read from one side, and when it last moved.
