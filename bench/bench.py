@@ -162,9 +162,12 @@ daemon off; master_process off; worker_processes 1; error_log stderr warn; pid {
 events {{ worker_connections 4096; }}
 http {{
   access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{BODY}"; }} }}
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{BODY}"; }}
+    location = /big {{ alias {workdir}/big.bin; }} }}
 }}
 """)
+    # A 1 MiB body, for throughput through TCP proxies.
+    (workdir / "big.bin").write_bytes(b"x" * (1 << 20))
     return Server(name, [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
 
 
@@ -235,6 +238,59 @@ http {{
 }}
 """)
     return conf, port
+
+
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+def nginx_stream(workdir, workers, up):
+    """nginx's `stream` module passing TCP to `up`."""
+    port = free_port()
+    conf = workdir / "nginx-stream.conf"
+    conf.write_text(f"""
+load_module {STREAM_MODULE};
+daemon off; worker_processes {workers}; worker_rlimit_nofile 19000; error_log stderr warn; pid {workdir}/nginx-stream.pid;
+events {{ worker_connections 18000; }}
+stream {{ server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{up}; }} }}
+""")
+    return Server("nginx", pinned() + [NGINX, "-c", str(conf), "-p", str(workdir)], port, workdir)
+
+
+def haproxy_tcp(workdir, workers, up):
+    """HAProxy in `mode tcp` passing TCP to `up`."""
+    port = free_port()
+    conf = workdir / "haproxy-tcp.cfg"
+    conf.write_text(f"""
+global
+  nbthread {workers}
+  maxconn {HAPROXY_MAXCONN}
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  server s1 127.0.0.1:{up}
+""")
+    return Server("haproxy", pinned() + [HAPROXY, "-f", str(conf)], port, workdir)
+
+
+def tcp_toml(port, up):
+    return f"""
+[[listeners]]
+address = "127.0.0.1:{port}"
+max_connections = 20000
+max_connections_per_client = 20000
+tcp = {{ upstream = "u" }}
+[reload]
+watch = false
+[upstreams.u]
+targets = ["127.0.0.1:{up}"]
+balance = "round-robin"
+"""
 
 
 def haproxy(workdir, workers, up, h2=False, tls=False):
@@ -370,7 +426,9 @@ def wrk(port, seconds, conns, headers=(), scheme="http", path="/", threads=2):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     socket_errors = sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1))) if socket_errors else 0
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
     return {
+        "mbps": float(transfer.group(1)) * {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024}[transfer.group(2)],
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "p50": latency.get("50"),
@@ -546,6 +604,34 @@ def scenario_translate(args, workdir, up):
     columns = [("req/s", "rps", "{:,.0f}"), ("vs gRPC", "ratio", ""), ("mean ms", "mean", "{:.2f}"), ("errors", "errors", "{:.0f}")]
     return table("13. Translation: a unary call as gRPC and as JSON (h2c, 64 connections × 10 streams; nginx as the gRPC server)",
                  results, "gRPC through Sluice", columns)
+
+
+def scenario_tcp(args, workdir, up):
+    """TCP proxies configured alike (one worker, each pinned to the same core, the same upstream): HTTP
+    requests on kept connections, a new connection per request, and a 1 MiB
+    body's throughput."""
+    targets = [
+        ("nginx stream", lambda: nginx_stream(workdir, args.workers, up.port)),
+        ("haproxy mode tcp", lambda: haproxy_tcp(workdir, args.workers, up.port)),
+        ("sluice tcp", lambda: sluice(workdir, args.workers, lambda p: tcp_toml(p, up.port), pin=True)),
+    ]
+    loads = [
+        ("requests on 64 kept connections", "rps", lambda port, secs: wrk(port, secs, 64)),
+        ("a connection per request, 64 at a time", "rps",
+         lambda port, secs: wrk(port, secs, 64, headers=["Connection: close"])),
+        ("1 MiB bodies, 8 connections (MiB/s)", "mbps", lambda port, secs: wrk(port, secs, 8, path="/big")),
+    ]
+    lines = ["\n### 14. TCP proxying (layer 4), one worker, the proxy pinned\n",
+             "| load | " + " | ".join(name for name, _ in targets) + " | sluice vs nginx |",
+             "|---" * (len(targets) + 2) + "|"]
+    for title, key, load in loads:
+        results = rounds(args, targets, lambda server, secs: load(server.port, secs))
+        values = [median(results[name], key) for name, _ in targets]
+        cells = " | ".join(f"{v:,.0f}" for v in values)
+        lines.append(f"| {title} | {cells} | {values[2] / values[0]:.2f}× |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
 
 
 def scenario_tls(args, workdir, up):
@@ -1105,7 +1191,7 @@ SCENARIOS = {"pass": scenario_pass, "chains": scenario_chains, "cpu": scenario_c
              "h2": scenario_h2, "tls": scenario_tls, "memory": scenario_memory, "reload": scenario_reload,
              "isolation": scenario_isolation, "failover": scenario_failover,
              "plugins": scenario_plugins, "state": scenario_state, "fleet": scenario_fleet,
-             "translate": scenario_translate}
+             "translate": scenario_translate, "tcp": scenario_tcp}
 
 
 def main():
