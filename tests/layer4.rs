@@ -124,19 +124,12 @@ async fn two_redis_servers_behind_a_tcp_listener_one_killed_and_back() {
     let healthy = |up: u16| {
         format!("sluice_upstream_healthy{{upstream=\"redis\",target=\"127.0.0.1:{up}\"}} ")
     };
-    let metrics = gw.metrics().await;
-    assert!(metrics.contains(&format!("{}0", healthy(a))), "{metrics}");
+    // The health check ejects it.
+    wait_for_metric(&gw, &format!("{}0", healthy(a))).await;
 
     // Back: the health check takes it in again, and round robin reaches it.
     let _first = redis(a).await;
-    let started = Instant::now();
-    while !gw.metrics().await.contains(&format!("{}1", healthy(a))) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never healthy again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(&gw, &format!("{}1", healthy(a))).await;
     for i in 10..14 {
         assert_eq!(redis_cli(port, &["SET", &format!("k{i}"), "v"]).await, "OK");
     }
@@ -322,6 +315,15 @@ async fn an_http_listener_takes_the_client_from_haproxy_and_refuses_others() {
     );
 }
 
+/// Wait until the gateway's metrics hold `line` (10 s at most).
+async fn wait_for_metric(gw: &Gateway, line: &str) {
+    let started = Instant::now();
+    while !gw.metrics().await.contains(line) {
+        assert!(started.elapsed() < Duration::from_secs(10), "never {line}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Write `request` on a fresh connection to `addr`, read until it closes.
 async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -383,5 +385,105 @@ async fn idle_and_maximum_duration_close_connections_as_configured() {
             metrics.contains(&format!("ended=\"{ended}\"")),
             "{ended}: {metrics}"
         );
+    }
+}
+
+/// A UDP server answering each datagram with `<id>:<datagram>`.
+async fn udp_echo(id: &'static str) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buffer = [0; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buffer).await {
+            let reply = format!("{id}:{}", String::from_utf8_lossy(&buffer[..n]));
+            let _ = socket.send_to(reply.as_bytes(), from).await;
+        }
+    });
+    addr
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Send `datagram` from `client` to `to`; the answer, if one comes within half a second.
+async fn ask(client: &tokio::net::UdpSocket, to: SocketAddr, datagram: &str) -> Option<String> {
+    client.send_to(datagram.as_bytes(), to).await.unwrap();
+    let mut buffer = [0; 1500];
+    let answer = tokio::time::timeout(Duration::from_millis(500), client.recv(&mut buffer)).await;
+    Some(String::from_utf8_lossy(&buffer[..answer.ok()?.ok()?]).into_owned())
+}
+
+#[tokio::test]
+async fn udp_sessions_keep_their_target_and_per_packet_balancing_spreads() {
+    let (a, b) = (udp_echo("a").await, udp_echo("b").await);
+    let (sessions, per_packet, capped) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let listener = |port: u16, udp: &str| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\nudp = {{ upstream = \"echo\", {udp} }}\n"
+        )
+    };
+    let config = format!(
+        "{}{}{}{ADMIN}[upstreams.echo]\ntargets = [\"{a}\", \"{b}\"]\nbalance = \"round-robin\"\n",
+        listener(sessions, "idle_timeout = \"300ms\""),
+        listener(per_packet, "per_packet = true"),
+        listener(capped, "max_sessions = 1"),
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let client = || async { tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap() };
+
+    // Two clients: each keeps its target; round robin gave them one each.
+    let (one, two) = (client().await, client().await);
+    let mut seen = Vec::new();
+    for socket in [&one, &two] {
+        let answers: Vec<String> = futures_util::future::join_all(
+            (0..3).map(|i| async move { ask(socket, at(sessions), &format!("m{i}")).await }),
+        )
+        .await
+        .into_iter()
+        .map(|a| a.expect("answered"))
+        .collect();
+        let target = &answers[0][..1];
+        assert!(answers.iter().all(|a| a.starts_with(target)), "{answers:?}");
+        seen.push(target.to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "b"]);
+
+    // Per packet: one client's datagrams alternate between the targets.
+    let three = client().await;
+    let mut targets = Vec::new();
+    for i in 0..4 {
+        let answer = ask(&three, at(per_packet), &format!("p{i}"))
+            .await
+            .expect("answered");
+        targets.push(answer[..1].to_owned());
+    }
+    assert!(
+        targets.contains(&"a".into()) && targets.contains(&"b".into()),
+        "{targets:?}"
+    );
+
+    // One session at most: a second client's datagrams are dropped.
+    let (four, five) = (client().await, client().await);
+    assert!(ask(&four, at(capped), "hi").await.is_some());
+    assert_eq!(ask(&five, at(capped), "hi").await, None);
+
+    // Quiet sessions are forgotten.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let metrics = gw.metrics().await;
+    for line in [
+        "sluice_udp_sessions_total{listener=\"127.0.0.1:",
+        "ended=\"idle_timeout\"",
+        "sluice_udp_dropped_total{",
+        "reason=\"max_sessions\"",
+        "direction=\"to_client\"",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
 }

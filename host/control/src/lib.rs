@@ -856,20 +856,7 @@ fn wanted_listeners(config: &Config) -> Result<Wanted, ConfigError> {
         .iter()
         .enumerate()
         .map(|(i, listener)| {
-            if let Some(tcp) = &listener.tcp {
-                let names = std::iter::once(&tcp.get_ref().upstream)
-                    .chain(tcp.get_ref().routes.iter().map(|r| &r.upstream));
-                for name in names {
-                    if !config.upstreams.contains_key(name) {
-                        let key = format!("listeners[{i}].tcp");
-                        return Err(src.error(
-                            tcp.span().start,
-                            key,
-                            format!("unknown upstream `{name}`"),
-                        ));
-                    }
-                }
-            }
+            check_layer4(config, i, listener)?;
             let acceptor = match &listener.tls {
                 None => None,
                 Some(tls) => {
@@ -890,6 +877,46 @@ fn wanted_listeners(config: &Config) -> Result<Wanted, ConfigError> {
             Ok((listener.address, Arc::new(settings)))
         })
         .collect()
+}
+
+/// What a TCP or UDP listener must hold to: upstreams that exist, one
+/// kind, and (for UDP) no TLS or PROXY protocol.
+fn check_layer4(
+    config: &Config,
+    i: usize,
+    listener: &sluice_proxy::config::ListenerConfig,
+) -> Result<(), ConfigError> {
+    let src = &config.source;
+    let (kind, at, names) = match (&listener.tcp, &listener.udp) {
+        (None, None) => return Ok(()),
+        (Some(tcp), None) => {
+            let tcp_names = std::iter::once(&tcp.get_ref().upstream)
+                .chain(tcp.get_ref().routes.iter().map(|r| &r.upstream));
+            ("tcp", tcp.span().start, tcp_names.collect::<Vec<_>>())
+        }
+        (None, Some(udp)) => {
+            if listener.tls.is_some() || listener.proxy_protocol.is_some() {
+                let message = "a UDP listener takes neither `tls` nor `proxy_protocol`";
+                return Err(src.error(udp.span().start, format!("listeners[{i}].udp"), message));
+            }
+            ("udp", udp.span().start, vec![&udp.get_ref().upstream])
+        }
+        (Some(_), Some(udp)) => {
+            let message = "a listener is TCP or UDP, not both";
+            return Err(src.error(udp.span().start, format!("listeners[{i}].udp"), message));
+        }
+    };
+    match names
+        .into_iter()
+        .find(|name| !config.upstreams.contains_key(*name))
+    {
+        Some(name) => Err(src.error(
+            at,
+            format!("listeners[{i}].{kind}"),
+            format!("unknown upstream `{name}`"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The configuration file, the plugin files and the service definitions

@@ -69,6 +69,28 @@ pub struct ListenerConfig {
     pub proxy_protocol: Option<ProxyProtocolAccept>,
     /// Proxy TCP connections (bytes both ways) instead of serving HTTP.
     pub tcp: Option<Spanned<TcpConfig>>,
+    /// Proxy UDP datagrams instead (the address is a UDP socket then).
+    pub udp: Option<Spanned<UdpConfig>>,
+}
+
+/// A UDP listener: each client address is a session, joined to one target
+/// (or, `per_packet`, each datagram balanced on its own), answers sent back
+/// from the listener's address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpConfig {
+    /// Where datagrams go.
+    pub upstream: String,
+    /// A session with no datagram either way this long is forgotten.
+    #[serde(default = "defaults::udp_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most sessions at once; a new client's datagrams are dropped beyond.
+    #[serde(default = "defaults::udp_sessions")]
+    pub max_sessions: usize,
+    /// Balance every datagram on its own (DNS, syslog, statsd) rather than
+    /// keep a client on one target.
+    #[serde(default)]
+    pub per_packet: bool,
 }
 
 /// Where PROXY protocol headers are taken from.
@@ -606,6 +628,14 @@ mod defaults {
     use std::time::Duration;
 
     use bytesize::ByteSize;
+
+    pub fn udp_idle() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    pub fn udp_sessions() -> usize {
+        10_000
+    }
 
     pub fn tcp_drain() -> Duration {
         Duration::from_secs(20)

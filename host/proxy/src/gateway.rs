@@ -263,8 +263,8 @@ impl Gateway {
         self.shared.metrics.clone()
     }
 
-    /// The upstream a TCP listener's route names.
-    pub(crate) fn tcp_upstream(&self, name: &str) -> Option<Arc<Upstream>> {
+    /// The upstream a TCP or UDP listener names.
+    pub(crate) fn l4_upstream(&self, name: &str) -> Option<Arc<Upstream>> {
         self.upstreams.get(name).cloned()
     }
 

@@ -24,6 +24,7 @@ pub mod tcp;
 pub mod tls;
 pub mod trace;
 pub mod translate;
+pub mod udp;
 pub mod upgrade;
 pub mod upstream;
 

@@ -46,6 +46,12 @@ pub struct ProxyMetrics {
     tcp_connections: Family<Labels, Counter>,
     /// Bytes through TCP listeners, by listener and direction.
     tcp_bytes: Family<Labels, Counter>,
+    /// UDP sessions ended, by listener, upstream and why.
+    udp_sessions: Family<Labels, Counter>,
+    /// Datagrams through UDP listeners, by listener and direction.
+    udp_datagrams: Family<Labels, Counter>,
+    /// Datagrams UDP listeners dropped, by listener and reason.
+    udp_dropped: Family<Labels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -144,7 +150,44 @@ impl ProxyMetrics {
                 "tcp_bytes",
                 "Bytes through TCP listeners, by listener and direction (from_client, to_client)",
             ),
+            udp_sessions: counters(
+                registry,
+                "udp_sessions",
+                "UDP sessions ended, by listener, upstream and why",
+            ),
+            udp_datagrams: counters(
+                registry,
+                "udp_datagrams",
+                "Datagrams through UDP listeners, by listener and direction (from_client, to_client)",
+            ),
+            udp_dropped: counters(
+                registry,
+                "udp_dropped",
+                "Datagrams UDP listeners dropped, by listener and reason",
+            ),
         }
+    }
+
+    /// Count a UDP session that ended.
+    pub(crate) fn udp_session_ended(&self, listener: &str, upstream: &str, ended: &str) {
+        let key = labels([
+            ("listener", listener),
+            ("upstream", upstream),
+            ("ended", ended),
+        ]);
+        self.udp_sessions.get_or_create(&key).inc();
+    }
+
+    /// Count a datagram passed on.
+    pub(crate) fn udp_datagram(&self, listener: &str, direction: &str) {
+        let key = labels([("listener", listener), ("direction", direction)]);
+        self.udp_datagrams.get_or_create(&key).inc();
+    }
+
+    /// Count a datagram dropped.
+    pub(crate) fn udp_dropped(&self, listener: &str, reason: &str) {
+        let key = labels([("listener", listener), ("reason", reason)]);
+        self.udp_dropped.get_or_create(&key).inc();
     }
 
     /// Count a TCP connection that ended, and its bytes each way.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -26,6 +26,7 @@ use crate::config::ListenerConfig;
 use crate::edge::{ConnectionInfo, Edge};
 use crate::gateway::Gateway;
 use crate::tcp::{Accepted, TcpSettings};
+use crate::udp::UdpSettings;
 use limits::ConnectionCounts;
 use sluice_filter::metrics::labels;
 
@@ -58,6 +59,8 @@ pub struct ListenerSettings {
     proxy_protocol: Option<Vec<ipnet::IpNet>>,
     /// Proxy TCP instead of serving HTTP.
     tcp: Option<Arc<TcpSettings>>,
+    /// Proxy UDP: the address is a UDP socket.
+    udp: Option<Arc<UdpSettings>>,
 }
 
 impl ListenerSettings {
@@ -97,6 +100,7 @@ impl ListenerSettings {
             builder,
             proxy_protocol: config.proxy_protocol.as_ref().map(|p| p.trusted.clone()),
             tcp: (config.tcp.as_ref()).map(|tcp| Arc::new(TcpSettings::new(tcp.get_ref()))),
+            udp: (config.udp.as_ref()).map(|udp| Arc::new(UdpSettings::new(udp.get_ref()))),
         }
     }
 }
@@ -104,10 +108,42 @@ impl ListenerSettings {
 /// The listeners a configuration wants: each address and its settings.
 pub type Wanted = Vec<(SocketAddr, Arc<ListenerSettings>)>;
 
+/// A bound socket: a TCP listener, or a UDP listener's socket.
+pub enum Socket {
+    /// HTTP and TCP listeners.
+    Tcp(TcpListener),
+    /// UDP listeners.
+    Udp(UdpSocket),
+}
+
+impl Socket {
+    fn bind(addr: &SocketAddr, udp: bool) -> std::io::Result<Socket> {
+        match udp {
+            false => {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Ok(Socket::Tcp(TcpListener::from_std(listener)?))
+            }
+            true => {
+                let socket = std::net::UdpSocket::bind(addr)?;
+                socket.set_nonblocking(true)?;
+                Ok(Socket::Udp(UdpSocket::from_std(socket)?))
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Socket::Tcp(listener) => listener.local_addr(),
+            Socket::Udp(socket) => socket.local_addr(),
+        }
+    }
+}
+
 /// One configured address: bound, and accepting once serving has started.
 struct Slot {
     local: SocketAddr,
-    bound: Option<TcpListener>,
+    bound: Option<Socket>,
     accepting: Option<JoinHandle<()>>,
     /// Replaced by reloads, so certificates rotate and limits change
     /// without closing the socket.
@@ -137,16 +173,28 @@ impl Inner {
 
     /// Start `slot`'s accept loop, unless it runs already or serving stopped for good.
     fn accept(&self, slot: &mut Slot, gateway: &Arc<ArcSwap<Gateway>>) {
-        let (Some(drain), Some(listener)) = (&self.drain, slot.bound.take()) else {
+        let (Some(drain), Some(socket)) = (&self.drain, slot.bound.take()) else {
             return;
         };
-        slot.accepting = Some(tokio::spawn(accept_loop(
-            listener,
-            slot.settings.clone(),
-            slot.counts.clone(),
-            gateway.clone(),
-            drain.subscribe(),
-        )));
+        slot.accepting = Some(match socket {
+            Socket::Tcp(listener) => tokio::spawn(accept_loop(
+                listener,
+                slot.settings.clone(),
+                slot.counts.clone(),
+                gateway.clone(),
+                drain.subscribe(),
+            )),
+            Socket::Udp(socket) => {
+                let settings = slot.settings.clone();
+                tokio::spawn(crate::udp::serve(
+                    socket,
+                    slot.local.to_string().into(),
+                    move || settings.load().udp.clone(),
+                    gateway.clone(),
+                    drain.subscribe(),
+                ))
+            }
+        });
     }
 }
 
@@ -185,18 +233,16 @@ impl Listeners {
 
     /// Bind the addresses in `wanted` that are not open yet. Nothing changes
     /// until [`Listeners::commit`], so a failed reload leaves them as they were.
-    pub fn open(&self, wanted: &Wanted) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
+    pub fn open(&self, wanted: &Wanted) -> Result<Vec<(SocketAddr, Socket)>, String> {
         let inner = self.lock();
         let mut opened = Vec::new();
-        for (addr, _) in wanted {
+        for (addr, settings) in wanted {
             if inner.has(addr) || opened.iter().any(|(a, _)| a == addr) {
                 continue;
             }
-            let listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .and_then(TcpListener::from_std)
+            let socket = Socket::bind(addr, settings.udp.is_some())
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            opened.push((*addr, listener));
+            opened.push((*addr, socket));
         }
         Ok(opened)
     }
@@ -204,7 +250,7 @@ impl Listeners {
     /// Make `wanted` the listeners: add those `opened`, give every one its
     /// (possibly new) settings, and stop accepting on the others (their
     /// connections finish on their own).
-    pub fn commit(&self, wanted: &Wanted, mut opened: Vec<(SocketAddr, TcpListener)>) {
+    pub fn commit(&self, wanted: &Wanted, mut opened: Vec<(SocketAddr, Socket)>) {
         let mut inner = self.lock();
         let mut old = std::mem::take(&mut inner.slots);
         for (addr, settings) in wanted {
@@ -224,10 +270,11 @@ impl Listeners {
                         .expect("`open` bound every new address");
                     let (_, listener) = opened.swap_remove(i);
                     let local = listener.local_addr().unwrap_or(*addr);
-                    let scheme = match (&settings.tcp, &settings.tls) {
-                        (Some(_), _) => "tcp",
-                        (None, Some(_)) => "https",
-                        (None, None) => "http",
+                    let scheme = match (&settings.tcp, &settings.udp, &settings.tls) {
+                        (Some(_), _, _) => "tcp",
+                        (_, Some(_), _) => "udp",
+                        (None, None, Some(_)) => "https",
+                        (None, None, None) => "http",
                     };
                     tracing::info!("listening on {scheme}://{local}");
                     let mut slot = Slot {

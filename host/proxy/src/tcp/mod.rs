@@ -167,7 +167,7 @@ pub async fn serve(
                 }
             }
         };
-        let Some(chosen) = gateway.load().tcp_upstream(upstream) else {
+        let Some(chosen) = gateway.load().l4_upstream(upstream) else {
             return Ended::NoHealthy;
         };
         let joined = match chosen.open_stream(accepted.client, accepted.local).await {

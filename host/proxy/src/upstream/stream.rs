@@ -92,6 +92,30 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// The target for a UDP session of `client` (or one of its datagrams),
+    /// picked by the balance among those available.
+    pub fn pick_for_datagrams(&self, client: SocketAddr) -> Option<SocketAddr> {
+        let members = self.members.load();
+        let key = Key {
+            client_ip: client.ip(),
+            hashed: Some(super::balance::hash(&client)),
+            sticky: None,
+        };
+        let i = members.pick(self.balance, &key, &[])?;
+        Some(members.targets[i].0.addr)
+    }
+
+    /// A target refused datagrams (ICMP port unreachable): a failure for
+    /// outlier detection, as a refused connection is.
+    pub fn datagrams_refused(&self, target: SocketAddr) {
+        let members = self.members.load();
+        if let Some((found, _)) = members.targets.iter().find(|(t, _)| t.addr == target) {
+            self.failed(found);
+        }
+    }
+}
+
 /// The PROXY protocol header naming `client`, which reached `local`.
 fn proxy_header(version: ProxyVersion, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     // Both of one family: an IPv4 client on an IPv6 socket is mapped.
