@@ -487,3 +487,33 @@ async fn udp_sessions_keep_their_target_and_per_packet_balancing_spreads() {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn health_checks_that_send_and_expect_bytes() {
+    let port = free_port();
+    let _redis = redis(port).await;
+    // Takes connections and says nothing: a connect alone would pass it.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = mute.accept().await {
+            held.push(stream);
+        }
+    });
+    let config = format!(
+        "{}{ADMIN}[upstreams.redis]\ntargets = [\"127.0.0.1:{port}\", \"{mute_addr}\"]\n\
+         health = {{ interval = \"100ms\", timeout = \"200ms\", send = \"PING\\r\\n\", receive = \"+PONG\", healthy_threshold = 1, unhealthy_threshold = 1 }}\n",
+        tcp_listener("tcp = { upstream = \"redis\" }")
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let healthy = |addr: String, verdict: u8| {
+        format!("sluice_upstream_healthy{{upstream=\"redis\",target=\"{addr}\"}} {verdict}")
+    };
+    wait_for_metric(&gw, &healthy(mute_addr.to_string(), 0)).await;
+    wait_for_metric(&gw, &healthy(format!("127.0.0.1:{port}"), 1)).await;
+    // Every connection now goes to the one that answers.
+    for _ in 0..4 {
+        assert_eq!(redis_cli(gw.addr.port(), &["PING"]).await, "PONG");
+    }
+}

@@ -264,10 +264,13 @@ impl UpstreamConfig {
         {
             return Err("`tls.cert` and `tls.key` go together".into());
         }
-        if let Some(health) = &self.health
-            && (health.healthy_threshold == 0 || health.unhealthy_threshold == 0)
-        {
-            return Err("health thresholds must be at least 1".into());
+        if let Some(health) = &self.health {
+            if health.healthy_threshold == 0 || health.unhealthy_threshold == 0 {
+                return Err("health thresholds must be at least 1".into());
+            }
+            if health.path.is_some() && (health.send.is_some() || health.receive.is_some()) {
+                return Err("`health.path` (HTTP) or `send`/`receive` (bytes), not both".into());
+            }
         }
         if self.outlier.max_ejected_percent > 100 {
             return Err("`outlier.max_ejected_percent` is at most 100".into());
@@ -398,8 +401,13 @@ pub struct UpstreamTls {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
-    /// `GET` this path and expect one of `expect`; without it, a TCP connect is the check.
+    /// `GET` this path and expect one of `expect`; without it, a connection
+    /// (and `send`/`receive`, if given) is the check.
     pub path: Option<String>,
+    /// Bytes written once connected (`"PING\r\n"`), for targets that are not HTTP.
+    pub send: Option<String>,
+    /// Bytes the answer must contain (`"+PONG"`).
+    pub receive: Option<String>,
     /// Healthy statuses (default 200-399).
     #[serde(default)]
     pub expect: Vec<u16>,

@@ -1,10 +1,11 @@
 //! Active health checks: every target of an upstream is asked every
-//! `interval` (an HTTP `GET` of a path, or a TCP connect), on a connection of
-//! its own; enough passes or failures in a row flip its state.
+//! `interval` (an HTTP `GET` of a path, or a connection, with bytes sent and
+//! expected back if configured), on a connection of its own; enough passes or failures in a row flip its state.
 
 use std::sync::{Arc, Weak};
 
 use http::{Request, StatusCode, header};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use super::Upstream;
@@ -57,14 +58,14 @@ pub(super) async fn run(upstream: Weak<Upstream>, config: HealthConfig) {
 /// One check of `target`: its verdict, or why it failed.
 async fn check(upstream: &Upstream, target: &Target, config: &HealthConfig) -> Result<(), String> {
     let probe = async {
+        let Some(path) = &config.path else {
+            return exchange_bytes(upstream, target, config).await;
+        };
         let mut sender = upstream
             .connector
             .connect(target.addr, target.authority.host(), false)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let Some(path) = &config.path else {
-            return Ok(());
-        };
         let request = Request::get(path.as_str())
             .header(header::HOST, target.authority.as_str())
             .header(header::USER_AGENT, "sluice-health-check")
@@ -85,6 +86,50 @@ async fn check(upstream: &Upstream, target: &Target, config: &HealthConfig) -> R
         .await
         .unwrap_or_else(|_| Err(format!("no answer in {:?}", config.timeout)))
 }
+
+/// A connection (TCP, and TLS if the upstream speaks it), and if `send`
+/// or `receive` are configured, `send` written and `receive` read back.
+async fn exchange_bytes(
+    upstream: &Upstream,
+    target: &Target,
+    config: &HealthConfig,
+) -> Result<(), String> {
+    let mut stream = (upstream.connector)
+        .connect_stream(target.addr, target.authority.host())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    if let Some(send) = &config.send {
+        stream
+            .write_all(send.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+    }
+    let Some(receive) = &config.receive else {
+        return Ok(());
+    };
+    let mut seen = Vec::new();
+    let mut chunk = [0; 1024];
+    while seen.len() < RECEIVE_LIMIT {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+        if seen.windows(receive.len()).any(|w| w == receive.as_bytes()) {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "answered {:?}, not {receive:?}",
+        String::from_utf8_lossy(&seen[..seen.len().min(64)])
+    ))
+}
+
+/// Most bytes read looking for `receive`.
+const RECEIVE_LIMIT: usize = 64 << 10;
 
 /// One of `expect`, or 2xx/3xx if none are listed.
 fn healthy_status(status: StatusCode, expect: &[u16]) -> bool {
