@@ -571,7 +571,11 @@ impl Gateway {
         };
         let translated = match &route.translation {
             None => None,
-            Some(translation) => self.translate(translation, &mut request, route, at).await?,
+            // Boxed, as the upstream's send is: a translation's state stays
+            // out of every request's future.
+            Some(translation) => {
+                Box::pin(self.translate(translation, &mut request, route, at)).await?
+            }
         };
         upstream::prepare_request(&mut request, exchange.client_ip, exchange.secure);
         if let Some(upgrade) = &sent.upgrade {
@@ -613,7 +617,7 @@ impl Gateway {
                 let mut stream = body::paced(incoming, upstream.body_timeout());
                 if let Some(translated) = translated {
                     let metrics = &self.shared.metrics;
-                    stream = translated.response(&mut head, stream, metrics).await;
+                    stream = Box::pin(translated.response(&mut head, stream, metrics)).await;
                 }
                 exchange.response = Some(head);
                 ctx.stream = Some(stream);
