@@ -1,10 +1,11 @@
-//! TCP listeners with real servers and clients on loopback: two
+//! TCP and UDP listeners with real servers and clients on loopback: two
 //! `redis-server` targets driven by `redis-cli`, one killed and brought
 //! back; TLS passed through by SNI to TLS servers (curl with `--resolve`),
 //! with a default route and a client that never says hello; TLS terminated
-//! for TCP; the PROXY protocol sent to nginx, which reports the client it
-//! was told of, and taken from HAProxy in front (`send-proxy-v2`) but
-//! refused from an untrusted address.
+//! for TCP, with its connection's access log line; the PROXY protocol sent
+//! to nginx, which reports the client it was told of, and taken from
+//! HAProxy in front (`send-proxy-v2`) but refused from an untrusted
+//! address; timeouts, health checks that send bytes, and UDP sessions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -198,7 +199,7 @@ async fn tls_terminated_for_tcp() {
     let plain = Upstream::start("plain").await;
     let (cert, key) = tls_files();
     let config = format!(
-        "{}[upstreams.plain]\ntargets = [\"{}\"]\n",
+        "{}[access_log]\nto = \"access.log\"\n[upstreams.plain]\ntargets = [\"{}\"]\n",
         tcp_listener(&format!(
             "tls = {{ cert = {}, key = {} }}\ntcp = {{ upstream = \"plain\" }}",
             toml_str(&cert.to_string_lossy()),
@@ -212,6 +213,25 @@ async fn tls_terminated_for_tcp() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("x-upstream: plain"), "{head}");
     assert!(body.contains("/hello"), "{body}");
+    // The connection's access log line, once it closed.
+    let log = gw.config_path().parent().unwrap().join("access.log");
+    let started = Instant::now();
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("\"kind\":\"tcp\"")) {
+            break line.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no line in {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["upstream"], "plain");
+    assert_eq!(line["target"], plain.addr.to_string());
+    assert_eq!(line["ended"], "closed");
+    assert!(line["bytes_in"].as_u64().unwrap() > 0 && line["bytes_out"].as_u64().unwrap() > 0);
 }
 
 /// nginx answering with the client its PROXY protocol header named.

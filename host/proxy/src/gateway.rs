@@ -258,6 +258,11 @@ impl Gateway {
         &self.shared.metrics
     }
 
+    /// Where access log lines go, if anywhere.
+    pub(crate) fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
+    }
+
     /// The proxy's metrics, shared.
     pub(crate) fn metrics_arc(&self) -> Arc<ProxyMetrics> {
         self.shared.metrics.clone()

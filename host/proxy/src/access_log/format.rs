@@ -6,7 +6,7 @@ use std::io::Write;
 use http::HeaderValue;
 use serde::Deserialize;
 
-use super::Record;
+use super::{Connection, Record};
 use crate::phases::Decision;
 
 /// How lines are written.
@@ -116,6 +116,48 @@ impl LogFormat {
         match self {
             LogFormat::Json => json(record, fields, out),
             LogFormat::Common => common(record, out),
+        }
+        out.push(b'\n');
+    }
+
+    /// Append a TCP connection's line to `out`: in JSON, a fixed set of
+    /// fields (`"kind":"tcp"` tells it from a request's); in the common
+    /// format, `"TCP <listener>"` in the request's place and how it ended in
+    /// the status's.
+    pub(super) fn connection_line(self, c: &Connection, out: &mut Vec<u8>) {
+        match self {
+            LogFormat::Json => {
+                out.extend_from_slice(b"{\"time\":");
+                string(out, &humantime::format_rfc3339_millis(c.time).to_string());
+                out.extend_from_slice(b",\"kind\":\"tcp\",\"listener\":");
+                string(out, &c.listener);
+                out.extend_from_slice(b",\"client\":");
+                string(out, &c.client.to_string());
+                out.extend_from_slice(b",\"upstream\":");
+                string(out, &c.upstream);
+                out.extend_from_slice(b",\"target\":");
+                optional(out, c.target.map(|t| t.to_string()).as_deref());
+                let _ = write!(
+                    out,
+                    ",\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"ended\":",
+                    c.bytes_in,
+                    c.bytes_out,
+                    c.duration.as_secs_f64() * 1e3
+                );
+                string(out, c.ended);
+                out.push(b'}');
+            }
+            LogFormat::Common => {
+                let _ = write!(
+                    out,
+                    "{} - - [{}] \"TCP {}\" {} {}",
+                    c.client.ip(),
+                    clf(c.time),
+                    c.listener,
+                    c.ended,
+                    c.bytes_out
+                );
+            }
         }
         out.push(b'\n');
     }
@@ -230,12 +272,16 @@ fn rfc3339(record: &Record) -> String {
     humantime::format_rfc3339_millis(record.time).to_string()
 }
 
-/// `02/Dec/2026:10:43:13 +0000`, from `2026-12-02T10:43:13.123Z`.
 fn clf_time(record: &Record) -> String {
+    clf(record.time)
+}
+
+/// `02/Dec/2026:10:43:13 +0000`, from `2026-12-02T10:43:13.123Z`.
+fn clf(time: std::time::SystemTime) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let t = humantime::format_rfc3339_seconds(record.time).to_string();
+    let t = humantime::format_rfc3339_seconds(time).to_string();
     let month = t[5..7].parse::<usize>().map_or("Jan", |m| MONTHS[m - 1]);
     format!("{}/{month}/{}:{} +0000", &t[8..10], &t[0..4], &t[11..19])
 }
@@ -321,6 +367,35 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "10.0.0.1 - al__ice_ [02/Dec/2025:10:43:13 +0000] \"GET /a%20b?q=x HTTP/1.1\" 401 -\n"
+        );
+    }
+
+    #[test]
+    fn a_tcp_connection_line_in_both_formats() {
+        let connection = Connection {
+            time: UNIX_EPOCH + Duration::from_millis(1_764_672_193_123),
+            listener: "127.0.0.1:6379".into(),
+            client: "10.0.0.1:5000".parse().unwrap(),
+            upstream: "redis".into(),
+            target: Some("10.0.0.5:6379".parse().unwrap()),
+            bytes_in: 14,
+            bytes_out: 5,
+            duration: Duration::from_millis(1500),
+            ended: "idle_timeout",
+        };
+        let mut out = Vec::new();
+        LogFormat::Json.connection_line(&connection, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"time\":\"2025-12-02T10:43:13.123Z\",\"kind\":\"tcp\",\"listener\":\"127.0.0.1:6379\",\
+             \"client\":\"10.0.0.1:5000\",\"upstream\":\"redis\",\"target\":\"10.0.0.5:6379\",\
+             \"bytes_in\":14,\"bytes_out\":5,\"duration_ms\":1500.000,\"ended\":\"idle_timeout\"}\n"
+        );
+        let mut out = Vec::new();
+        LogFormat::Common.connection_line(&connection, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "10.0.0.1 - - [02/Dec/2025:10:43:13 +0000] \"TCP 127.0.0.1:6379\" idle_timeout 5\n"
         );
     }
 }

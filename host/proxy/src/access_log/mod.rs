@@ -1,5 +1,5 @@
-//! Access logs: one line per request, in JSON or the common log format, to
-//! stdout, stderr or a file.
+//! Access logs: one line per request (and per TCP listener connection), in
+//! JSON or the common log format, to stdout, stderr or a file.
 //!
 //! Off the request path: the gateway fills a [`Record`] as the request goes
 //! (its head at the edge, what its route's phases made of it in [`Served`],
@@ -65,8 +65,36 @@ fn queue() -> usize {
 /// Where a configuration's access log lines go; cheap to clone.
 #[derive(Clone)]
 pub struct AccessLog {
-    queue: mpsc::Sender<Box<Record>>,
+    queue: mpsc::Sender<Line>,
     dropped: Counter,
+}
+
+/// What a line tells of.
+enum Line {
+    Request(Box<Record>),
+    Connection(Box<Connection>),
+}
+
+/// One TCP listener connection, as its access log line reports it.
+pub struct Connection {
+    /// When it was accepted.
+    pub time: SystemTime,
+    /// The listener's address.
+    pub listener: Arc<str>,
+    /// The client (as a PROXY protocol header named it, if one did).
+    pub client: std::net::SocketAddr,
+    /// The upstream it was routed to.
+    pub upstream: String,
+    /// The target it was joined to, if one was reached.
+    pub target: Option<std::net::SocketAddr>,
+    /// Bytes from the client.
+    pub bytes_in: u64,
+    /// Bytes to the client.
+    pub bytes_out: u64,
+    /// From accept to close.
+    pub duration: Duration,
+    /// How it ended (`closed`, `idle_timeout`, ...).
+    pub ended: &'static str,
 }
 
 impl AccessLog {
@@ -116,7 +144,16 @@ impl AccessLog {
     }
 
     fn send(&self, record: Box<Record>) {
-        if self.queue.try_send(record).is_err() {
+        self.queue_line(Line::Request(record));
+    }
+
+    /// Queue a TCP connection's line.
+    pub fn connection(&self, connection: Connection) {
+        self.queue_line(Line::Connection(Box::new(connection)));
+    }
+
+    fn queue_line(&self, line: Line) {
+        if self.queue.try_send(line).is_err() {
             self.dropped.inc();
         }
     }
@@ -125,18 +162,22 @@ impl AccessLog {
 /// Format and write records as they come, a batch at a time, until every
 /// sender (the configuration's gateway and its requests in flight) is gone.
 async fn write(
-    mut records: mpsc::Receiver<Box<Record>>,
+    mut records: mpsc::Receiver<Line>,
     mut out: Box<dyn AsyncWrite + Send + Unpin>,
     format: LogFormat,
     fields: Vec<Field>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let line = |line: Line, batch: &mut Vec<u8>| match line {
+        Line::Request(record) => format.line(&record, &fields, batch),
+        Line::Connection(connection) => format.connection_line(&connection, batch),
+    };
     while let Some(record) = records.recv().await {
-        format.line(&record, &fields, &mut batch);
+        line(record, &mut batch);
         while batch.len() < BATCH
             && let Ok(record) = records.try_recv()
         {
-            format.line(&record, &fields, &mut batch);
+            line(record, &mut batch);
         }
         let written = match out.write_all(&batch).await {
             Ok(()) => out.flush().await,

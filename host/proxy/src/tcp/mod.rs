@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::Connection;
 use crate::config::{TcpConfig, TcpRoute};
 use crate::gateway::Gateway;
 use crate::upstream::{ByteStream, UpstreamError, keepalive};
@@ -203,10 +204,23 @@ pub async fn serve(
         }
     }
     .await;
-    let metrics = gateway.load().metrics_arc();
+    let gateway = gateway.load();
     let listener = &*accepted.listener;
     let (received, sent) = (client_bytes.bytes(), target_bytes.bytes());
-    metrics.tcp_connection(listener, upstream, ended.as_str(), received, sent);
+    (gateway.metrics()).tcp_connection(listener, upstream, ended.as_str(), received, sent);
+    if let Some(log) = gateway.access_log() {
+        log.connection(Connection {
+            time: SystemTime::now() - started.elapsed(),
+            listener: accepted.listener.clone(),
+            client: accepted.client,
+            upstream: upstream.to_owned(),
+            target,
+            bytes_in: received,
+            bytes_out: sent,
+            duration: started.elapsed(),
+            ended: ended.as_str(),
+        });
+    }
     tracing::info!(
         target: "sluice::tcp",
         listener,
