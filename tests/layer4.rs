@@ -441,14 +441,28 @@ async fn ask(client: &tokio::net::UdpSocket, to: SocketAddr, datagram: &str) -> 
 #[tokio::test]
 async fn udp_sessions_keep_their_target_and_per_packet_balancing_spreads() {
     let (a, b) = (udp_echo("a").await, udp_echo("b").await);
-    let (sessions, per_packet, capped) = (free_udp_port(), free_udp_port(), free_udp_port());
+    // The sessions' port serves TCP too, as DNS does (a TCP echo behind it).
+    let sessions = free_port();
+    let (per_packet, capped) = (free_udp_port(), free_udp_port());
+    let tcp_echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_echo_addr = tcp_echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = tcp_echo.accept().await {
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
     let listener = |port: u16, udp: &str| {
         format!(
             "[[listeners]]\naddress = \"127.0.0.1:{port}\"\nudp = {{ upstream = \"echo\", {udp} }}\n"
         )
     };
     let config = format!(
-        "{}{}{}{ADMIN}[upstreams.echo]\ntargets = [\"{a}\", \"{b}\"]\nbalance = \"round-robin\"\n",
+        "{}[[listeners]]\naddress = \"127.0.0.1:{sessions}\"\ntcp = {{ upstream = \"tcp-echo\" }}\n{}{}{ADMIN}\
+         [upstreams.echo]\ntargets = [\"{a}\", \"{b}\"]\nbalance = \"round-robin\"\n\
+         [upstreams.tcp-echo]\ntargets = [\"{tcp_echo_addr}\"]\n",
         listener(sessions, "idle_timeout = \"300ms\""),
         listener(per_packet, "per_packet = true"),
         listener(capped, "max_sessions = 1"),
@@ -474,6 +488,13 @@ async fn udp_sessions_keep_their_target_and_per_packet_balancing_spreads() {
     }
     seen.sort();
     assert_eq!(seen, ["a", "b"]);
+
+    // TCP on the same port.
+    let mut stream = TcpStream::connect(at(sessions)).await.unwrap();
+    stream.write_all(b"over tcp").await.unwrap();
+    let mut echoed = [0; 8];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"over tcp");
 
     // Per packet: one client's datagrams alternate between the targets.
     let three = client().await;

@@ -157,18 +157,25 @@ pub struct Listeners {
     inner: Mutex<Inner>,
 }
 
+/// A configured address and whether it is UDP's: one socket each (several
+/// may ask for port 0, but each configured address is one socket; TCP and
+/// UDP may share a port, as DNS does).
+pub type Key = (SocketAddr, bool);
+
+fn key(addr: &SocketAddr, settings: &ListenerSettings) -> Key {
+    (*addr, settings.udp.is_some())
+}
+
 struct Inner {
-    /// Keyed by configured address (several may ask for port 0, but each
-    /// configured address is one socket).
-    slots: Vec<(SocketAddr, Slot)>,
+    slots: Vec<(Key, Slot)>,
     serving: bool,
     /// Tells every connection to finish up; taken by `stop`.
     drain: Option<watch::Sender<bool>>,
 }
 
 impl Inner {
-    fn has(&self, addr: &SocketAddr) -> bool {
-        self.slots.iter().any(|(a, _)| a == addr)
+    fn has(&self, key: &Key) -> bool {
+        self.slots.iter().any(|(k, _)| k == key)
     }
 
     /// Start `slot`'s accept loop, unless it runs already or serving stopped for good.
@@ -233,16 +240,17 @@ impl Listeners {
 
     /// Bind the addresses in `wanted` that are not open yet. Nothing changes
     /// until [`Listeners::commit`], so a failed reload leaves them as they were.
-    pub fn open(&self, wanted: &Wanted) -> Result<Vec<(SocketAddr, Socket)>, String> {
+    pub fn open(&self, wanted: &Wanted) -> Result<Vec<(Key, Socket)>, String> {
         let inner = self.lock();
-        let mut opened = Vec::new();
+        let mut opened: Vec<(Key, Socket)> = Vec::new();
         for (addr, settings) in wanted {
-            if inner.has(addr) || opened.iter().any(|(a, _)| a == addr) {
+            let key = key(addr, settings);
+            if inner.has(&key) || opened.iter().any(|(k, _)| *k == key) {
                 continue;
             }
-            let socket = Socket::bind(addr, settings.udp.is_some())
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            opened.push((*addr, socket));
+            let socket =
+                Socket::bind(addr, key.1).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            opened.push((key, socket));
         }
         Ok(opened)
     }
@@ -250,14 +258,15 @@ impl Listeners {
     /// Make `wanted` the listeners: add those `opened`, give every one its
     /// (possibly new) settings, and stop accepting on the others (their
     /// connections finish on their own).
-    pub fn commit(&self, wanted: &Wanted, mut opened: Vec<(SocketAddr, Socket)>) {
+    pub fn commit(&self, wanted: &Wanted, mut opened: Vec<(Key, Socket)>) {
         let mut inner = self.lock();
         let mut old = std::mem::take(&mut inner.slots);
         for (addr, settings) in wanted {
-            if inner.has(addr) {
+            let key = key(addr, settings);
+            if inner.has(&key) {
                 continue;
             }
-            let slot = match old.iter().position(|(a, _)| a == addr) {
+            let slot = match old.iter().position(|(k, _)| *k == key) {
                 Some(i) => {
                     let (_, slot) = old.swap_remove(i);
                     slot.settings.store(settings.clone());
@@ -266,7 +275,7 @@ impl Listeners {
                 None => {
                     let i = opened
                         .iter()
-                        .position(|(a, _)| a == addr)
+                        .position(|(k, _)| *k == key)
                         .expect("`open` bound every new address");
                     let (_, listener) = opened.swap_remove(i);
                     let local = listener.local_addr().unwrap_or(*addr);
@@ -290,7 +299,7 @@ impl Listeners {
                     slot
                 }
             };
-            inner.slots.push((*addr, slot));
+            inner.slots.push((key, slot));
         }
         for (_, mut slot) in old {
             tracing::info!("no longer listening on {}", slot.local);
