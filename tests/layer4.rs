@@ -5,7 +5,8 @@
 //! for TCP, with its connection's access log line; the PROXY protocol sent
 //! to nginx, which reports the client it was told of, and taken from
 //! HAProxy in front (`send-proxy-v2`) but refused from an untrusted
-//! address; timeouts, health checks that send bytes, and UDP sessions.
+//! address; TLS re-encrypted to targets; timeouts, health checks that
+//! send bytes, and UDP sessions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -557,4 +558,22 @@ async fn health_checks_that_send_and_expect_bytes() {
     for _ in 0..4 {
         assert_eq!(redis_cli(gw.addr.port(), &["PING"]).await, "PONG");
     }
+}
+
+#[tokio::test]
+async fn tls_re_encrypted_to_targets() {
+    // A CA of the test's own, and a TLS server with a certificate it signed.
+    let pki = crate::protocols::Pki::new();
+    let secure = Upstream::start_tls("secure", pki.acceptor(&[b"http/1.1"], false)).await;
+    let config = format!(
+        "{}[upstreams.secure]\ntargets = [\"localhost:{}\"]\ntls = {{ ca = {} }}\n",
+        tcp_listener("tcp = { upstream = \"secure\" }"),
+        secure.addr.port(),
+        toml_str(&pki.path("ca.pem").to_string_lossy())
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    // Plain HTTP in; TLS, verified against the CA, to the target.
+    let (head, _) = curl(&[&format!("http://{}/", gw.addr)]).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-upstream: secure"), "{head}");
 }

@@ -12,13 +12,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sluice_tests::{Gateway, Python, Upstream, curl, get};
 
 /// A certificate authority and what it signed, written as PEM files.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
@@ -30,7 +30,7 @@ impl Pki {
         pki
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -52,7 +52,7 @@ impl Pki {
 
     /// A TLS server with a certificate for `localhost`, offering `alpn`,
     /// asking clients for a certificate from this CA if `client_auth`.
-    fn acceptor(&self, alpn: &[&[u8]], client_auth: bool) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(&self, alpn: &[&[u8]], client_auth: bool) -> tokio_rustls::TlsAcceptor {
         let (cert, key) = self.issue("localhost", "server");
         let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(&cert)
             .unwrap()
