@@ -5,8 +5,8 @@
 //! for TCP, with its connection's access log line; the PROXY protocol sent
 //! to nginx, which reports the client it was told of, and taken from
 //! HAProxy in front (`send-proxy-v2`) but refused from an untrusted
-//! address; TLS re-encrypted to targets; timeouts, health checks that
-//! send bytes, and UDP sessions.
+//! address; TLS re-encrypted to targets; connection limits, timeouts,
+//! health checks that send bytes, and UDP sessions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -576,4 +576,34 @@ async fn tls_re_encrypted_to_targets() {
     let (head, _) = curl(&[&format!("http://{}/", gw.addr)]).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("x-upstream: secure"), "{head}");
+}
+
+#[tokio::test]
+async fn a_tcp_listener_holds_clients_to_its_connection_limits() {
+    let port = free_port();
+    let _redis = redis(port).await;
+    let config = format!(
+        "{}{ADMIN}[upstreams.redis]\ntargets = [\"127.0.0.1:{port}\"]\n",
+        tcp_listener("max_connections_per_client = 1\ntcp = { upstream = \"redis\" }")
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let mut first = TcpStream::connect(gw.addr).await.unwrap();
+    first.write_all(b"PING\r\n").await.unwrap();
+    let mut answer = [0; 7];
+    first.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"+PONG\r\n");
+    // A second from the same address is closed at once; the first goes on.
+    let mut second = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = second.write_all(b"PING\r\n").await;
+    let mut byte = [0; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), second.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    first.write_all(b"PING\r\n").await.unwrap();
+    first.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"+PONG\r\n");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("reason=\"max_connections_per_client\""),
+        "{metrics}"
+    );
 }
