@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::config::UdpConfig;
 use crate::gateway::Gateway;
 use crate::metrics::ProxyMetrics;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, now_ms};
 
 /// The largest datagram.
 const MAX_DATAGRAM: usize = 65_535;
@@ -51,7 +51,7 @@ struct Session {
     /// The target of a session that keeps one.
     target: Option<SocketAddr>,
     upstream: Arc<Upstream>,
-    /// When a datagram last went either way (milliseconds from `started`).
+    /// When a datagram last went either way ([`now_ms`]).
     last: Arc<AtomicU64>,
     answers: JoinHandle<()>,
 }
@@ -73,8 +73,6 @@ pub async fn serve(
     mut drain: watch::Receiver<bool>,
 ) {
     let listener = Arc::new(socket);
-    let started = Instant::now();
-    let now = move || started.elapsed().as_millis() as u64;
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     let mut buffer = vec![0; MAX_DATAGRAM];
     let mut sweep = tokio::time::interval(Duration::from_millis(100));
@@ -89,7 +87,7 @@ pub async fn serve(
                 let idle = udp.idle_timeout.as_millis() as u64;
                 let metrics = gateway.load().metrics_arc();
                 sessions.retain(|_, session| {
-                    let alive = now().saturating_sub(session.last.load(Ordering::Relaxed)) < idle;
+                    let alive = now_ms().saturating_sub(session.last.load(Ordering::Relaxed)) < idle;
                     if !alive {
                         metrics.udp_session_ended(&name, &session.upstream.name, "idle_timeout");
                     }
@@ -117,7 +115,6 @@ pub async fn serve(
                 udp.per_packet,
                 &name,
                 metrics.clone(),
-                now,
             );
             match opened.await {
                 Some(session) => {
@@ -130,7 +127,7 @@ pub async fn serve(
             }
         }
         let session = sessions.get_mut(&client).expect("just made");
-        session.last.store(now(), Ordering::Relaxed);
+        session.last.store(now_ms(), Ordering::Relaxed);
         let target = match session.target {
             Some(target) => Some(target),
             None => session.upstream.pick_for_datagrams(client),
@@ -158,7 +155,6 @@ impl Session {
         per_packet: bool,
         name: &Arc<str>,
         metrics: Arc<ProxyMetrics>,
-        now: impl Fn() -> u64 + Send + 'static,
     ) -> Option<Session> {
         let first = upstream.pick_for_datagrams(client)?;
         let any: SocketAddr = match first.is_ipv4() {
@@ -173,7 +169,7 @@ impl Session {
                 Some(first)
             }
         };
-        let last = Arc::new(AtomicU64::new(now()));
+        let last = Arc::new(AtomicU64::new(now_ms()));
         let answers = tokio::spawn(answer(
             socket.clone(),
             listener.clone(),
@@ -183,7 +179,6 @@ impl Session {
             last.clone(),
             name.clone(),
             metrics,
-            now,
         ));
         Some(Session {
             socket,
@@ -206,13 +201,12 @@ async fn answer(
     last: Arc<AtomicU64>,
     name: Arc<str>,
     metrics: Arc<ProxyMetrics>,
-    now: impl Fn() -> u64,
 ) {
     let mut buffer = vec![0; MAX_DATAGRAM];
     loop {
         match socket.recv_from(&mut buffer).await {
             Ok((n, _from)) => {
-                last.store(now(), Ordering::Relaxed);
+                last.store(now_ms(), Ordering::Relaxed);
                 match listener.send_to(&buffer[..n], client).await {
                     Ok(_) => metrics.udp_datagram(&name, "to_client"),
                     Err(_) => metrics.udp_dropped(&name, "send_failed"),

@@ -8,6 +8,7 @@
 
 pub mod connection;
 mod limits;
+pub(crate) mod peek;
 pub mod proxy_protocol;
 
 use std::net::SocketAddr;
@@ -367,6 +368,8 @@ async fn accept_loop(
     let local = listener
         .local_addr()
         .map_or_else(|_| String::new(), |a| a.to_string());
+    // Shared with each connection (a TCP one keeps it for its metrics and log line).
+    let local: Arc<str> = local.into();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -390,19 +393,7 @@ async fn accept_loop(
         ) {
             Ok(counted) => counted,
             Err(full) => {
-                let reason = full.reason();
-                gateway
-                    .load()
-                    .metrics()
-                    .connections_refused
-                    .get_or_create(&labels([("listener", &local), ("reason", reason)]))
-                    .inc();
-                sluice_filter::log_throttled!(
-                    warn,
-                    ("connection refused", &local, reason),
-                    client = %peer.ip(),
-                    "connection refused on {local}: {reason} reached"
-                );
+                refuse(&gateway, &local, peer, full.reason());
                 continue;
             }
         };
@@ -418,19 +409,7 @@ async fn accept_loop(
                 None => peer,
                 Some(trusted) => match from_balancer(&mut stream, peer, trusted, limits).await {
                     Ok(client) => client,
-                    Err(reason) => {
-                        let metrics = gateway.load().metrics_arc();
-                        (metrics.connections_refused)
-                            .get_or_create(&labels([("listener", &local), ("reason", reason)]))
-                            .inc();
-                        sluice_filter::log_throttled!(
-                            warn,
-                            ("connection refused", &local, reason),
-                            client = %peer.ip(),
-                            "connection refused on {local}: {reason}"
-                        );
-                        return;
-                    }
+                    Err(reason) => return refuse(&gateway, &local, peer, reason),
                 },
             };
             if let Some(tcp) = &settings.tcp {
@@ -438,7 +417,7 @@ async fn accept_loop(
                     local: stream.local_addr().unwrap_or(peer),
                     stream,
                     client,
-                    listener: local.into(),
+                    listener: local,
                 };
                 let tls = settings.tls.clone();
                 crate::tcp::serve(
@@ -476,6 +455,19 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// Count and (at a bounded rate) log a connection closed on arrival for `reason`.
+fn refuse(gateway: &ArcSwap<Gateway>, local: &str, peer: SocketAddr, reason: &'static str) {
+    (gateway.load().metrics().connections_refused)
+        .get_or_create(&labels([("listener", local), ("reason", reason)]))
+        .inc();
+    sluice_filter::log_throttled!(
+        warn,
+        ("connection refused", local, reason),
+        client = %peer.ip(),
+        "connection refused on {local}: {reason}"
+    );
 }
 
 /// The client a trusted load balancer's PROXY protocol header names (the

@@ -1,6 +1,6 @@
 //! The PROXY protocol header (v1, text; v2, binary) a load balancer in
-//! front sends at the start of each connection, naming the client. Read
-//! with `peek` and then taken off exactly, so not a byte of what follows is
+//! front sends at the start of each connection, naming the client. Peeked
+//! at ([`super::peek`]) and then taken off exactly, so not a byte of what follows is
 //! lost, whatever the listener then speaks.
 
 use std::net::SocketAddr;
@@ -9,6 +9,8 @@ use std::time::Duration;
 use ppp::PartialResult;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+
+use super::peek::{Unpeeked, peek_until};
 
 /// Longest header taken (v2 with its TLVs).
 const MAX_HEADER: usize = 4096;
@@ -44,36 +46,17 @@ pub async fn read(
     stream: &mut TcpStream,
     within: Duration,
 ) -> Result<Option<SocketAddr>, ProxyHeaderError> {
-    let reading = async {
-        let mut buffer = vec![0; MAX_HEADER];
-        let mut seen = 0;
-        loop {
-            let n = stream
-                .peek(&mut buffer)
-                .await
-                .map_err(|_| ProxyHeaderError::Closed)?;
-            if n == 0 {
-                return Err(ProxyHeaderError::Closed);
-            }
-            if let Some((length, client)) = parse(&buffer[..n])? {
-                stream
-                    .read_exact(&mut buffer[..length])
-                    .await
-                    .map_err(|_| ProxyHeaderError::Closed)?;
-                return Ok(client);
-            }
-            if n == MAX_HEADER {
-                return Err(ProxyHeaderError::Malformed);
-            }
-            if n == seen {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            seen = n;
-        }
+    let header = |bytes: &[u8]| parse(bytes).transpose();
+    let (length, client) = match peek_until(stream, MAX_HEADER, within, header).await {
+        Ok(parsed) => parsed?,
+        Err(Unpeeked::Timeout) => return Err(ProxyHeaderError::Timeout),
+        Err(Unpeeked::Closed) => return Err(ProxyHeaderError::Closed),
+        Err(Unpeeked::Full) => return Err(ProxyHeaderError::Malformed),
     };
-    tokio::time::timeout(within, reading)
-        .await
-        .map_err(|_| ProxyHeaderError::Timeout)?
+    // Peeked whole: these bytes are in, and taking them off does not wait.
+    let mut header = vec![0; length];
+    (stream.read_exact(&mut header).await).map_err(|_| ProxyHeaderError::Closed)?;
+    Ok(client)
 }
 
 /// A whole header's length and client, `None` while more is needed.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::listener::peek::{Unpeeked, peek_until};
+
 /// The ClientHello's server name and ALPN protocols.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Hello {
@@ -22,36 +24,20 @@ const MAX_RECORD: usize = 5 + (16 << 10);
 /// `Ok(None)`: the client does not speak TLS (or its hello spans records);
 /// `Err`: it sent nothing whole in time, or went away.
 pub async fn peek(stream: &TcpStream, within: Duration) -> Result<Option<Hello>, HelloError> {
-    let reading = async {
-        let mut buffer = vec![0; MAX_RECORD];
-        let mut seen = 0;
-        loop {
-            let n = stream
-                .peek(&mut buffer)
-                .await
-                .map_err(|_| HelloError::Closed)?;
-            if n == 0 {
-                return Err(HelloError::Closed);
-            }
-            if buffer[0] != 22 {
-                return Ok(None);
-            }
-            if n >= 5 {
-                let length = u16::from_be_bytes([buffer[3], buffer[4]]) as usize;
-                if n >= 5 + length {
-                    return Ok(parse(&buffer[5..5 + length]));
-                }
-            }
-            if n == seen {
-                // More is on its way: wait a moment rather than spin on the same bytes.
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            seen = n;
+    let hello = |bytes: &[u8]| {
+        if bytes[0] != 22 {
+            return Some(None);
         }
+        let length = usize::from(u16::from_be_bytes([*bytes.get(3)?, *bytes.get(4)?]));
+        Some(parse(bytes.get(5..5 + length)?))
     };
-    tokio::time::timeout(within, reading)
-        .await
-        .map_err(|_| HelloError::Timeout)?
+    match peek_until(stream, MAX_RECORD, within, hello).await {
+        Ok(hello) => Ok(hello),
+        Err(Unpeeked::Timeout) => Err(HelloError::Timeout),
+        Err(Unpeeked::Closed) => Err(HelloError::Closed),
+        // A record is never longer; not TLS as we know it.
+        Err(Unpeeked::Full) => Ok(None),
+    }
 }
 
 /// Why no ClientHello was read.

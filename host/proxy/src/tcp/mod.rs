@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::access_log::Connection;
 use crate::config::{TcpConfig, TcpRoute};
 use crate::gateway::Gateway;
-use crate::upstream::{ByteStream, UpstreamError, keepalive};
+use crate::upstream::{ByteStream, UpstreamError, keepalive, now_ms};
 use hello::{Hello, HelloError};
 
 /// What a TCP listener does with its connections; replaced by reloads.
@@ -242,7 +242,7 @@ async fn idle(limit: Option<Duration>, a: &Meter, b: &Meter) {
     };
     loop {
         let last = a.last().max(b.last());
-        let quiet = Duration::from_millis(Meter::now().saturating_sub(last));
+        let quiet = Duration::from_millis(now_ms().saturating_sub(last));
         if quiet >= limit {
             return;
         }
@@ -269,7 +269,7 @@ async fn drained(mut drain: watch::Receiver<bool>, bound: Duration) {
 /// Bytes read from one side, and when it last moved.
 struct Meter {
     bytes: AtomicU64,
-    /// Milliseconds since the process's clock start.
+    /// [`now_ms`] when it last moved.
     last: AtomicU64,
 }
 
@@ -277,13 +277,8 @@ impl Meter {
     fn new() -> Meter {
         Meter {
             bytes: AtomicU64::new(0),
-            last: AtomicU64::new(Meter::now()),
+            last: AtomicU64::new(now_ms()),
         }
-    }
-
-    fn now() -> u64 {
-        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        START.get_or_init(Instant::now).elapsed().as_millis() as u64
     }
 
     fn bytes(&self) -> u64 {
@@ -318,7 +313,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let read = buf.filled().len() - before;
         if read > 0 {
             self.meter.bytes.fetch_add(read as u64, Ordering::Relaxed);
-            self.meter.last.store(Meter::now(), Ordering::Relaxed);
+            self.meter.last.store(now_ms(), Ordering::Relaxed);
         }
         polled
     }

@@ -109,8 +109,7 @@ impl Refusal {
             StatusCode::METHOD_NOT_ALLOWED => 12,
             _ => 3,
         };
-        let json = serde_json::json!({"code": grpc_code, "message": self.message});
-        let mut response = Response::new(body::full(json.to_string()));
+        let mut response = Response::new(body::full(status_json(grpc_code, &self.message)));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(
@@ -120,6 +119,12 @@ impl Refusal {
         headers.insert("x-sluice-error", HeaderValue::from_static(self.code));
         response
     }
+}
+
+/// A gRPC status as google.rpc.Status's JSON: `{"code","message"}`.
+pub(crate) fn status_json(code: u32, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"code": code, "message": message}))
+        .expect("JSON of a number and a string")
 }
 
 impl std::fmt::Display for Refusal {

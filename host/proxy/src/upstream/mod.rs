@@ -49,6 +49,7 @@ pub use resolve::TargetRegistry;
 use retry::RetryBudget;
 pub use stream::Joined;
 pub use target::Target;
+pub(crate) use target::now_ms;
 
 /// Why an upstream exchange failed, and so which status the client sees.
 #[derive(Debug, thiserror::Error)]
@@ -300,10 +301,7 @@ impl Upstream {
             }
             // Another try: retries left, another target, the budget allows.
             let may_retry = |why: &str| {
-                let more = tried.len() <= self.policy.retries as usize
-                    && (0..members.targets.len())
-                        .any(|j| !tried.contains(&j) && members.targets[j].0.available());
-                if !more {
+                if !self.another_target(&members, &tried) {
                     return false;
                 }
                 if !self.budget.withdraw() {
@@ -313,10 +311,7 @@ impl Upstream {
                         .inc();
                     return false;
                 }
-                self.metrics
-                    .upstream_retries
-                    .get_or_create(&labels([("upstream", &*self.name), ("reason", why)]))
-                    .inc();
+                self.count_retry(why);
                 true
             };
             match outcome {
@@ -422,6 +417,22 @@ impl Upstream {
                 unsent: None,
             }),
         }
+    }
+
+    /// Whether another try is allowed after `tried`: retries are left and
+    /// an untried target is available.
+    fn another_target(&self, members: &Members, tried: &[usize]) -> bool {
+        tried.len() <= self.policy.retries as usize
+            && (0..members.targets.len())
+                .any(|j| !tried.contains(&j) && members.targets[j].0.available())
+    }
+
+    /// Count a try after the first, and why.
+    fn count_retry(&self, why: &str) {
+        self.metrics
+            .upstream_retries
+            .get_or_create(&labels([("upstream", &*self.name), ("reason", why)]))
+            .inc();
     }
 
     fn unreachable(&self, target: &Target, source: BoxError) -> UpstreamError {

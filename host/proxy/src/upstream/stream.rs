@@ -13,7 +13,6 @@ use super::connect::ByteStream;
 use super::target::{InFlight, Target, now_ms};
 use super::{Upstream, UpstreamError};
 use crate::config::ProxyVersion;
-use sluice_filter::metrics::labels;
 
 /// A connection to a target, counted in flight while it is held.
 pub struct Joined {
@@ -76,16 +75,10 @@ impl Upstream {
                 Err(source) => {
                     self.failed(target);
                     last = Some(self.unreachable(target, source));
-                    let more = tried.len() <= self.policy.retries as usize
-                        && (0..members.targets.len())
-                            .any(|j| !tried.contains(&j) && members.targets[j].0.available());
-                    if !more {
+                    if !self.another_target(&members, &tried) {
                         return Err(last.expect("just set"));
                     }
-                    self.metrics
-                        .upstream_retries
-                        .get_or_create(&labels([("upstream", &*self.name), ("reason", "connect")]))
-                        .inc();
+                    self.count_retry("connect");
                 }
             }
         }

@@ -59,8 +59,9 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// Milliseconds after [`epoch`], from 1.
-pub(super) fn now_ms() -> u64 {
+/// Milliseconds after [`epoch`], from 1: the proxy's one cheap clock for
+/// deadlines and activity (targets, TCP and UDP listeners).
+pub(crate) fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64 + 1
 }
 

@@ -272,7 +272,10 @@ impl Route {
 
     /// Whether the path or the body field sets `name`, so the query may not.
     fn fixed(&self, name: &str) -> bool {
-        let covers = |set: &str| name == set || name.starts_with(&format!("{set}."));
+        let covers = |set: &str| {
+            name.strip_prefix(set)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
         self.template.fields().any(covers)
             || matches!(&self.body, BodyField::Field(field) if covers(field))
     }

@@ -17,6 +17,7 @@ use crate::body::{self, BoxError, ProxyBody};
 use crate::config::StreamFormat;
 use crate::metrics::ProxyMetrics;
 use crate::translate::frames::{COMPRESSED, Deframer};
+use crate::translate::status_json;
 
 /// The largest message (and unary answer) taken from the upstream.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -263,8 +264,7 @@ impl Status {
 
     /// google.rpc.Status as JSON.
     fn json(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({"code": self.code, "message": self.message}))
-            .expect("JSON of a number and a string")
+        status_json(self.code, &self.message)
     }
 
     /// The whole answer for a call that failed with this status.
