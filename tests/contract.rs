@@ -1,6 +1,6 @@
 //! The contract, `sluice:filter@0.2.x`: state kept from a request to its
 //! response, typed capability errors, headers a filter may not change; and
-//! components built for 0.2.2 and 0.1.0, which still load and run.
+//! components built for 0.2.3, 0.2.2 and 0.1.0, which still load and run.
 
 use sluice_tests::{Gateway, Upstream, get, plugin};
 
@@ -17,6 +17,16 @@ async fn components_built_for_0_2_2_still_load_and_keep_state() {
         "/fixtures/contract-0.2.2/server_timing.wasm"
     );
     keeps_state(fixture, "0.2.2").await;
+}
+
+/// And as built for 0.2.3, before the `connection` kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_built_for_0_2_3_still_load_and_keep_state() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/contract-0.2.3/server_timing.wasm"
+    );
+    keeps_state(fixture, "0.2.3").await;
 }
 
 async fn keeps_state(path: &str, contract: &str) {

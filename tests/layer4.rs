@@ -6,7 +6,7 @@
 //! to nginx, which reports the client it was told of, and taken from
 //! HAProxy in front (`send-proxy-v2`) but refused from an untrusted
 //! address; TLS re-encrypted to targets; connection limits, timeouts,
-//! health checks that send bytes, and UDP sessions.
+//! health checks that send bytes, UDP sessions; and a Wasm connection filter.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -606,4 +606,141 @@ async fn a_tcp_listener_holds_clients_to_its_connection_limits() {
         metrics.contains("reason=\"max_connections_per_client\""),
         "{metrics}"
     );
+}
+
+/// The sample connection-policy plugin on a TLS-passthrough listener: it
+/// routes tenants by the ClientHello's server name, denies an address
+/// outside its allow list, caps a client's open connections, and a route
+/// to an upstream that does not exist is its failure, not the client's.
+#[tokio::test]
+async fn a_connection_filter_denies_by_address_and_routes_by_sni() {
+    let (a, b, fallback) = (
+        tls_upstream("a").await,
+        tls_upstream("b").await,
+        tls_upstream("default").await,
+    );
+    let config = format!(
+        "{}{ADMIN}[upstreams.a]\ntargets = [\"{}\"]\n[upstreams.b]\ntargets = [\"{}\"]\n\
+         [upstreams.fallback]\ntargets = [\"{}\"]\n[plugins.policy]\npath = {}\n",
+        tcp_listener(
+            "[listeners.tcp]\nupstream = \"fallback\"\nread_hello = true\nhello_timeout = \"5s\"\n\
+             [[listeners.tcp.filters]]\nplugin = \"policy\"\n\
+             config = { allow = [\"127.0.0.1\"], max_per_client = 2, tenants = \
+             { \"a.example\" = \"a\", \"*.b.example\" = \"b\", \"gone.example\" = \"nowhere\" } }"
+        ),
+        a.addr,
+        b.addr,
+        fallback.addr,
+        toml_str(&sluice_tests::plugin("connection-policy")),
+    );
+    let gw = Gateway::start_as_is(&config).await.unwrap();
+    let port = gw.addr.port();
+    let fetch = |name: &'static str, from: &'static str| async move {
+        let resolve = format!("{name}:{port}:127.0.0.1");
+        let url = format!("https://{name}:{port}/");
+        curl(&["-k", "--interface", from, "--resolve", &resolve, &url]).await
+    };
+    for (name, expected) in [
+        ("a.example", "a"),
+        ("API.b.example", "b"),
+        ("c.example", "default"),
+    ] {
+        let (head, _) = fetch(name, "127.0.0.1").await;
+        assert!(
+            head.contains(&format!("x-upstream: {expected}")),
+            "{name}: {head}"
+        );
+    }
+    // Another address: closed before a byte reaches any target.
+    let (head, _) = fetch("a.example", "127.0.0.7").await;
+    assert!(head.is_empty(), "{head}");
+    assert_eq!(a.hits(), 1);
+
+    // Two connections held open (waiting to say hello): a third is one too many.
+    let held = [
+        TcpStream::connect(gw.addr).await.unwrap(),
+        TcpStream::connect(gw.addr).await.unwrap(),
+    ];
+    let (head, _) = fetch("a.example", "127.0.0.1").await;
+    assert!(head.is_empty(), "{head}");
+    drop(held);
+    let arrived = Instant::now();
+    loop {
+        let (head, _) = fetch("a.example", "127.0.0.1").await;
+        if head.contains("x-upstream: a") {
+            break;
+        }
+        assert!(arrived.elapsed() < Duration::from_secs(5), "{head}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A tenant routed to an upstream the gateway lacks: the filter failed.
+    let (head, _) = fetch("gone.example", "127.0.0.1").await;
+    assert!(head.is_empty(), "{head}");
+    let metrics = gw.metrics().await;
+    for wanted in [
+        "ended=\"denied\"",
+        "ended=\"filter_failed\"",
+        "reason=\"invalid_answer\"",
+    ] {
+        assert!(metrics.contains(wanted), "{wanted}: {metrics}");
+    }
+    let counted = |ended: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("sluice_tcp_connections_total{") && l.contains(ended))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
+    };
+    assert_eq!(counted("ended=\"denied\""), Some(2), "{metrics}");
+}
+
+/// A connection filter belongs on a TCP listener, and other kinds on routes:
+/// each mistake is refused with its place in the file.
+#[tokio::test]
+async fn filters_of_the_wrong_kind_are_refused_where_they_stand() {
+    let plugins = format!(
+        "[plugins.policy]\npath = {}\n[plugins.noop]\npath = {}\n[upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n",
+        toml_str(&sluice_tests::plugin("connection-policy")),
+        toml_str(&sluice_tests::plugin("noop")),
+    );
+    let on_tcp = format!(
+        "{}{plugins}",
+        tcp_listener("[listeners.tcp]\nupstream = \"u\"\nfilters = [{ plugin = \"noop\" }]")
+    );
+    let refused = Gateway::start_as_is(&on_tcp).await.err().expect("refused");
+    let text = format!("{refused:#}");
+    assert!(text.contains("listeners[0].tcp.filters[0]"), "{text}");
+    assert!(
+        text.contains("a TCP listener takes `connection` filters"),
+        "{text}"
+    );
+
+    let on_route = format!(
+        "{}{plugins}[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"u\"\n\
+         filters = [{{ plugin = \"policy\" }}]\n",
+        tcp_listener("")
+    );
+    let refused = Gateway::start_as_is(&on_route)
+        .await
+        .err()
+        .expect("refused");
+    let text = format!("{refused:#}");
+    assert!(text.contains("routes[0].filters[0]"), "{text}");
+    assert!(
+        text.contains("goes in a TCP listener's `filters`"),
+        "{text}"
+    );
+
+    let bad_config = format!(
+        "{}{plugins}",
+        tcp_listener(
+            "[listeners.tcp]\nupstream = \"u\"\nfilters = [{ plugin = \"policy\", config = { allow = [\"nope\"] } }]"
+        )
+    );
+    let refused = Gateway::start_as_is(&bad_config)
+        .await
+        .err()
+        .expect("refused");
+    let text = format!("{refused:#}");
+    assert!(text.contains("`nope` is not a network"), "{text}");
 }

@@ -11,14 +11,18 @@ use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 
 use crate::bindings::imports::sluice::filter::types as raw;
-use crate::bindings::{auth, cache_policy, http_filter, rate_limit, routing, transform};
+use crate::bindings::{
+    auth, cache_policy, connection, http_filter, rate_limit, routing, transform,
+};
 use crate::{
-    Action, Auth, AuthDecision, CacheLookup, CachePolicy, CacheStore, HttpFilter, Plugin,
-    RateLimit, Request, Response, Routing, Transform, Verdict,
+    Action, Auth, AuthDecision, CacheLookup, CachePolicy, CacheStore, Connection, ConnectionInfo,
+    ConnectionVerdict, HttpFilter, Plugin, RateLimit, Request, Response, Routing, Transform,
+    Verdict,
 };
 
 use auth::exports::sluice::filter::auth as wit_auth;
 use cache_policy::exports::sluice::filter::cache_policy as wit_cache;
+use connection::exports::sluice::filter::connection as wit_connection;
 use http_filter::exports::sluice::filter::http_filter as wit_filter;
 use rate_limit::exports::sluice::filter::rate_limit as wit_rate;
 use routing::exports::sluice::filter::routing as wit_routing;
@@ -174,5 +178,33 @@ impl<P: HttpFilter> wit_filter::Guest for Export<P> {
         observe_response_phase(|| {
             with(|p: &P| p.on_response(&Request::from_raw(req), &Response::from_raw(resp)))
         })
+    }
+}
+
+impl<P: Connection> wit_connection::Guest for Export<P> {
+    fn init(config: String) -> Result<(), String> {
+        init::<P>(&config)
+    }
+
+    fn on_connect(conn: wit_connection::ConnectionInfo) -> wit_connection::ConnectionVerdict {
+        let conn = ConnectionInfo {
+            id: conn.id,
+            // The host writes addresses it parsed; unspecified never reaches a plugin.
+            client_ip: conn
+                .client_ip
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            client_port: conn.client_port,
+            listener: conn.listener,
+            server_name: conn.server_name,
+            alpn: conn.alpn,
+            open_from_client: conn.open_from_client,
+            upstream: conn.upstream,
+        };
+        match with(|p: &P| p.on_connect(&conn)) {
+            ConnectionVerdict::Allow => wit_connection::ConnectionVerdict::Allow,
+            ConnectionVerdict::Deny(why) => wit_connection::ConnectionVerdict::Deny(why),
+            ConnectionVerdict::Route(to) => wit_connection::ConnectionVerdict::Route(to),
+        }
     }
 }

@@ -15,9 +15,16 @@ pub mod imports {
 }
 
 macro_rules! worlds {
-    ($( $Kind:ident $snake:ident $interface:literal $world:literal
-        request: $request:ident $call_request:ident
-        response: [$($response:ident $call_response:ident)?]; )*) => {
+    (
+        connection: [$( $CKind:ident $csnake:ident $cinterface:literal $cworld:literal
+            connect: $connect:ident $call_connect:ident; )*]
+        request: [$( $Kind:ident $snake:ident $interface:literal $world:literal
+            request: $request:ident $call_request:ident
+            response: [$($response:ident $call_response:ident)?]; )*]
+    ) => {
+        worlds!(@each $(($csnake $cworld))* $(($snake $world))*);
+    };
+    (@each $(($snake:ident $world:literal))*) => {
         $(
             #[doc = concat!("The `", $world, "` world.")]
             pub mod $snake {
@@ -27,13 +34,13 @@ macro_rules! worlds {
                     pub_export_macro: true,
                     export_macro_name: "export",
                     with: {
-                        "sluice:filter/types@0.2.3": crate::bindings::imports::sluice::filter::types,
-                        "sluice:filter/log@0.2.3": crate::bindings::imports::sluice::filter::log,
-                        "sluice:filter/clock@0.2.3": crate::bindings::imports::sluice::filter::clock,
-                        "sluice:filter/kv@0.2.3": crate::bindings::imports::sluice::filter::kv,
-                        "sluice:filter/outbound@0.2.3": crate::bindings::imports::sluice::filter::outbound,
-                        "sluice:filter/metrics@0.2.3": crate::bindings::imports::sluice::filter::metrics,
-                        "sluice:filter/crypto@0.2.3": crate::bindings::imports::sluice::filter::crypto,
+                        "sluice:filter/types@0.2.4": crate::bindings::imports::sluice::filter::types,
+                        "sluice:filter/log@0.2.4": crate::bindings::imports::sluice::filter::log,
+                        "sluice:filter/clock@0.2.4": crate::bindings::imports::sluice::filter::clock,
+                        "sluice:filter/kv@0.2.4": crate::bindings::imports::sluice::filter::kv,
+                        "sluice:filter/outbound@0.2.4": crate::bindings::imports::sluice::filter::outbound,
+                        "sluice:filter/metrics@0.2.4": crate::bindings::imports::sluice::filter::metrics,
+                        "sluice:filter/crypto@0.2.4": crate::bindings::imports::sluice::filter::crypto,
                     },
                 });
             }

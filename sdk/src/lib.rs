@@ -1,8 +1,8 @@
 //! Write [Sluice](https://github.com/) gateway filters in Rust.
 //!
 //! A filter is a WebAssembly component that implements one policy kind:
-//! [`Auth`], [`RateLimit`], [`Transform`], [`Routing`], [`CachePolicy`] or the
-//! general [`HttpFilter`]. Implement [`Plugin`] (your typed configuration) and
+//! [`Auth`], [`RateLimit`], [`Transform`], [`Routing`], [`CachePolicy`], the
+//! general [`HttpFilter`], or [`Connection`] for TCP listeners' connections. Implement [`Plugin`] (your typed configuration) and
 //! the kind's trait, export it with [`export!`], and build for `wasm32-wasip2`.
 //!
 //! ```no_run
@@ -65,8 +65,8 @@ mod policy;
 pub use error::Error;
 pub use http::{Edit, Headers, Identity, Reply, Request, Response};
 pub use policy::{
-    Action, Auth, AuthDecision, CacheLookup, CachePolicy, CacheStore, HttpFilter, Limit, Plugin,
-    RateLimit, RouteTo, Routing, Transform, Verdict,
+    Action, Auth, AuthDecision, CacheLookup, CachePolicy, CacheStore, Connection, ConnectionInfo,
+    ConnectionVerdict, HttpFilter, Limit, Plugin, RateLimit, RouteTo, Routing, Transform, Verdict,
 };
 
 /// Say, from `on_response`, that this configuration has nothing to do
@@ -78,14 +78,21 @@ pub fn skip_response_phase() {
 
 /// Defines [`export!`] with one arm per policy kind, from the kinds table.
 macro_rules! define_export {
-    ($d:tt $( $Kind:ident $snake:ident $interface:literal $world:literal
-        request: $request:ident $call_request:ident
-        response: [$($response:ident $call_response:ident)?]; )*) => {
+    ($d:tt
+        connection: [$( $CKind:ident $csnake:ident $cinterface:literal $cworld:literal
+            connect: $connect:ident $call_connect:ident; )*]
+        request: [$( $Kind:ident $snake:ident $interface:literal $world:literal
+            request: $request:ident $call_request:ident
+            response: [$($response:ident $call_response:ident)?]; )*]
+    ) => {
+        define_export!(@each $d $($csnake)* $($snake)*);
+    };
+    (@each $d:tt $($snake:ident)*) => {
         /// Export a type as a Sluice filter of one kind, naming the kind by
         /// its trait in snake case: `export!(auth: MyAuth)`,
         /// `export!(rate_limit: ..)`, `export!(transform: ..)`,
-        /// `export!(http_filter: ..)`, `export!(routing: ..)` or
-        /// `export!(cache_policy: ..)`.
+        /// `export!(http_filter: ..)`, `export!(routing: ..)`,
+        /// `export!(cache_policy: ..)` or `export!(connection: ..)`.
         #[macro_export]
         macro_rules! export {
             $(

@@ -18,6 +18,46 @@ pub trait Plugin: Sized + 'static {
     fn new(config: Self::Config) -> Result<Self, String>;
 }
 
+/// Connection: let a TCP connection through, close it, or send it to another
+/// upstream, when it is accepted and before a byte of it is proxied. Runs on
+/// TCP listeners (`[listeners.tcp] filters`), not on HTTP requests.
+pub trait Connection: Plugin {
+    /// Decide on one connection.
+    fn on_connect(&self, conn: &ConnectionInfo) -> ConnectionVerdict;
+}
+
+/// What the gateway knows of a connection when it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Its number, unique in the gateway while it is open.
+    pub id: u64,
+    /// The client's address (as a trusted PROXY protocol header named it, if one did).
+    pub client_ip: std::net::IpAddr,
+    /// The client's port.
+    pub client_port: u16,
+    /// The listener's address, as configured (`0.0.0.0:443`).
+    pub listener: String,
+    /// The server name its TLS ClientHello asked for, when the listener read one.
+    pub server_name: Option<String>,
+    /// The ALPN protocols the ClientHello offered, in its order.
+    pub alpn: Vec<String>,
+    /// Connections open on the listener from the same socket address, this one included.
+    pub open_from_client: u32,
+    /// The upstream the listener's routes picked.
+    pub upstream: String,
+}
+
+/// The answer of a [`Connection`] filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionVerdict {
+    /// Go on to the upstream picked so far.
+    Allow,
+    /// Close the connection; the text says why, in the gateway's log.
+    Deny(String),
+    /// Go on to this upstream instead, by its name in the configuration.
+    Route(String),
+}
+
 /// Auth: say who the request is from, or turn it away. Runs first.
 pub trait Auth: Plugin {
     /// Decide on one request.

@@ -455,6 +455,21 @@ impl Config {
                 }
             }
         }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let Some(tcp) = &listener.tcp else { continue };
+            for (j, filter) in tcp.get_ref().filters.iter().enumerate() {
+                let plugin = &filter.plugin;
+                let key = format!("listeners[{i}].tcp.filters[{j}]");
+                let message = if !self.plugins.contains_key(plugin.get_ref()) {
+                    format!("unknown plugin `{}`", plugin.get_ref())
+                } else if filter.body || filter.state.is_some() {
+                    "a connection filter takes neither `body` nor `state`".into()
+                } else {
+                    continue;
+                };
+                return Err(src.error(plugin.span().start, key, message));
+            }
+        }
         Ok(())
     }
 }

@@ -833,6 +833,7 @@ async fn build(config: &Config, kept: &Kept, versions: &Versions) -> anyhow::Res
     };
     Gateway::build(
         &config.routes,
+        &config.listeners,
         src.dir(),
         &plugins,
         upstreams,

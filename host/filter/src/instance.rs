@@ -7,6 +7,7 @@ use wasmtime::Store;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::answer::{Answer, ResponseAnswer};
+use crate::connection::{ConnectVerdict, Connection};
 use crate::cpu::{CallClock, WallLimit};
 use crate::error::{OverLimit, PluginError, describe_failure};
 use crate::exchange::Exchange;
@@ -117,6 +118,19 @@ impl Instance {
         let answer = self.guest.response(&mut self.store, req, resp).await;
         self.take_back(exchange, request, Some(response));
         answer
+    }
+
+    /// The kind's connection call (connection filters).
+    pub(crate) async fn connect(&mut self, conn: &Connection) -> wasmtime::Result<ConnectVerdict> {
+        // Until it returns: a call dropped halfway spoils the instance.
+        self.spoiled = true;
+        let state = self.store.data_mut();
+        state.memory.refused = false;
+        state.clock.start();
+        self.store.set_epoch_deadline(1);
+        let verdict = self.guest.connect(&mut self.store, conn).await;
+        self.spoiled = false;
+        verdict
     }
 
     /// Move the exchange into the store's table for a call (a spare box

@@ -8,6 +8,7 @@ use wasmtime::component::{Instance as Exported, InstancePre, Resource};
 
 use crate::answer::{Answer, ResponseAnswer};
 use crate::bindings::{v1, v2};
+use crate::connection::{ConnectVerdict, Connection};
 use crate::handles::{RequestEntry, ResponseEntry};
 use crate::state::FilterState;
 
@@ -42,13 +43,22 @@ macro_rules! respond {
 }
 
 macro_rules! kinds {
-    ($( $Kind:ident $snake:ident $interface:literal $world:literal
-        request: $request:ident $call_request:ident
-        response: [$($response:ident $call_response:ident)?]; )*) => {
+    (
+        connection: [$( $CKind:ident $csnake:ident $cinterface:literal $cworld:literal
+            connect: $connect:ident $call_connect:ident; )*]
+        request: [$( $Kind:ident $snake:ident $interface:literal $world:literal
+            request: $request:ident $call_request:ident
+            response: [$($response:ident $call_response:ident)?]; )*]
+    ) => {
         /// The policy kind a plugin implements: the WIT interface it
-        /// exports. Listed in phase order: a request meets auth filters first.
+        /// exports. Listed in phase order: a connection meets connection
+        /// filters when it is accepted; a request meets auth filters first.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Kind {
+            $(
+                #[doc = concat!("Exports `", $cinterface, "` (the `", $cworld, "` world).")]
+                $CKind,
+            )*
             $(
                 #[doc = concat!("Exports `", $interface, "` (the `", $world, "` world).")]
                 $Kind,
@@ -57,26 +67,41 @@ macro_rules! kinds {
 
         impl Kind {
             /// Every kind, in phase order.
-            pub const ALL: &[Kind] = &[$(Kind::$Kind),*];
+            pub const ALL: &[Kind] = &[$(Kind::$CKind,)* $(Kind::$Kind),*];
 
             /// The WIT interface it exports.
             pub fn interface(self) -> &'static str {
-                match self { $(Kind::$Kind => $interface,)* }
+                match self {
+                    $(Kind::$CKind => $cinterface,)*
+                    $(Kind::$Kind => $interface,)*
+                }
             }
 
             /// The WIT world a plugin of this kind targets.
             pub fn world(self) -> &'static str {
-                match self { $(Kind::$Kind => $world,)* }
+                match self {
+                    $(Kind::$CKind => $cworld,)*
+                    $(Kind::$Kind => $world,)*
+                }
+            }
+
+            /// Whether it is called on connections (TCP listeners), not requests.
+            pub fn on_connections(self) -> bool {
+                matches!(self, $(Kind::$CKind)|*)
             }
 
             /// Whether it is called on responses too.
             pub fn has_response_phase(self) -> bool {
-                match self { $(Kind::$Kind => listed!($($response)?),)* }
+                match self {
+                    $(Kind::$CKind => false,)*
+                    $(Kind::$Kind => listed!($($response)?),)*
+                }
             }
         }
 
         /// Where a plugin's exports are, looked up once when it is linked.
         pub(crate) enum Exports {
+            $($CKind(v2::policies::$csnake::GuestIndices),)*
             $(
                 $Kind(Versioned<
                     v2::policies::$snake::GuestIndices,
@@ -87,6 +112,7 @@ macro_rules! kinds {
 
         /// A live instance's exports.
         pub(crate) enum Guest {
+            $($CKind(v2::policies::$csnake::Guest),)*
             $($Kind(Versioned<v2::policies::$snake::Guest, v1::policies::$snake::Guest>),)*
         }
 
@@ -94,6 +120,12 @@ macro_rules! kinds {
             /// Exactly one policy interface, of either version, must be exported.
             pub(crate) fn find(pre: &InstancePre<FilterState>) -> Result<Exports, String> {
                 let mut found = Vec::new();
+                // Connection kinds are new in 0.2.4: no 0.1.0 version.
+                $(
+                    if let Ok(i) = v2::policies::$csnake::GuestIndices::new(pre) {
+                        found.push(Exports::$CKind(i));
+                    }
+                )*
                 $(
                     if let Ok(i) = v2::policies::$snake::GuestIndices::new(pre) {
                         found.push(Exports::$Kind(Versioned::V2(i)));
@@ -113,7 +145,10 @@ macro_rules! kinds {
             }
 
             pub(crate) fn kind(&self) -> Kind {
-                match self { $(Exports::$Kind(_) => Kind::$Kind,)* }
+                match self {
+                    $(Exports::$CKind(_) => Kind::$CKind,)*
+                    $(Exports::$Kind(_) => Kind::$Kind,)*
+                }
             }
 
             pub(crate) fn load(
@@ -122,6 +157,7 @@ macro_rules! kinds {
                 instance: &Exported,
             ) -> wasmtime::Result<Guest> {
                 Ok(match self {
+                    $(Exports::$CKind(i) => Guest::$CKind(i.load(&mut *store, instance)?),)*
                     $(
                         Exports::$Kind(Versioned::V2(i)) => {
                             Guest::$Kind(Versioned::V2(i.load(&mut *store, instance)?))
@@ -142,6 +178,7 @@ macro_rules! kinds {
                 config: &str,
             ) -> wasmtime::Result<Result<(), String>> {
                 match self {
+                    $(Guest::$CKind(g) => g.call_init(store, config).await,)*
                     $(
                         Guest::$Kind(Versioned::V2(g)) => g.call_init(store, config).await,
                         Guest::$Kind(Versioned::V1(g)) => g.call_init(store, config).await,
@@ -156,6 +193,7 @@ macro_rules! kinds {
                 req: Resource<RequestEntry>,
             ) -> wasmtime::Result<Answer> {
                 match self {
+                    $(Guest::$CKind(_) => Err(wrong_call(Kind::$CKind)),)*
                     $(
                         Guest::$Kind(Versioned::V2(g)) => {
                             g.$call_request(store, req).await.map(Answer::from)
@@ -175,7 +213,25 @@ macro_rules! kinds {
                 resp: Resource<ResponseEntry>,
             ) -> wasmtime::Result<ResponseAnswer> {
                 match self {
+                    $(Guest::$CKind(_) => Err(wrong_call(Kind::$CKind)),)*
                     $(Guest::$Kind(g) => respond!(g, store, req, resp $(, $call_response)?),)*
+                }
+            }
+
+            /// The kind's connection export.
+            pub(crate) async fn connect(
+                &self,
+                store: &mut Store<FilterState>,
+                conn: &Connection,
+            ) -> wasmtime::Result<ConnectVerdict> {
+                match self {
+                    $(
+                        Guest::$CKind(g) => {
+                            let info = v2::policies::$csnake::ConnectionInfo::from(conn);
+                            g.$call_connect(store, &info).await.map(ConnectVerdict::from)
+                        }
+                    )*
+                    $(Guest::$Kind(_) => Err(wrong_call(Kind::$Kind)),)*
                 }
             }
         }
@@ -183,6 +239,15 @@ macro_rules! kinds {
 }
 
 sluice_kinds::for_each_kind!(kinds);
+
+/// A call the kind does not have: the proxy calls connection kinds only on
+/// connections and the others only on requests, as configurations are checked.
+fn wrong_call(kind: Kind) -> wasmtime::Error {
+    wasmtime::Error::msg(format!(
+        "a `{}` filter was called in the wrong phase",
+        kind.interface()
+    ))
+}
 
 #[cfg(test)]
 mod tests {
@@ -194,6 +259,7 @@ mod tests {
         assert_eq!(
             interfaces,
             [
+                "connection",
                 "auth",
                 "rate-limit",
                 "transform",

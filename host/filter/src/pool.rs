@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use crate::answer::{Answer, ResponseAnswer};
+use crate::connection::{ConnectVerdict, Connection};
 use crate::error::{BUSY, FilterFailure, PluginError};
 use crate::exchange::Exchange;
 use crate::instance::Instance;
@@ -220,6 +221,23 @@ impl Filter {
                 Ok(ResponseAnswer::Unused)
             }
             Ok(answer) => Ok(answer),
+            Err(error) => Err(self.failed(lease, &error)),
+        }
+    }
+
+    /// The connection call (connection filters): the instance goes straight
+    /// back to the idle ones.
+    pub async fn on_connect(&self, conn: &Connection) -> Result<ConnectVerdict, FilterFailure> {
+        let mut lease = self.checkout().await?;
+        self.calls[0].inc();
+        let instance = lease.instance.as_mut().expect("a lease holds its instance");
+        let called = instance.connect(conn).await;
+        self.call_seconds[0].observe(instance.call_took().as_secs_f64());
+        match called {
+            Ok(verdict) => {
+                instance.uses += 1;
+                Ok(verdict)
+            }
             Err(error) => Err(self.failed(lease, &error)),
         }
     }

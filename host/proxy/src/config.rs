@@ -117,6 +117,15 @@ pub struct TcpConfig {
     /// How long a client has to send its ClientHello when routes read it.
     #[serde(default = "defaults::hello_timeout", with = "humantime_serde")]
     pub hello_timeout: Duration,
+    /// Read the ClientHello before connecting (routes and `tls` do; set it
+    /// for filters that want the server name with neither). Leave it off
+    /// for protocols whose server speaks first (MySQL, SMTP).
+    pub read_hello: Option<bool>,
+    /// Connection filters (plugins of the `connection` kind), in order:
+    /// each sees a connection when it is accepted and may close it or pick
+    /// its upstream.
+    #[serde(default)]
+    pub filters: Vec<FilterConfig>,
     /// Close a connection quiet both ways this long; none by default
     /// (database clients hold quiet connections; TCP keepalive finds dead peers).
     #[serde(default, with = "humantime_serde")]
@@ -615,8 +624,8 @@ pub struct MatchConfig {
     pub headers: BTreeMap<String, String>,
 }
 
-/// One entry of a route's filter chain.
-#[derive(Debug, Deserialize)]
+/// One entry of a route's filter chain (or a TCP listener's).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// The name of a plugin from `[plugins]`.

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,11 +23,12 @@ use crate::access_log::{AccessLog, Record, Served};
 use crate::body::{self, ClientBody, ClientBodyError, ProxyBody, Upload};
 use crate::cache::ResponseCache;
 use crate::compress::{Compression, Encoding};
-use crate::config::{CacheConfig, RouteConfig};
+use crate::config::{CacheConfig, FilterConfig, ListenerConfig, RouteConfig};
 use crate::edge::{ConnectionInfo, request_id, strip_hop_by_hop};
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::phases::{CachePhase, FilterChain, Flow, Phase, PhaseError, RequestCtx};
 use crate::router::{Matcher, RouteTable};
+use crate::tcp::policy::ConnectionFilters;
 use crate::trace::{Trace, Tracing};
 use crate::translate::{Transcoder, Translation};
 use crate::upgrade::{self, Upgrade};
@@ -135,9 +137,49 @@ pub struct BuildError {
     pub message: String,
 }
 
+/// One configured filter, initialised with its configuration: a connection
+/// filter on a TCP listener (`connection`), any other kind on a route.
+/// `whose` names the route or listener in errors.
+async fn build_filter(
+    plugins: &HashMap<String, Arc<Plugin>>,
+    filter: &FilterConfig,
+    connection: bool,
+    key: String,
+    whose: &str,
+) -> Result<Filter, BuildError> {
+    let at = filter.plugin.span().start;
+    let plugin = plugins[filter.plugin.get_ref()].clone();
+    if plugin.kind.on_connections() != connection {
+        let message = match connection {
+            true => format!(
+                "{whose}: plugin `{}` is a `{}` filter; a TCP listener takes `connection` filters",
+                plugin.name,
+                plugin.kind.interface()
+            ),
+            false => format!(
+                "{whose}: plugin `{}` is a `connection` filter; it goes in a TCP listener's `filters`",
+                plugin.name
+            ),
+        };
+        return Err(BuildError { at, key, message });
+    }
+    let json = serde_json::to_string(&filter.config).expect("TOML values are JSON-representable");
+    Filter::new(plugin, json, filter.body).await.map_err(|e| {
+        let message = match e {
+            PluginError::Rejected { plugin, message } => {
+                format!("{whose}: plugin `{plugin}` rejected its configuration: {message}")
+            }
+            other => format!("{whose}: {other}"),
+        };
+        BuildError { at, key, message }
+    })
+}
+
 /// Everything needed to serve requests, built from one configuration.
 pub struct Gateway {
     routes: RouteTable<Route>,
+    /// Each TCP listener's connection filters, by its configured address.
+    connection_filters: HashMap<SocketAddr, Arc<ConnectionFilters>>,
     upstreams: HashMap<String, Arc<Upstream>>,
     shared: Shared,
     unrouted: RouteMetrics,
@@ -152,6 +194,7 @@ impl Gateway {
     /// say where in the configuration, which route and which plugin.
     pub async fn build(
         configured: &[RouteConfig],
+        listeners: &[ListenerConfig],
         dir: &Path,
         plugins: &HashMap<String, Arc<Plugin>>,
         upstreams: HashMap<String, Arc<Upstream>>,
@@ -168,22 +211,9 @@ impl Gateway {
             })?;
             let mut filters = Vec::with_capacity(route.filters.len());
             for (j, filter) in route.filters.iter().enumerate() {
-                let plugin = plugins[filter.plugin.get_ref()].clone();
-                let json = serde_json::to_string(&filter.config)
-                    .expect("TOML values are JSON-representable");
-                let built = Filter::new(plugin, json, filter.body).await.map_err(|e| {
-                    let message = match e {
-                        PluginError::Rejected { plugin, message } => {
-                            format!("route `{name}`: plugin `{plugin}` rejected its configuration: {message}")
-                        }
-                        other => format!("route `{name}`: {other}"),
-                    };
-                    BuildError {
-                        at: filter.plugin.span().start,
-                        key: format!("routes[{i}].filters[{j}]"),
-                        message,
-                    }
-                })?;
+                let key = format!("routes[{i}].filters[{j}]");
+                let built =
+                    build_filter(plugins, filter, false, key, &format!("route `{name}`")).await?;
                 let scope = filter.state.as_ref().map(|s| *s.get_ref());
                 if scope == Some(Scope::Cluster) && shared.stores.cluster.is_none() {
                     return Err(BuildError {
@@ -243,7 +273,22 @@ impl Gateway {
             };
             routes.push((matcher, route));
         }
+        let mut connection_filters = HashMap::new();
+        for (i, listener) in listeners.iter().enumerate() {
+            let Some(tcp) = &listener.tcp else { continue };
+            let mut filters = Vec::new();
+            for (j, filter) in tcp.get_ref().filters.iter().enumerate() {
+                let key = format!("listeners[{i}].tcp.filters[{j}]");
+                let whose = format!("listener {}", listener.address);
+                filters.push(build_filter(plugins, filter, true, key, &whose).await?);
+            }
+            if !filters.is_empty() {
+                connection_filters
+                    .insert(listener.address, Arc::new(ConnectionFilters::new(filters)));
+            }
+        }
         Ok(Gateway {
+            connection_filters,
             routes: RouteTable::new(routes),
             upstreams,
             unrouted: RouteMetrics::new(&shared.metrics, ""),
@@ -266,6 +311,19 @@ impl Gateway {
     /// The proxy's metrics, shared.
     pub(crate) fn metrics_arc(&self) -> Arc<ProxyMetrics> {
         self.shared.metrics.clone()
+    }
+
+    /// A new number for a request or a connection, unique while it runs.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The connection filters of the TCP listener configured at `address`.
+    pub(crate) fn connection_filters(
+        &self,
+        address: &SocketAddr,
+    ) -> Option<&Arc<ConnectionFilters>> {
+        self.connection_filters.get(address)
     }
 
     /// The upstream a TCP or UDP listener names.
@@ -416,7 +474,7 @@ impl Gateway {
             .as_ref()
             .and_then(|c| c.negotiate(&head.headers));
         let method = encoding.map(|_| head.method.clone());
-        let number = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let number = self.next_id();
         let mut exchange = Box::new(Exchange::new(
             number,
             head,

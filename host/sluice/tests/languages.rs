@@ -493,6 +493,22 @@ fn the_rust_api_key_sample_passes_its_cases() {
     );
 }
 
+#[test]
+fn the_connection_policy_sample_passes_its_cases() {
+    let cases = repo().join("plugins/connection-policy/cases.toml");
+    let component = sluice_tests::plugin("connection-policy");
+    let tested = sluice(
+        &["plugin", "test", &component, cases.to_str().unwrap()],
+        &repo(),
+    );
+    assert!(tested.status.success(), "{}", text(&tested));
+    assert!(
+        text(&tested).contains("6 cases: 6 passed, 0 failed"),
+        "{}",
+        text(&tested)
+    );
+}
+
 /// `sluice plugin new` in every language it offers makes a project that
 /// builds with that language's toolchain and passes its own cases; the
 /// harness also says when a case fails.

@@ -63,6 +63,11 @@ impl ConnectionCounts {
         })
     }
 
+    /// Connections open now from `client`.
+    pub(crate) fn open_from(&self, client: IpAddr) -> u32 {
+        self.per_client.get(&client).map_or(0, |n| *n as u32)
+    }
+
     /// Connections open now.
     #[cfg(test)]
     pub(crate) fn open(&self) -> usize {

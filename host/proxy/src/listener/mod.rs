@@ -100,7 +100,10 @@ impl ListenerSettings {
             limits,
             builder,
             proxy_protocol: config.proxy_protocol.as_ref().map(|p| p.trusted.clone()),
-            tcp: (config.tcp.as_ref()).map(|tcp| Arc::new(TcpSettings::new(tcp.get_ref()))),
+            tcp: (config.tcp.as_ref()).map(|tcp| {
+                let tcp = TcpSettings::new(tcp.get_ref(), config.address, config.tls.is_some());
+                Arc::new(tcp)
+            }),
             udp: (config.udp.as_ref()).map(|udp| Arc::new(UdpSettings::new(udp.get_ref()))),
         }
     }
@@ -398,6 +401,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let open_from_client = counts.open_from(peer.ip());
         let gateway = gateway.clone();
         let drain = drain.clone();
         let local = local.clone();
@@ -418,6 +422,7 @@ async fn accept_loop(
                     stream,
                     client,
                     listener: local,
+                    open_from_client,
                 };
                 let tls = settings.tls.clone();
                 crate::tcp::serve(

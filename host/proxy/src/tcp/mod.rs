@@ -7,6 +7,7 @@
 //! here when the listener has a certificate.
 
 pub mod hello;
+pub mod policy;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,22 +27,30 @@ use crate::config::{TcpConfig, TcpRoute};
 use crate::gateway::Gateway;
 use crate::upstream::{ByteStream, UpstreamError, keepalive, now_ms};
 use hello::{Hello, HelloError};
+use policy::Refused;
 
 /// What a TCP listener does with its connections; replaced by reloads.
 pub struct TcpSettings {
+    /// The listener's address as configured: its connection filters' key.
+    address: SocketAddr,
     upstream: String,
     routes: Vec<TcpRoute>,
     hello_timeout: Duration,
+    /// Peek at the ClientHello before connecting.
+    read_hello: bool,
     idle_timeout: Option<Duration>,
     max_duration: Option<Duration>,
     drain_timeout: Duration,
 }
 
 impl TcpSettings {
-    /// From the listener's `[listeners.tcp]`.
-    pub fn new(config: &TcpConfig) -> TcpSettings {
+    /// From the `[listeners.tcp]` of the listener at `address`, which
+    /// terminates TLS or not (`tls`).
+    pub fn new(config: &TcpConfig, address: SocketAddr, tls: bool) -> TcpSettings {
         let lower = |names: &[String]| names.iter().map(|n| n.to_ascii_lowercase()).collect();
         TcpSettings {
+            address,
+            read_hello: (config.read_hello).unwrap_or(!config.routes.is_empty() || tls),
             upstream: config.upstream.clone(),
             routes: (config.routes.iter())
                 .map(|r| TcpRoute {
@@ -91,6 +100,8 @@ pub struct Accepted {
     pub local: SocketAddr,
     /// The listener's address, for metrics and logs.
     pub listener: Arc<str>,
+    /// Connections open on the listener from the same socket address, this one included.
+    pub open_from_client: u32,
 }
 
 /// Each direction's copy buffer.
@@ -117,6 +128,10 @@ enum Ended {
     Unreachable,
     /// Every target is unhealthy or ejected.
     NoHealthy,
+    /// A connection filter closed it.
+    Denied,
+    /// A connection filter failed (and does not fail open).
+    FilterFailed,
 }
 
 impl Ended {
@@ -131,6 +146,8 @@ impl Ended {
             Ended::Handshake => "tls_handshake",
             Ended::Unreachable => "upstream_unreachable",
             Ended::NoHealthy => "no_healthy_upstream",
+            Ended::Denied => "denied",
+            Ended::FilterFailed => "filter_failed",
         }
     }
 }
@@ -147,15 +164,42 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     keepalive(&accepted.stream);
-    let mut upstream = settings.upstream.as_str();
+    let mut upstream = settings.upstream.clone();
     let mut target = None;
     let (client_bytes, target_bytes) = (Arc::new(Meter::new()), Arc::new(Meter::new()));
     let ended = async {
-        if !settings.routes.is_empty() {
-            match hello::peek(&accepted.stream, settings.hello_timeout).await {
-                Ok(hello) => upstream = settings.route(hello.as_ref()),
+        let hello = match settings.read_hello {
+            false => None,
+            true => match hello::peek(&accepted.stream, settings.hello_timeout).await {
+                Ok(hello) => hello,
                 Err(HelloError::Timeout) => return Ended::HelloTimeout,
                 Err(HelloError::Closed) => return Ended::Closed,
+            },
+        };
+        upstream = settings.route(hello.as_ref()).to_owned();
+        let filters = gateway
+            .load()
+            .connection_filters(&settings.address)
+            .cloned();
+        if let Some(filters) = filters {
+            let gateway = gateway.load_full();
+            let (server_name, alpn) = hello.map_or((None, Vec::new()), |h| (h.sni, h.alpn));
+            let mut conn = sluice_filter::Connection {
+                id: gateway.next_id(),
+                client: accepted.client,
+                listener: settings.address.to_string(),
+                server_name,
+                alpn,
+                open_from_client: accepted.open_from_client,
+                upstream: std::mem::take(&mut upstream),
+            };
+            let admitted = filters.admit(&mut conn, &gateway).await;
+            upstream = conn.upstream;
+            if let Err(refused) = admitted {
+                return match refused {
+                    Refused::Denied => Ended::Denied,
+                    Refused::Failed => Ended::FilterFailed,
+                };
             }
         }
         let client: Box<dyn ByteStream> = match &tls {
@@ -168,7 +212,7 @@ pub async fn serve(
                 }
             }
         };
-        let Some(chosen) = gateway.load().l4_upstream(upstream) else {
+        let Some(chosen) = gateway.load().l4_upstream(&upstream) else {
             return Ended::NoHealthy;
         };
         let joined = match chosen.open_stream(accepted.client, accepted.local).await {
@@ -176,7 +220,7 @@ pub async fn serve(
             Err(error) => {
                 sluice_filter::log_throttled!(
                     warn,
-                    ("tcp upstream", &*accepted.listener, upstream),
+                    ("tcp upstream", &*accepted.listener, &upstream),
                     listener = &*accepted.listener,
                     "{error}"
                 );
@@ -207,6 +251,7 @@ pub async fn serve(
     let gateway = gateway.load();
     let listener = &*accepted.listener;
     let (received, sent) = (client_bytes.bytes(), target_bytes.bytes());
+    let upstream = upstream.as_str();
     (gateway.metrics()).tcp_connection(listener, upstream, ended.as_str(), received, sent);
     if let Some(log) = gateway.access_log() {
         log.connection(Connection {
@@ -354,7 +399,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let settings = TcpSettings::new(&config);
+        let settings = TcpSettings::new(&config, "127.0.0.1:0".parse().unwrap(), false);
         let hello = |sni: Option<&str>, alpn: &[&str]| Hello {
             sni: sni.map(str::to_owned),
             alpn: alpn.iter().map(|p| p.to_string()).collect(),

@@ -16,8 +16,8 @@ use serde::Deserialize;
 use sluice_control::config::EngineConfig;
 use sluice_filter::config::PluginConfig;
 use sluice_filter::{
-    Answer, Capabilities, Exchange, Filter, FilterEngine, Identity, ResponseAnswer, Services,
-    StoreDecision,
+    Answer, Capabilities, ConnectVerdict, Connection, Exchange, Filter, FilterEngine, Identity,
+    ResponseAnswer, Services, StoreDecision,
 };
 
 /// A cases file.
@@ -47,6 +47,9 @@ fn no_config() -> toml::Value {
 #[serde(deny_unknown_fields)]
 struct Case {
     name: String,
+    /// What a connection filter is called with (connection filters only).
+    #[serde(default)]
+    connection: ConnectionSpec,
     #[serde(default)]
     request: RequestSpec,
     /// The upstream's response: when given, and the request goes on, the
@@ -88,6 +91,43 @@ impl Default for RequestSpec {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionSpec {
+    #[serde(default = "loopback")]
+    client_ip: IpAddr,
+    #[serde(default = "client_port")]
+    client_port: u16,
+    #[serde(default = "listener")]
+    listener: String,
+    server_name: Option<String>,
+    #[serde(default)]
+    alpn: Vec<String>,
+    #[serde(default = "one")]
+    open_from_client: u32,
+    /// What the listener's routes picked.
+    #[serde(default = "default_upstream")]
+    upstream: String,
+}
+
+impl Default for ConnectionSpec {
+    fn default() -> ConnectionSpec {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+
+fn client_port() -> u16 {
+    40000
+}
+fn listener() -> String {
+    "0.0.0.0:443".into()
+}
+fn one() -> u32 {
+    1
+}
+fn default_upstream() -> String {
+    "default".into()
+}
 fn get() -> String {
     "GET".into()
 }
@@ -144,8 +184,11 @@ impl Values {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Expect {
-    /// `next`, `allow`, `reply`, `limit`, `rewrite`, `route`, `cache` or `bypass`.
+    /// `next`, `allow`, `reply`, `limit`, `rewrite`, `route`, `cache` or
+    /// `bypass`; a connection filter's `allow`, `deny` or `route`.
     answer: String,
+    /// `deny`: words its reason contains.
+    reason: Option<String>,
     /// The reply's status.
     status: Option<u16>,
     /// Header fields of the reply, or of the request as it goes on.
@@ -244,6 +287,9 @@ async fn load(component: &Path, cases: &Cases) -> anyhow::Result<Filter> {
 }
 
 async fn run_case(filter: &Filter, case: &Case, body: bool, id: u64) -> anyhow::Result<()> {
+    if filter.kind().on_connections() {
+        return run_connection_case(filter, case, id).await;
+    }
     let mut exchange = exchange(&case.request, id)?;
     if body {
         exchange.request_body = Some(Bytes::from(
@@ -288,6 +334,43 @@ async fn run_case(filter: &Filter, case: &Case, body: bool, id: u64) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// A connection filter's case: its call on `case.connection`, and its verdict.
+async fn run_connection_case(filter: &Filter, case: &Case, id: u64) -> anyhow::Result<()> {
+    let spec = &case.connection;
+    let conn = Connection {
+        id,
+        client: (spec.client_ip, spec.client_port).into(),
+        listener: spec.listener.clone(),
+        server_name: spec.server_name.clone(),
+        alpn: spec.alpn.clone(),
+        open_from_client: spec.open_from_client,
+        upstream: spec.upstream.clone(),
+    };
+    let verdict = filter.on_connect(&conn).await?;
+    let expect = &case.expect;
+    let said = match &verdict {
+        ConnectVerdict::Allow => "allow",
+        ConnectVerdict::Deny(_) => "deny",
+        ConnectVerdict::Route(_) => "route",
+    };
+    if said != expect.answer {
+        return Err(anyhow!(
+            "expected answer `{}`, the filter answered {verdict:?}",
+            expect.answer
+        ));
+    }
+    match &verdict {
+        ConnectVerdict::Route(upstream) => check_eq("upstream", upstream, expect.upstream.as_ref()),
+        ConnectVerdict::Deny(why) => match &expect.reason {
+            Some(words) if !why.contains(words.as_str()) => {
+                Err(anyhow!("expected a reason with {words:?}, got {why:?}"))
+            }
+            _ => Ok(()),
+        },
+        ConnectVerdict::Allow => Ok(()),
+    }
 }
 
 fn exchange(spec: &RequestSpec, id: u64) -> anyhow::Result<Box<Exchange>> {
