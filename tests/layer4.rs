@@ -5,8 +5,9 @@
 //! for TCP, with its connection's access log line; the PROXY protocol sent
 //! to nginx, which reports the client it was told of, and taken from
 //! HAProxy in front (`send-proxy-v2`) but refused from an untrusted
-//! address; TLS re-encrypted to targets; connection limits, timeouts,
-//! health checks that send bytes, UDP sessions; and a Wasm connection filter.
+//! address, sent on HTTP routes per client connection, and before TLS; TLS
+//! re-encrypted to targets; connection limits, timeouts, health checks that
+//! send bytes, UDP sessions; and a Wasm connection filter.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -237,14 +238,30 @@ async fn tls_terminated_for_tcp() {
 
 /// nginx answering with the client its PROXY protocol header named.
 fn nginx_reporting_the_client(dir: &Path, port: u16) -> Process {
+    nginx_reporting_over(dir, port, None)
+}
+
+/// The same, with TLS (after the header) when given a certificate and key.
+fn nginx_reporting_over(dir: &Path, port: u16, tls: Option<(PathBuf, PathBuf)>) -> Process {
     let conf = dir.join("nginx.conf");
+    let (ssl, certificate) = match tls {
+        None => ("", String::new()),
+        Some((cert, key)) => (
+            " ssl",
+            format!(
+                "ssl_certificate {}; ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            ),
+        ),
+    };
     std::fs::write(
         &conf,
         format!(
             "daemon off; master_process off; worker_processes 1; error_log stderr warn; pid {}/nginx.pid;\n\
              events {{ worker_connections 64; }}\n\
              http {{ access_log off; client_body_temp_path {0}; proxy_temp_path {0}; fastcgi_temp_path {0}; uwsgi_temp_path {0}; scgi_temp_path {0};\n\
-               server {{ listen 127.0.0.1:{port} proxy_protocol; location / {{ return 200 \"$proxy_protocol_addr:$proxy_protocol_port\"; }} }} }}\n",
+               server {{ listen 127.0.0.1:{port}{ssl} proxy_protocol; {certificate} location / {{ return 200 \"$proxy_protocol_addr:$proxy_protocol_port\"; }} }} }}\n",
             dir.display()
         ),
     )
@@ -743,4 +760,124 @@ async fn filters_of_the_wrong_kind_are_refused_where_they_stand() {
         .expect("refused");
     let text = format!("{refused:#}");
     assert!(text.contains("`nope` is not a network"), "{text}");
+}
+
+/// A keep-alive HTTP/1.1 connection from `from` (a loopback address).
+struct Client {
+    stream: TcpStream,
+    port: u16,
+}
+
+impl Client {
+    async fn connect(from: &str, to: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(to).await.unwrap();
+        let port = stream.local_addr().unwrap().port();
+        Client { stream, port }
+    }
+
+    /// `GET path`: the body of its answer (which gives its length).
+    async fn get(&mut self, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+        self.stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            self.stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let length: usize = head
+            .split_once("content-length: ")
+            .and_then(|(_, rest)| rest.split("\r\n").next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{head}"));
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await.unwrap();
+        String::from_utf8(body).unwrap()
+    }
+}
+
+/// An HTTP route to an upstream that takes the PROXY protocol: each client
+/// connection's requests go on connections whose header names that client
+/// connection (the port nginx reports is the client's own), never another's;
+/// health checks send a `LOCAL` header, which nginx takes.
+#[tokio::test]
+async fn http_routes_send_the_proxy_protocol_per_client_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx_port = free_port();
+    let _nginx = nginx_reporting_the_client(dir.path(), nginx_port);
+    wait_until_listening(nginx_port).await;
+    for version in ["v1", "v2"] {
+        let config = format!(
+            "{}{ADMIN}[upstreams.nginx]\ntargets = [\"127.0.0.1:{nginx_port}\"]\nproxy_protocol = \"{version}\"\n\
+             health = {{ path = \"/\", interval = \"100ms\", healthy_threshold = 1, unhealthy_threshold = 1 }}\n\
+             [[routes]]\nupstream = \"nginx\"\n",
+            tcp_listener("")
+        );
+        let gw = Gateway::start_as_is(&config).await.unwrap();
+        // Checked a few times over: a refused `LOCAL` header would eject it.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        wait_for_metric(
+            &gw,
+            &format!(
+                "sluice_upstream_healthy{{upstream=\"nginx\",target=\"127.0.0.1:{nginx_port}\"}} 1"
+            ),
+        )
+        .await;
+        let mut a = Client::connect("127.0.0.7", gw.addr).await;
+        let mut b = Client::connect("127.0.0.8", gw.addr).await;
+        for _ in 0..3 {
+            assert_eq!(
+                a.get("/").await,
+                format!("127.0.0.7:{}", a.port),
+                "{version}"
+            );
+            assert_eq!(
+                b.get("/").await,
+                format!("127.0.0.8:{}", b.port),
+                "{version}"
+            );
+        }
+        // Another connection from the same address is another client connection.
+        let mut again = Client::connect("127.0.0.7", gw.addr).await;
+        assert_eq!(again.get("/").await, format!("127.0.0.7:{}", again.port));
+        assert_eq!(a.get("/").await, format!("127.0.0.7:{}", a.port));
+    }
+}
+
+/// To a TLS target, the PROXY header is the TCP connection's: it goes
+/// before the handshake (nginx's `listen ssl proxy_protocol`), from TCP
+/// listeners and HTTP routes alike.
+#[tokio::test]
+async fn the_proxy_header_goes_before_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::protocols::Pki::new();
+    let nginx_port = free_port();
+    let _nginx = nginx_reporting_over(
+        dir.path(),
+        nginx_port,
+        Some(pki.issue("localhost", "nginx")),
+    );
+    wait_until_listening(nginx_port).await;
+    let upstream = format!(
+        "[upstreams.nginx]\ntargets = [\"localhost:{nginx_port}\"]\nproxy_protocol = \"v2\"\ntls = {{ ca = {} }}\n",
+        toml_str(&pki.path("ca.pem").to_string_lossy())
+    );
+    let tcp = format!(
+        "{}{upstream}",
+        tcp_listener("tcp = { upstream = \"nginx\" }")
+    );
+    let gw = Gateway::start_as_is(&tcp).await.unwrap();
+    let (_, body) = curl(&["--interface", "127.0.0.7", &format!("http://{}/", gw.addr)]).await;
+    assert!(body.starts_with("127.0.0.7:"), "{body}");
+
+    let http = format!(
+        "{}{upstream}[[routes]]\nupstream = \"nginx\"\n",
+        tcp_listener("")
+    );
+    let gw = Gateway::start_as_is(&http).await.unwrap();
+    let mut client = Client::connect("127.0.0.7", gw.addr).await;
+    assert_eq!(client.get("/").await, format!("127.0.0.7:{}", client.port));
 }

@@ -35,7 +35,7 @@ impl Pki {
     }
 
     /// A certificate for `name`, as `<file>.pem` and `<file>.key`.
-    fn issue(&self, name: &str, file: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn issue(&self, name: &str, file: &str) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec![name.to_owned()])
             .unwrap()

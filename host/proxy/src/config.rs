@@ -240,8 +240,9 @@ pub struct UpstreamConfig {
     /// Passive outlier detection: targets that keep failing are ejected for a while.
     #[serde(default)]
     pub outlier: OutlierConfig,
-    /// Begin each TCP listener's connection to a target with a PROXY
-    /// protocol header (`v1` or `v2`) naming the client.
+    /// Begin each connection to a target with a PROXY protocol header
+    /// (`v1` or `v2`) naming the client connection it carries traffic for
+    /// (`LOCAL` for the gateway's own: health checks, plugins' calls).
     pub proxy_protocol: Option<ProxyVersion>,
 }
 

@@ -245,16 +245,6 @@ impl Gateway {
                 None => None,
             };
             let translation = translation(route, i, dir, &upstreams)?;
-            if upstreams[route.upstream.get_ref()].sends_proxy_protocol() {
-                return Err(BuildError {
-                    at: route.upstream.span().start,
-                    key: format!("routes[{i}].upstream"),
-                    message: format!(
-                        "upstream `{}` sends the PROXY protocol, which only TCP listeners' connections do",
-                        route.upstream.get_ref()
-                    ),
-                });
-            }
             let route = Route {
                 metrics: RouteMetrics::new(&shared.metrics, &name),
                 name,
@@ -650,6 +640,12 @@ impl Gateway {
             upgrade: sent.upgrade.is_some(),
             mark: self.access_log.is_some(),
             trace: at.trace.as_ref(),
+            who: exchange.local.map(|local| {
+                (
+                    SocketAddr::new(exchange.client_ip, exchange.client_port),
+                    local,
+                )
+            }),
         };
         // Boxed: the upstream's retries and connections are kilobytes of
         // future, which would otherwise be moved at every level above.

@@ -1,6 +1,7 @@
 //! Opening a connection to a target: TCP with a timeout, TLS if configured
 //! (SNI and verification against the target's host or `server_name`), and
-//! the HTTP handshake: HTTP/1.1, or HTTP/2 by ALPN or prior knowledge.
+//! the HTTP handshake: HTTP/1.1, or HTTP/2 by ALPN or prior knowledge; a
+//! PROXY protocol header first, when the upstream sends one.
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
@@ -14,12 +15,13 @@ use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::proxy_header::{Who, proxy_header};
 use crate::body::{BoxError, ProxyBody};
-use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::config::{ProxyVersion, UpstreamConfig, UpstreamProtocol};
 
 /// A connection's sending half.
 pub(super) enum Sender {
@@ -137,6 +139,8 @@ pub(super) struct Connector {
     tls: Option<TlsConnector>,
     /// The name for SNI and verification, instead of each target's host.
     server_name: Option<String>,
+    /// The PROXY protocol header each connection begins with, if any.
+    proxy_protocol: Option<ProxyVersion>,
 }
 
 impl Connector {
@@ -164,7 +168,25 @@ impl Connector {
             protocol: config.protocol,
             tls,
             server_name: config.tls.as_ref().and_then(|t| t.server_name.clone()),
+            proxy_protocol: config.proxy_protocol,
         })
+    }
+
+    /// Whether its connections begin with a PROXY protocol header.
+    pub(super) fn sends_proxy_protocol(&self) -> bool {
+        self.proxy_protocol.is_some()
+    }
+
+    /// A TCP connection to `addr`, begun with a PROXY protocol header for
+    /// `who` if the upstream sends one (before any TLS: the header is the
+    /// TCP connection's).
+    async fn tcp(&self, addr: SocketAddr, who: Option<Who>) -> Result<TcpStream, BoxError> {
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        if let Some(version) = self.proxy_protocol {
+            tcp.write_all(&proxy_header(version, who)).await?;
+        }
+        Ok(tcp)
     }
 
     /// Whether the targets speak TLS (and so the URI scheme is `https`).
@@ -172,20 +194,21 @@ impl Connector {
         self.tls.is_some()
     }
 
-    /// A connection to `addr`, which is `host`'s. With `upgrades`, an
-    /// HTTP/1.1 connection that may be taken over by a protocol switch.
+    /// A connection to `addr`, which is `host`'s, carrying `who`'s traffic
+    /// (for a PROXY protocol header). With `upgrades`, an HTTP/1.1
+    /// connection that may be taken over by a protocol switch.
     pub(super) async fn connect(
         &self,
         addr: SocketAddr,
         host: &str,
         upgrades: bool,
+        who: Option<Who>,
     ) -> Result<Sender, BoxError> {
         let timeout = self.timeout;
         // Boxed: the TCP, TLS and handshake states are kilobytes, and a
         // request that finds a warm connection should not carry them.
         let opening = Box::pin(async {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = self.tcp(addr, who).await?;
             let Some(tls) = &self.tls else {
                 let h2 = self.protocol == UpstreamProtocol::H2 && !upgrades;
                 return handshake(tcp, h2, upgrades).await;
@@ -210,16 +233,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync> ByteStream for S {}
 
 impl Connector {
     /// A TCP connection to `addr` (`host`'s), with TLS if the upstream
-    /// speaks it: what a TCP listener's connection is joined to.
+    /// speaks it: what a TCP listener's connection (`who`'s) is joined to.
     pub(super) async fn connect_stream(
         &self,
         addr: SocketAddr,
         host: &str,
+        who: Option<Who>,
     ) -> Result<Box<dyn ByteStream>, BoxError> {
         let timeout = self.timeout;
         let opening = async {
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = self.tcp(addr, who).await?;
             keepalive(&tcp);
             let Some(tls) = &self.tls else {
                 return Ok(Box::new(tcp) as Box<dyn ByteStream>);

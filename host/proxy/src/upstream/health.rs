@@ -63,7 +63,7 @@ async fn check(upstream: &Upstream, target: &Target, config: &HealthConfig) -> R
         };
         let mut sender = upstream
             .connector
-            .connect(target.addr, target.authority.host(), false)
+            .connect(target.addr, target.authority.host(), false, None)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let request = Request::get(path.as_str())
@@ -95,7 +95,7 @@ async fn exchange_bytes(
     config: &HealthConfig,
 ) -> Result<(), String> {
     let mut stream = (upstream.connector)
-        .connect_stream(target.addr, target.authority.host())
+        .connect_stream(target.addr, target.authority.host(), None)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     if let Some(send) = &config.send {

@@ -33,6 +33,7 @@ mod connect;
 mod gauges;
 mod health;
 mod pool;
+mod proxy_header;
 mod resolve;
 mod retry;
 mod stream;
@@ -44,6 +45,7 @@ use connect::Connector;
 pub(crate) use connect::keepalive;
 pub use gauges::TargetGauges;
 pub use pool::UpstreamBody;
+pub use proxy_header::Who;
 use resolve::Resolver;
 pub use resolve::TargetRegistry;
 use retry::RetryBudget;
@@ -107,6 +109,10 @@ pub struct Sending<'a> {
     /// The request's span, when tracing: each try is a child span, whose
     /// `traceparent` the target gets.
     pub trace: Option<&'a Trace>,
+    /// The client's connection, for the PROXY protocol header of an
+    /// upstream that takes one (its connections then carry only this
+    /// client connection's requests).
+    pub who: Option<Who>,
 }
 
 /// The target that answered, in the response's extensions when
@@ -137,8 +143,6 @@ pub struct Upstream {
     policy: Policy,
     budget: RetryBudget,
     metrics: Arc<ProxyMetrics>,
-    /// The PROXY protocol header a TCP listener's connections begin with.
-    proxy_protocol: Option<crate::config::ProxyVersion>,
 }
 
 impl Upstream {
@@ -149,7 +153,7 @@ impl Upstream {
 
     /// Whether its targets expect a PROXY protocol header.
     pub fn sends_proxy_protocol(&self) -> bool {
-        self.proxy_protocol.is_some()
+        self.connector.sends_proxy_protocol()
     }
 
     /// Whether it speaks HTTP/2, as gRPC needs (always, or by ALPN).
@@ -197,7 +201,6 @@ impl Upstream {
             },
             budget: RetryBudget::new(config.retry_budget),
             metrics: metrics.clone(),
-            proxy_protocol: config.proxy_protocol,
         });
         for (target, _) in upstream.members.load().targets.iter() {
             upstream.metrics_health(target);
@@ -371,7 +374,8 @@ impl Upstream {
         {
             request.headers_mut().insert(header::HOST, host);
         }
-        let exchange = exchange(target, request, sending.upgrade);
+        let who = sending.who.filter(|_| self.sends_proxy_protocol());
+        let exchange = exchange(target, request, sending.upgrade, who);
         tokio::pin!(exchange);
         let overall = self.policy.overall.map(|o| started + o);
         let (answered, limit) = loop {
@@ -615,10 +619,11 @@ async fn exchange(
     target: &Arc<Target>,
     request: Request<ProxyBody>,
     upgrade: bool,
+    who: Option<Who>,
 ) -> Result<Response<UpstreamBody>, pool::SendError> {
     let conn = match upgrade {
-        true => target.pool.connect_upgradable().await,
-        false => target.pool.checkout().await,
+        true => target.pool.connect_upgradable(who).await,
+        false => target.pool.checkout(who).await,
     };
     let conn = match conn {
         Ok(conn) => conn,
@@ -626,7 +631,7 @@ async fn exchange(
     };
     let reused = conn.reused;
     match conn.send(request).await {
-        Err((_, Some(unsent))) if reused => match target.pool.connect().await {
+        Err((_, Some(unsent))) if reused => match target.pool.connect(who).await {
             Ok(conn) => conn.send(unsent).await,
             Err(error) => Err((error, Some(unsent))),
         },
@@ -730,6 +735,7 @@ impl sluice_filter::HttpUpstream for Upstream {
             upgrade: false,
             mark: false,
             trace: None,
+            who: None,
         };
         let response = Upstream::send(self, request.map(Payload::Bytes), &sending)
             .await

@@ -1,7 +1,10 @@
 //! Connections to one target. HTTP/1.1 connections are checked out for one
 //! exchange and go back when the response body has been read to its end
 //! (one dropped half-read is closed instead, since HTTP/1.1 cannot reuse
-//! it); an HTTP/2 connection is shared by every exchange at once.
+//! it); an HTTP/2 connection is shared by every exchange at once. To an
+//! upstream that takes the PROXY protocol, a connection begun with one
+//! client connection's header carries only that client connection's
+//! requests (HAProxy's servers with `send-proxy` do the same).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 
 use super::connect::{Connector, Io, Sender, catch_up, drive, driving, poll_io};
+use super::proxy_header::Who;
 use crate::body::{BoxError, ProxyBody};
 
 /// Idle connections kept per target; more are opened under load and closed after.
@@ -31,16 +35,23 @@ pub(super) struct Pool {
     /// keep-alive connections after a while (nginx: 75 s), and connections
     /// opened for a burst should not hold their buffers forever.
     idle_timeout: Duration,
-    /// Most recently used last: reusing warm connections lets cold ones expire.
-    idle: Mutex<Vec<(http1::SendRequest<ProxyBody>, Io, Instant)>>,
+    /// Most recently used last: reusing warm connections lets cold ones
+    /// expire. Each with the client connection its PROXY header named.
+    idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connection, once there is one.
     shared: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
+
+/// An idle HTTP/1.1 connection, since when, and whose it is (boxed: most
+/// upstreams take no PROXY header, and their connections stay small).
+type Idle = (http1::SendRequest<ProxyBody>, Io, Instant, Option<Box<Who>>);
 
 /// A connection checked out of its pool.
 pub(super) struct Conn {
     sender: Sender,
     pool: Arc<Pool>,
+    /// The client connection its PROXY header named, if it sent one.
+    who: Option<Box<Who>>,
     /// Whether it came from the pool (and so may have been closed by the server meanwhile).
     pub(super) reused: bool,
     /// Whether it goes back to the pool after the exchange.
@@ -85,21 +96,29 @@ impl Pool {
         // Oldest first: the stale ones are a prefix.
         let stale = idle
             .iter()
-            .take_while(|(_, _, since)| since.elapsed() > self.idle_timeout)
+            .take_while(|(_, _, since, _)| since.elapsed() > self.idle_timeout)
             .count();
         idle.drain(..stale);
     }
 
-    /// A ready connection: the shared HTTP/2 one, the most recent idle one
-    /// that is still open, or a new one.
-    pub(super) async fn checkout(self: &Arc<Self>) -> Result<Conn, BoxError> {
+    /// A ready connection for `who`'s requests: the shared HTTP/2 one, the
+    /// most recent idle one that is still open, or a new one.
+    pub(super) async fn checkout(self: &Arc<Self>, who: Option<Who>) -> Result<Conn, BoxError> {
         let shared = self.shared.lock().expect("pool lock").clone();
         if let Some(sender) = shared.filter(|s| !s.is_closed()) {
-            return Ok(self.conn(Sender::H2(sender), true));
+            return Ok(self.conn(Sender::H2(sender), true, None));
         }
         loop {
-            let idle = self.idle.lock().expect("pool lock").pop();
-            let Some((mut sender, mut io, since)) = idle else {
+            let idle = {
+                let mut idle = self.idle.lock().expect("pool lock");
+                let mine = |(.., whose): &Idle| whose.as_deref() == who.as_ref();
+                match idle.last() {
+                    // Without PROXY headers every one is `None`: the last is ours.
+                    Some(last) if mine(last) => idle.pop(),
+                    _ => idle.iter().rposition(mine).map(|i| idle.remove(i)),
+                }
+            };
+            let Some((mut sender, mut io, since, whose)) = idle else {
                 break;
             };
             catch_up(&mut io).await;
@@ -109,43 +128,60 @@ impl Pool {
             // The connection may still have the previous exchange to wind
             // down, or find that the server closed it meanwhile.
             if sender.is_ready() || driving(&mut io, sender.ready()).await.is_ok() {
-                return Ok(self.conn(Sender::H1(sender, io), true));
+                return Ok(self.conn(Sender::H1(sender, io), true, whose));
             }
         }
-        self.connect().await
+        self.connect(who).await
     }
 
-    /// A new connection (HTTP/2 ones are shared from now on).
-    pub(super) async fn connect(self: &Arc<Self>) -> Result<Conn, BoxError> {
-        let sender = self.connector.connect(self.addr, &self.host, false).await?;
+    /// A new connection for `who`'s requests (HTTP/2 ones are shared from
+    /// now on, unless a PROXY header made it `who`'s alone).
+    pub(super) async fn connect(self: &Arc<Self>, who: Option<Who>) -> Result<Conn, BoxError> {
+        let sender = (self.connector)
+            .connect(self.addr, &self.host, false, who)
+            .await?;
         if let Sender::H2(h2) = &sender {
-            *self.shared.lock().expect("pool lock") = Some(h2.clone());
+            match who {
+                None => *self.shared.lock().expect("pool lock") = Some(h2.clone()),
+                Some(_) => {
+                    return Ok(Conn {
+                        pooled: false,
+                        ..self.conn(sender, false, who.map(Box::new))
+                    });
+                }
+            }
         }
-        Ok(self.conn(sender, false))
+        Ok(self.conn(sender, false, who.map(Box::new)))
     }
 
     /// A new HTTP/1.1 connection of its own, for a request that may switch protocols.
-    pub(super) async fn connect_upgradable(self: &Arc<Self>) -> Result<Conn, BoxError> {
-        let sender = self.connector.connect(self.addr, &self.host, true).await?;
+    pub(super) async fn connect_upgradable(
+        self: &Arc<Self>,
+        who: Option<Who>,
+    ) -> Result<Conn, BoxError> {
+        let sender = (self.connector)
+            .connect(self.addr, &self.host, true, who)
+            .await?;
         Ok(Conn {
             pooled: false,
-            ..self.conn(sender, false)
+            ..self.conn(sender, false, who.map(Box::new))
         })
     }
 
-    fn conn(self: &Arc<Self>, sender: Sender, reused: bool) -> Conn {
+    fn conn(self: &Arc<Self>, sender: Sender, reused: bool, who: Option<Box<Who>>) -> Conn {
         Conn {
             sender,
             pool: self.clone(),
+            who,
             reused,
             pooled: true,
         }
     }
 
-    fn put(&self, sender: http1::SendRequest<ProxyBody>, io: Io) {
+    fn put(&self, sender: http1::SendRequest<ProxyBody>, io: Io, who: Option<Box<Who>>) {
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() < MAX_IDLE {
-            idle.push((sender, io, Instant::now()));
+            idle.push((sender, io, Instant::now(), who));
         }
     }
 }
@@ -208,6 +244,7 @@ impl UpstreamBody {
         let Some(Conn {
             sender: Sender::H1(sender, mut io @ Some(_)),
             pool,
+            who,
             pooled: true,
             ..
         }) = self.conn.take()
@@ -224,7 +261,7 @@ impl UpstreamBody {
             poll_io(&mut io, &mut Context::from_waker(Waker::noop()));
         }
         if io.is_some() && sender.is_ready() {
-            pool.put(sender, io);
+            pool.put(sender, io, who);
         }
     }
 }
