@@ -12,21 +12,21 @@ async fn a_filter_keeps_state_from_a_request_to_its_response() {
 /// The same plugin as built for 0.2.2, before `header` and `edit-headers`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_built_for_0_2_2_still_load_and_keep_state() {
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/contract-0.2.2/server_timing.wasm"
-    );
-    keeps_state(fixture, "0.2.2").await;
+    keeps_state(&built_for("0.2.2"), "0.2.2").await;
 }
 
 /// And as built for 0.2.3, before the `connection` kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_built_for_0_2_3_still_load_and_keep_state() {
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/contract-0.2.3/server_timing.wasm"
-    );
-    keeps_state(fixture, "0.2.3").await;
+    keeps_state(&built_for("0.2.3"), "0.2.3").await;
+}
+
+/// `plugins/server-timing` as built for an earlier contract (a fixture).
+fn built_for(contract: &str) -> String {
+    format!(
+        "{}/fixtures/contract-{contract}/server_timing.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 async fn keeps_state(path: &str, contract: &str) {

@@ -88,6 +88,31 @@ async fn tls_upstream(id: &'static str) -> Upstream {
     Upstream::start_tls(id, acceptor).await
 }
 
+/// TLS servers `a`, `b` and a default one, as upstreams `a`, `b` and `fallback`.
+struct ThreeTls {
+    a: Upstream,
+    b: Upstream,
+    fallback: Upstream,
+}
+
+impl ThreeTls {
+    async fn start() -> ThreeTls {
+        ThreeTls {
+            a: tls_upstream("a").await,
+            b: tls_upstream("b").await,
+            fallback: tls_upstream("default").await,
+        }
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "[upstreams.a]\ntargets = [\"{}\"]\n[upstreams.b]\ntargets = [\"{}\"]\n\
+             [upstreams.fallback]\ntargets = [\"{}\"]\n",
+            self.a.addr, self.b.addr, self.fallback.addr
+        )
+    }
+}
+
 fn tcp_listener(extra: &str) -> String {
     format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n{extra}\n")
 }
@@ -148,21 +173,14 @@ async fn two_redis_servers_behind_a_tcp_listener_one_killed_and_back() {
 
 #[tokio::test]
 async fn tls_passes_through_routed_by_sni_with_a_default_and_a_hello_timeout() {
-    let (a, b, fallback) = (
-        tls_upstream("a").await,
-        tls_upstream("b").await,
-        tls_upstream("default").await,
-    );
+    let upstreams = ThreeTls::start().await;
     let config = format!(
-        "{}{ADMIN}[upstreams.a]\ntargets = [\"{}\"]\n[upstreams.b]\ntargets = [\"{}\"]\n\
-         [upstreams.fallback]\ntargets = [\"{}\"]\n",
+        "{}{ADMIN}{}",
         tcp_listener(
             "[listeners.tcp]\nupstream = \"fallback\"\nhello_timeout = \"300ms\"\n\
              routes = [{ sni = [\"a.example\"], upstream = \"a\" }, { sni = [\"*.b.example\"], upstream = \"b\" }]"
         ),
-        a.addr,
-        b.addr,
-        fallback.addr
+        upstreams.config(),
     );
     let gw = Gateway::start_as_is(&config).await.unwrap();
     let port = gw.addr.port();
@@ -631,23 +649,16 @@ async fn a_tcp_listener_holds_clients_to_its_connection_limits() {
 /// to an upstream that does not exist is its failure, not the client's.
 #[tokio::test]
 async fn a_connection_filter_denies_by_address_and_routes_by_sni() {
-    let (a, b, fallback) = (
-        tls_upstream("a").await,
-        tls_upstream("b").await,
-        tls_upstream("default").await,
-    );
+    let upstreams = ThreeTls::start().await;
     let config = format!(
-        "{}{ADMIN}[upstreams.a]\ntargets = [\"{}\"]\n[upstreams.b]\ntargets = [\"{}\"]\n\
-         [upstreams.fallback]\ntargets = [\"{}\"]\n[plugins.policy]\npath = {}\n",
+        "{}{ADMIN}{}[plugins.policy]\npath = {}\n",
         tcp_listener(
             "[listeners.tcp]\nupstream = \"fallback\"\nread_hello = true\nhello_timeout = \"5s\"\n\
              [[listeners.tcp.filters]]\nplugin = \"policy\"\n\
              config = { allow = [\"127.0.0.1\"], max_per_client = 2, tenants = \
              { \"a.example\" = \"a\", \"*.b.example\" = \"b\", \"gone.example\" = \"nowhere\" } }"
         ),
-        a.addr,
-        b.addr,
-        fallback.addr,
+        upstreams.config(),
         toml_str(&sluice_tests::plugin("connection-policy")),
     );
     let gw = Gateway::start_as_is(&config).await.unwrap();
@@ -671,7 +682,7 @@ async fn a_connection_filter_denies_by_address_and_routes_by_sni() {
     // Another address: closed before a byte reaches any target.
     let (head, _) = fetch("a.example", "127.0.0.7").await;
     assert!(head.is_empty(), "{head}");
-    assert_eq!(a.hits(), 1);
+    assert_eq!(upstreams.a.hits(), 1);
 
     // Two connections held open (waiting to say hello): a third is one too many.
     let held = [
@@ -720,46 +731,35 @@ async fn filters_of_the_wrong_kind_are_refused_where_they_stand() {
         toml_str(&sluice_tests::plugin("connection-policy")),
         toml_str(&sluice_tests::plugin("noop")),
     );
-    let on_tcp = format!(
-        "{}{plugins}",
-        tcp_listener("[listeners.tcp]\nupstream = \"u\"\nfilters = [{ plugin = \"noop\" }]")
+    let on_tcp =
+        tcp_listener("[listeners.tcp]\nupstream = \"u\"\nfilters = [{ plugin = \"noop\" }]");
+    let on_route = tcp_listener("")
+        + "[[routes]]\nmatch = { path_prefix = \"/\" }\nupstream = \"u\"\n\
+           filters = [{ plugin = \"policy\" }]\n";
+    let bad_config = tcp_listener(
+        "[listeners.tcp]\nupstream = \"u\"\nfilters = [{ plugin = \"policy\", config = { allow = [\"nope\"] } }]",
     );
-    let refused = Gateway::start_as_is(&on_tcp).await.err().expect("refused");
-    let text = format!("{refused:#}");
-    assert!(text.contains("listeners[0].tcp.filters[0]"), "{text}");
-    assert!(
-        text.contains("a TCP listener takes `connection` filters"),
-        "{text}"
-    );
-
-    let on_route = format!(
-        "{}{plugins}[[routes]]\nmatch = {{ path_prefix = \"/\" }}\nupstream = \"u\"\n\
-         filters = [{{ plugin = \"policy\" }}]\n",
-        tcp_listener("")
-    );
-    let refused = Gateway::start_as_is(&on_route)
-        .await
-        .err()
-        .expect("refused");
-    let text = format!("{refused:#}");
-    assert!(text.contains("routes[0].filters[0]"), "{text}");
-    assert!(
-        text.contains("goes in a TCP listener's `filters`"),
-        "{text}"
-    );
-
-    let bad_config = format!(
-        "{}{plugins}",
-        tcp_listener(
-            "[listeners.tcp]\nupstream = \"u\"\nfilters = [{ plugin = \"policy\", config = { allow = [\"nope\"] } }]"
-        )
-    );
-    let refused = Gateway::start_as_is(&bad_config)
-        .await
-        .err()
-        .expect("refused");
-    let text = format!("{refused:#}");
-    assert!(text.contains("`nope` is not a network"), "{text}");
+    for (config, key, message) in [
+        (
+            on_tcp,
+            "listeners[0].tcp.filters[0]",
+            "a TCP listener takes `connection` filters",
+        ),
+        (
+            on_route,
+            "routes[0].filters[0]",
+            "goes in a TCP listener's `filters`",
+        ),
+        (
+            bad_config,
+            "listeners[0].tcp.filters[0]",
+            "`nope` is not a network",
+        ),
+    ] {
+        let refused = Gateway::start_as_is(&format!("{config}{plugins}")).await;
+        let text = format!("{:#}", refused.err().expect("refused"));
+        assert!(text.contains(key) && text.contains(message), "{text}");
+    }
 }
 
 /// A keep-alive HTTP/1.1 connection from `from` (a loopback address).

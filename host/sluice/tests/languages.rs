@@ -477,36 +477,29 @@ async fn an_assemblyscript_proxy_wasm_filter_runs_in_a_gateway() {
     assert_eq!(upstream.hits(), 1, "the denied request never left");
 }
 
-#[test]
-fn the_rust_api_key_sample_passes_its_cases() {
-    let cases = repo().join("plugins/api-key-auth/cases.toml");
-    let component = sluice_tests::plugin("api-key-auth");
+/// `sluice plugin test` of a Rust sample plugin against its `cases.toml`:
+/// all `count` cases pass.
+fn sample_passes_its_cases(plugin: &str, count: usize) {
+    let cases = repo().join(format!("plugins/{plugin}/cases.toml"));
+    let component = sluice_tests::plugin(plugin);
     let tested = sluice(
         &["plugin", "test", &component, cases.to_str().unwrap()],
         &repo(),
     );
-    assert!(tested.status.success(), "{}", text(&tested));
-    assert!(
-        text(&tested).contains("3 cases: 3 passed, 0 failed"),
-        "{}",
-        text(&tested)
-    );
+    let report = text(&tested);
+    assert!(tested.status.success(), "{report}");
+    let summary = format!("{count} cases: {count} passed, 0 failed");
+    assert!(report.contains(&summary), "{report}");
+}
+
+#[test]
+fn the_rust_api_key_sample_passes_its_cases() {
+    sample_passes_its_cases("api-key-auth", 3);
 }
 
 #[test]
 fn the_connection_policy_sample_passes_its_cases() {
-    let cases = repo().join("plugins/connection-policy/cases.toml");
-    let component = sluice_tests::plugin("connection-policy");
-    let tested = sluice(
-        &["plugin", "test", &component, cases.to_str().unwrap()],
-        &repo(),
-    );
-    assert!(tested.status.success(), "{}", text(&tested));
-    assert!(
-        text(&tested).contains("6 cases: 6 passed, 0 failed"),
-        "{}",
-        text(&tested)
-    );
+    sample_passes_its_cases("connection-policy", 6);
 }
 
 /// `sluice plugin new` in every language it offers makes a project that
