@@ -193,7 +193,8 @@ pub async fn serve(
                 open_from_client: accepted.open_from_client,
                 upstream: std::mem::take(&mut upstream),
             };
-            let admitted = filters.admit(&mut conn, &gateway).await;
+            let known = |name: &str| gateway.l4_upstream(name).is_some();
+            let admitted = filters.admit(&mut conn, known).await;
             upstream = conn.upstream;
             if let Err(refused) = admitted {
                 return match refused {

@@ -6,8 +6,6 @@
 
 use sluice_filter::{ConnectVerdict, Connection, Filter};
 
-use crate::gateway::Gateway;
-
 /// The filters of one TCP listener, in configuration order.
 pub struct ConnectionFilters {
     filters: Vec<Filter>,
@@ -28,19 +26,19 @@ impl ConnectionFilters {
     }
 
     /// Run `conn` past every filter; `conn.upstream` ends as the last one
-    /// routed it. An upstream the gateway does not have is the filter's
-    /// failure (`invalid_answer`).
+    /// routed it. An upstream that is not `known` is the filter's failure
+    /// (`invalid_answer`).
     pub(crate) async fn admit(
         &self,
         conn: &mut Connection,
-        gateway: &Gateway,
+        known: impl Fn(&str) -> bool,
     ) -> Result<(), Refused> {
         for filter in &self.filters {
             let plugin = filter.plugin();
             let failure = match filter.on_connect(conn).await {
                 Ok(ConnectVerdict::Allow) => continue,
                 Ok(ConnectVerdict::Route(upstream)) => {
-                    if gateway.l4_upstream(&upstream).is_some() {
+                    if known(&upstream) {
                         conn.upstream = upstream;
                         continue;
                     }
