@@ -1,10 +1,12 @@
 //! TCP listeners, layer 4: each connection is routed (by its TLS
 //! ClientHello's server name and ALPN, [`hello`], when routes are
-//! configured), joined to a target of the route's upstream (the same
-//! balancing, health and outlier detection as HTTP), and its bytes copied
-//! both ways until either side closes, it idles out, its time is up, or
-//! the gateway has been shutting down for the listener's drain timeout. TLS is passed through untouched, or terminated
-//! here when the listener has a certificate.
+//! configured), put to the listener's connection filters ([`policy`]),
+//! joined to a target of the chosen upstream (the same balancing, health
+//! and outlier detection as HTTP), and its bytes copied both ways until
+//! either side closes, it idles out, its time is up, or the gateway has
+//! been shutting down for the listener's drain timeout. TLS is passed
+//! through untouched, or terminated here when the listener has a
+//! certificate.
 
 pub mod hello;
 pub mod policy;
