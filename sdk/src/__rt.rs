@@ -11,22 +11,19 @@ use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 
 use crate::bindings::imports::sluice::filter::types as raw;
-use crate::bindings::{
-    auth, cache_policy, connection, http_filter, rate_limit, routing, transform,
-};
 use crate::{
     Action, Auth, AuthDecision, CacheLookup, CachePolicy, CacheStore, Connection, ConnectionInfo,
     ConnectionVerdict, HttpFilter, Plugin, RateLimit, Request, Response, Routing, Transform,
     Verdict,
 };
 
-use auth::exports::sluice::filter::auth as wit_auth;
-use cache_policy::exports::sluice::filter::cache_policy as wit_cache;
-use connection::exports::sluice::filter::connection as wit_connection;
-use http_filter::exports::sluice::filter::http_filter as wit_filter;
-use rate_limit::exports::sluice::filter::rate_limit as wit_rate;
-use routing::exports::sluice::filter::routing as wit_routing;
-use transform::exports::sluice::filter::transform as wit_transform;
+use crate::bindings::auth::exports::sluice::filter::auth as wit_auth;
+use crate::bindings::cache_policy::exports::sluice::filter::cache_policy as wit_cache;
+use crate::bindings::connection::exports::sluice::filter::connection as wit_connection;
+use crate::bindings::http_filter::exports::sluice::filter::http_filter as wit_filter;
+use crate::bindings::rate_limit::exports::sluice::filter::rate_limit as wit_rate;
+use crate::bindings::routing::exports::sluice::filter::routing as wit_routing;
+use crate::bindings::transform::exports::sluice::filter::transform as wit_transform;
 
 /// A plugin of type `P`, as the component's exports.
 pub struct Export<P>(PhantomData<P>);
