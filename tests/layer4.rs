@@ -726,8 +726,10 @@ async fn a_connection_filter_denies_by_address_and_routes_by_sni() {
 /// each mistake is refused with its place in the file.
 #[tokio::test]
 async fn filters_of_the_wrong_kind_are_refused_where_they_stand() {
+    // Never reached: each configuration is refused at load.
+    let unused = free_port();
     let plugins = format!(
-        "[plugins.policy]\npath = {}\n[plugins.noop]\npath = {}\n[upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n",
+        "[plugins.policy]\npath = {}\n[plugins.noop]\npath = {}\n[upstreams.u]\ntargets = [\"127.0.0.1:{unused}\"]\n",
         toml_str(&sluice_tests::plugin("connection-policy")),
         toml_str(&sluice_tests::plugin("noop")),
     );
