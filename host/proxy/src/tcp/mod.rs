@@ -11,6 +11,7 @@
 pub mod hello;
 pub mod policy;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -166,7 +167,8 @@ pub async fn serve(
 ) {
     let started = Instant::now();
     keepalive(&accepted.stream);
-    let mut upstream = settings.upstream.clone();
+    // Borrowed from the settings unless a connection filter routes elsewhere.
+    let mut upstream = Cow::Borrowed(settings.upstream.as_str());
     let mut target = None;
     let (client_bytes, target_bytes) = (Arc::new(Meter::new()), Arc::new(Meter::new()));
     let ended = async {
@@ -178,7 +180,7 @@ pub async fn serve(
                 Err(HelloError::Closed) => return Ended::Closed,
             },
         };
-        upstream = settings.route(hello.as_ref()).to_owned();
+        upstream = Cow::Borrowed(settings.route(hello.as_ref()));
         let filters = gateway
             .load()
             .connection_filters(&settings.address)
@@ -193,11 +195,11 @@ pub async fn serve(
                 server_name,
                 alpn,
                 open_from_client: accepted.open_from_client,
-                upstream: std::mem::take(&mut upstream),
+                upstream: std::mem::take(&mut upstream).into_owned(),
             };
             let known = |name: &str| gateway.l4_upstream(name).is_some();
             let admitted = filters.admit(&mut conn, known).await;
-            upstream = conn.upstream;
+            upstream = Cow::Owned(conn.upstream);
             if let Err(refused) = admitted {
                 return match refused {
                     Refused::Denied => Ended::Denied,
@@ -254,7 +256,7 @@ pub async fn serve(
     let gateway = gateway.load();
     let listener = &*accepted.listener;
     let (received, sent) = (client_bytes.bytes(), target_bytes.bytes());
-    let upstream = upstream.as_str();
+    let upstream = &*upstream;
     (gateway.metrics()).tcp_connection(listener, upstream, ended.as_str(), received, sent);
     if let Some(log) = gateway.access_log() {
         log.connection(Connection {
