@@ -50,13 +50,17 @@ fn generate() -> HeaderValue {
     // Version 4, variant 10.
     let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Two hex digits a byte, in groups of 8-4-4-4-12 (a byte at a time,
+    // not a u128 shift per digit).
     let mut text = [b'-'; 36];
-    let mut nibble = 32;
-    for (i, byte) in text.iter_mut().enumerate() {
-        if !matches!(i, 8 | 13 | 18 | 23) {
-            nibble -= 1;
-            *byte = HEX[((bits >> (4 * nibble)) & 0xf) as usize];
+    let mut at = 0;
+    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
         }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
     HeaderValue::from_bytes(&text).expect("hex and dashes")
 }

@@ -7,10 +7,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -158,6 +159,13 @@ pub(super) async fn serve<I>(
     if draining {
         connection.as_mut().graceful_shutdown();
     }
+    // The drain and the timer wake the task through `nudge`, and are polled
+    // only when it says they did: not at every wake-up of the connection's
+    // I/O, several a request.
+    let nudge = Arc::new(Nudge::default());
+    let side_waker = Waker::from(nudge.clone());
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
     loop {
         let (next, verdict) = activity.check(&settings);
         match verdict {
@@ -171,21 +179,70 @@ pub(super) async fn serve<I>(
             // Part of a head and no more for too long: nothing to finish.
             Verdict::SlowHead => return,
         }
-        tokio::select! {
-            result = connection.as_mut() => {
+        timer.as_mut().reset(next);
+        // Both are polled once after being set up, to register.
+        nudge.asked.store(true, Ordering::Relaxed);
+        let woke = {
+            let changed = drain.changed();
+            tokio::pin!(changed);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Woke::Ended(result));
+                }
+                nudge.task.register(cx.waker());
+                if !nudge.asked.swap(false, Ordering::AcqRel) {
+                    return Poll::Pending;
+                }
+                let mut side = Context::from_waker(&side_waker);
+                if !draining && let Poll::Ready(changed) = changed.as_mut().poll(&mut side) {
+                    return Poll::Ready(Woke::Drain(changed.is_ok()));
+                }
+                timer.as_mut().poll(&mut side).map(|()| Woke::Timer)
+            })
+            .await
+        };
+        match woke {
+            Woke::Ended(result) => {
                 if let Err(error) = result {
                     tracing::debug!(%client, "connection ended: {error}");
                 }
                 return;
             }
-            changed = drain.changed(), if !draining => {
-                if changed.is_err() || *drain.borrow() {
+            Woke::Drain(open) => {
+                if !open || *drain.borrow() {
                     draining = true;
                     connection.as_mut().graceful_shutdown();
                 }
             }
-            () = tokio::time::sleep_until(next) => {}
+            Woke::Timer => {}
         }
+    }
+}
+
+/// What woke a connection's watcher.
+enum Woke<E> {
+    Ended(Result<(), E>),
+    /// The drain changed (`false`: its sender is gone).
+    Drain(bool),
+    Timer,
+}
+
+/// Wakes a connection's task for its watcher's own futures, noting that
+/// they asked.
+#[derive(Default)]
+struct Nudge {
+    asked: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Nudge {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.asked.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 

@@ -261,6 +261,11 @@ impl Upstream {
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<UpstreamError> = None;
         loop {
+            // The first try starts with the request's clock reading.
+            let try_started = match tried.is_empty() {
+                true => started,
+                false => Instant::now(),
+            };
             let Some(i) = members.pick(self.balance, &key, &tried) else {
                 return Err(last.unwrap_or_else(|| UpstreamError::NoHealthy {
                     upstream: self.name.clone(),
@@ -286,8 +291,7 @@ impl Upstream {
                 span.inject(request.headers_mut());
                 span
             });
-            let try_started = Instant::now();
-            let outcome = self.try_once(target, request, sending, started).await;
+            let outcome = (self.try_once(target, request, sending, started, try_started)).await;
             if let Some(span) = span {
                 match &outcome {
                     Ok(response) => {
@@ -367,6 +371,7 @@ impl Upstream {
         mut request: Request<ProxyBody>,
         sending: &Sending<'_>,
         started: Instant,
+        mut try_started: Instant,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let _in_flight = target.start(target::now_ms());
         if !request.headers().contains_key(header::HOST)
@@ -379,10 +384,10 @@ impl Upstream {
         tokio::pin!(exchange);
         let overall = self.policy.overall.map(|o| started + o);
         let (answered, limit) = loop {
-            let try_started = sending
-                .upload
-                .map_or(Some(Instant::now()), Upload::finished_at)
-                .unwrap_or_else(Instant::now);
+            // With an upload, the try's time starts when the client is done.
+            if let Some(upload) = sending.upload {
+                try_started = upload.finished_at().unwrap_or_else(Instant::now);
+            }
             let mut deadline = try_started + self.policy.per_try;
             let mut limit = self.policy.per_try;
             if let Some(overall) = overall.filter(|o| *o < deadline) {

@@ -106,7 +106,9 @@ impl Target {
 
     /// Whether outlier detection has it ejected now.
     pub fn ejected(&self) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now_ms()
+        // 0: never ejected, and no clock to read (every request asks).
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
     }
 
     /// Its connections open and waiting for a request.
