@@ -1,6 +1,6 @@
 //! The contract, `sluice:filter@0.2.x`: state kept from a request to its
 //! response, typed capability errors, headers a filter may not change; and
-//! components built for 0.2.3, 0.2.2 and 0.1.0, which still load and run.
+//! components built for 0.2.4, 0.2.3, 0.2.2 and 0.1.0, which still load and run.
 
 use sluice_tests::{Gateway, Upstream, get, plugin};
 
@@ -19,6 +19,12 @@ async fn components_built_for_0_2_2_still_load_and_keep_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_built_for_0_2_3_still_load_and_keep_state() {
     keeps_state(&built_for("0.2.3"), "0.2.3").await;
+}
+
+/// And as built for 0.2.4, before `request.subject`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_built_for_0_2_4_still_load_and_keep_state() {
+    keeps_state(&built_for("0.2.4"), "0.2.4").await;
 }
 
 /// `plugins/server-timing` as built for an earlier contract (a fixture).

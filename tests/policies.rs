@@ -64,16 +64,31 @@ filters = [{{ plugin = "limit", config = {{ key = "route", capacity = 1, window_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limit_tiers_follow_the_authenticated_identity() {
+async fn rate_limits_follow_the_authenticated_identity_and_its_tier() {
     let up = Upstream::start("a").await;
     let gw = Gateway::start(&format!(
         r#"[plugins.auth]
 path = "{}"
 [plugins.limit]
 path = "{}"
+# The same limiter without tiers (buckets are the plugin's own).
+[plugins.plain-limit]
+path = "{}"
 
 [upstreams.a]
 targets = ["{}"]
+
+# No tier: the limiter reads the subject alone (`request.subject`, 0.2.5).
+[[routes]]
+match = {{ path_prefix = "/plain" }}
+upstream = "a"
+filters = [
+  {{ plugin = "plain-limit", config = {{ key = "identity", capacity = 1, window_secs = 3600 }} }},
+  {{ plugin = "auth", config = {{ keys = [
+      {{ key = "k-alice", owner = "alice", claims = {{ plan = "gold" }} }},
+      {{ key = "k-bob", owner = "bob", claims = {{ plan = "free" }} }},
+  ] }} }},
+]
 
 [[routes]]
 upstream = "a"
@@ -87,12 +102,13 @@ filters = [
 "#,
         plugin("api-key-auth"),
         plugin("rate-limit"),
+        plugin("rate-limit"),
         up.addr
     ))
     .await
     .unwrap();
-    let count = |key: &'static str| {
-        let url = gw.url("/");
+    let count = |path: &'static str, key: &'static str| {
+        let url = gw.url(path);
         async move {
             let mut allowed = 0;
             for _ in 0..6 {
@@ -103,8 +119,11 @@ filters = [
             allowed
         }
     };
-    assert_eq!(count("k-alice").await, 3, "gold tier");
-    assert_eq!(count("k-bob").await, 1, "default capacity");
+    assert_eq!(count("/", "k-alice").await, 3, "gold tier");
+    assert_eq!(count("/", "k-bob").await, 1, "default capacity");
+    // A bucket per subject, though both come from one address.
+    assert_eq!(count("/plain", "k-alice").await, 1);
+    assert_eq!(count("/plain", "k-bob").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

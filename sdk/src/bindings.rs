@@ -34,13 +34,13 @@ macro_rules! worlds {
                     pub_export_macro: true,
                     export_macro_name: "export",
                     with: {
-                        "sluice:filter/types@0.2.4": crate::bindings::imports::sluice::filter::types,
-                        "sluice:filter/log@0.2.4": crate::bindings::imports::sluice::filter::log,
-                        "sluice:filter/clock@0.2.4": crate::bindings::imports::sluice::filter::clock,
-                        "sluice:filter/kv@0.2.4": crate::bindings::imports::sluice::filter::kv,
-                        "sluice:filter/outbound@0.2.4": crate::bindings::imports::sluice::filter::outbound,
-                        "sluice:filter/metrics@0.2.4": crate::bindings::imports::sluice::filter::metrics,
-                        "sluice:filter/crypto@0.2.4": crate::bindings::imports::sluice::filter::crypto,
+                        "sluice:filter/types@0.2.5": crate::bindings::imports::sluice::filter::types,
+                        "sluice:filter/log@0.2.5": crate::bindings::imports::sluice::filter::log,
+                        "sluice:filter/clock@0.2.5": crate::bindings::imports::sluice::filter::clock,
+                        "sluice:filter/kv@0.2.5": crate::bindings::imports::sluice::filter::kv,
+                        "sluice:filter/outbound@0.2.5": crate::bindings::imports::sluice::filter::outbound,
+                        "sluice:filter/metrics@0.2.5": crate::bindings::imports::sluice::filter::metrics,
+                        "sluice:filter/crypto@0.2.5": crate::bindings::imports::sluice::filter::crypto,
                     },
                 });
             }

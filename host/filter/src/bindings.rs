@@ -31,10 +31,11 @@ macro_rules! contract {
     };
 }
 
-/// `sluice:filter@0.2.4`, which also loads components built for 0.2.0
-/// to 0.2.3 (wasmtime matches semver-compatible names; 0.2.1 added
+/// `sluice:filter@0.2.5`, which also loads components built for 0.2.0
+/// to 0.2.4 (wasmtime matches semver-compatible names; 0.2.1 added
 /// `crypto`, 0.2.2 `request.keep-instance`, 0.2.3 `header` and
-/// `edit-headers` on requests and responses, 0.2.4 the `connection` kind).
+/// `edit-headers` on requests and responses, 0.2.4 the `connection` kind,
+/// 0.2.5 `request.subject`).
 pub mod v2 {
     contract!(
         "../../wit",

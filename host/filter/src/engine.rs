@@ -41,9 +41,9 @@ pub struct Compiled {
     /// The version of `sluice:filter` it was built for (`proxy-wasm 0.2.1`
     /// for a proxy-wasm module).
     pub contract: &'static str,
-    /// The interfaces it imports, by name (`sluice:filter/kv@0.2.4`, `wasi:cli/environment@0.2.0`).
+    /// The interfaces it imports, by name (`sluice:filter/kv@0.2.5`, `wasi:cli/environment@0.2.0`).
     pub imports: Arc<[String]>,
-    /// The interfaces it exports, by name (`sluice:filter/transform@0.2.4`).
+    /// The interfaces it exports, by name (`sluice:filter/transform@0.2.5`).
     pub exports: Arc<[String]>,
 }
 
@@ -236,9 +236,17 @@ impl FilterEngine {
 }
 
 /// The version of `sluice:filter` a component exports, as it names it
-/// (the host links a 0.2.0 to 0.2.3 component with its 0.2.4 bindings).
+/// (the host links a 0.2.0 to 0.2.4 component with its 0.2.5 bindings).
 fn contract_of(engine: &Engine, component: &Component) -> &'static str {
-    const KNOWN: [&str; 6] = [crate::CONTRACT, "0.2.3", "0.2.2", "0.2.1", "0.2.0", "0.1.0"];
+    const KNOWN: [&str; 7] = [
+        crate::CONTRACT,
+        "0.2.4",
+        "0.2.3",
+        "0.2.2",
+        "0.2.1",
+        "0.2.0",
+        "0.1.0",
+    ];
     component
         .component_type()
         .exports(engine)

@@ -1,5 +1,5 @@
 //! Sluice's WebAssembly filter runtime: plugins that implement the WIT
-//! contract in `wit/` (`sluice:filter@0.2.4`, 0.2.3, 0.2.2, 0.2.1, 0.2.0, or the previous 0.1.0),
+//! contract in `wit/` (`sluice:filter@0.2.5`, 0.2.4, 0.2.3, 0.2.2, 0.2.1, 0.2.0, or the previous 0.1.0),
 //! compiled once, linked to the host capabilities their configuration
 //! grants, and called from pools of warm instances under CPU, memory and
 //! concurrency limits. It knows nothing of listeners or upstreams, so a
@@ -56,4 +56,4 @@ pub use plugin::Plugin;
 pub use pool::{Filter, Lease};
 
 /// The version of `sluice:filter` in `wit/`: what new plugins are built against.
-pub const CONTRACT: &str = "0.2.4";
+pub const CONTRACT: &str = "0.2.5";

@@ -62,10 +62,10 @@ fn plugins_are_inspected_signed_and_verified_interchangeably_with_minisign() {
     assert!(inspected.status.success(), "{report}");
     for line in [
         "kind:      http-filter",
-        "sluice:filter@0.2.4",
+        "sluice:filter@0.2.5",
         "needs:     http, kv, metrics",
-        "sluice:filter/kv@0.2.4  [kv]",
-        "exports:\n  sluice:filter/http-filter@0.2.4",
+        "sluice:filter/kv@0.2.5  [kv]",
+        "exports:\n  sluice:filter/http-filter@0.2.5",
         "signature: unsigned",
     ] {
         assert!(report.contains(line), "`{line}` in:\n{report}");

@@ -9,7 +9,7 @@
 // Access-Control-Allow-Origin (and -Credentials, -Expose-Headers); one
 // from another origin goes on untouched, so the browser withholds it.
 
-import { write } from 'sluice:filter/log@0.2.4';
+import { write } from 'sluice:filter/log@0.2.5';
 
 let policy;
 

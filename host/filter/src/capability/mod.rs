@@ -48,7 +48,7 @@ use sluice_state::Stores;
 pub const CAPABILITIES: [&str; 4] = ["kv", "metrics", "crypto", "http"];
 
 /// The capability an imported interface needs, from its name
-/// (`sluice:filter/kv@0.2.4` needs `kv`); `None` for what every plugin has.
+/// (`sluice:filter/kv@0.2.5` needs `kv`); `None` for what every plugin has.
 pub fn capability_of(import: &str) -> Option<&'static str> {
     // `wasi:http` is outbound HTTP by another name (see `wasi_http`).
     if import.starts_with("wasi:http/") {

@@ -536,6 +536,11 @@ macro_rules! types_host {
         ) -> wasmtime::Result<Result<(), v2::types::Error>> {
             Ok(self.edit_all((r.rep(), false), edits)?.map_err(v2::types::Error::from))
         }
+
+        // New in 0.2.5: the identity's subject without its claims.
+        fn subject(&mut self, r: Resource<RequestEntry>) -> wasmtime::Result<Option<String>> {
+            Ok(self.exchange(r.rep())?.identity.as_ref().map(|i| i.subject.clone()))
+        }
     };
     (@id v1) => {};
     (@response v2) => {
