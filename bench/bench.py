@@ -981,9 +981,12 @@ def plugins_cases(up):
 
     def toml(chain):
         names = sorted({f.split('"')[1] for f in chain})
-        plugins = "".join(f'[plugins.{n}]\npath = "{plugin(n)}"\ngrants = {json.dumps(grants.get(n, []))}\n'
-                          + (f'deny = {json.dumps(deny[n])}\n' if n in deny else "") for n in names)
-        return lambda port: sluice_toml(port, up.port, ", ".join(chain), plugins)
+
+        # When the server starts: a baseline build gets its own plugins.
+        def plugins():
+            return "".join(f'[plugins.{n}]\npath = "{plugin(n)}"\ngrants = {json.dumps(grants.get(n, []))}\n'
+                           + (f'deny = {json.dumps(deny[n])}\n' if n in deny else "") for n in names)
+        return lambda port: sluice_toml(port, up.port, ", ".join(chain), plugins())
 
     return [
         ("no filters", toml([])),
