@@ -291,7 +291,9 @@ impl Upstream {
                 span.inject(request.headers_mut());
                 span
             });
-            let outcome = (self.try_once(target, request, sending, started, try_started)).await;
+            let outcome = self
+                .try_once(target, request, sending, started, try_started)
+                .await;
             if let Some(span) = span {
                 match &outcome {
                     Ok(response) => {
