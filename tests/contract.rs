@@ -186,7 +186,7 @@ targets = ["{}"]
 
 [[routes]]
 upstream = "a"
-filters = [{{ plugin = "headers", config = {{ request = {{ set = {{ host = "evil.test", content-length = "1", transfer-encoding = "chunked", x-fine = "yes" }} }} }} }}]
+filters = [{{ plugin = "headers", config = {{ request = {{ set = {{ host = "evil.test", content-length = "1", transfer-encoding = "chunked", proxy-connection = "keep-alive", x-fine = "yes" }} }} }} }}]
 "#,
         plugin("headers"),
         up.addr
@@ -204,6 +204,8 @@ filters = [{{ plugin = "headers", config = {{ request = {{ set = {{ host = "evil
     assert_eq!(reply.echoed("host"), ["shop.test"]);
     assert_eq!(reply.echoed("content-length"), ["5"]);
     assert!(reply.echoed("transfer-encoding").is_empty());
+    // Hop-by-hop too, though filters may set it: it goes before the upstream.
+    assert!(reply.echoed("proxy-connection").is_empty());
     assert_eq!(reply.echoed("x-fine"), ["yes"]);
     let metrics = gw.metrics().await;
     assert!(

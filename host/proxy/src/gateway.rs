@@ -630,6 +630,11 @@ impl Gateway {
                 Box::pin(self.translate(translation, &mut request, route, at)).await?
             }
         };
+        // The edge took the client's hop-by-hop headers; a filter or a
+        // translation may have added some.
+        if !route.filters.is_empty() || translated.is_some() {
+            strip_hop_by_hop(request.headers_mut());
+        }
         upstream::prepare_request(&mut request, exchange.client_ip, exchange.secure);
         if let Some(upgrade) = &sent.upgrade {
             upgrade.restore(request.headers_mut());

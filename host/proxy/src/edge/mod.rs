@@ -213,8 +213,10 @@ fn one_host(head: &mut http::request::Parts) -> Result<(), Refusal> {
     if hosts.next().is_some() {
         return Err(Refusal::Host("more than one Host header"));
     }
-    let target = head.uri.authority().cloned();
-    let host = match (target, host) {
+    let target = head.uri.authority();
+    // Whether `Host` stands as the client sent it (a target's authority
+    // replaces it otherwise).
+    let (host, sent) = match (target, host) {
         (Some(target), Some(host)) if head.version >= Version::HTTP_2 => {
             if !target
                 .as_str()
@@ -222,7 +224,7 @@ fn one_host(head: &mut http::request::Parts) -> Result<(), Refusal> {
             {
                 return Err(Refusal::Host(":authority and Host disagree"));
             }
-            host
+            (host, true)
         }
         // RFC 9112 §3.2.2: the absolute form's authority replaces `Host`
         // (which HTTP/1.1 still requires).
@@ -230,14 +232,19 @@ fn one_host(head: &mut http::request::Parts) -> Result<(), Refusal> {
             if host.is_none() && head.version == Version::HTTP_11 {
                 return Err(Refusal::Host("no Host header"));
             }
-            HeaderValue::from_str(target.as_str()).map_err(|_| Refusal::Host("invalid host"))?
+            let host = HeaderValue::from_str(target.as_str())
+                .map_err(|_| Refusal::Host("invalid host"))?;
+            (host, false)
         }
-        (None, Some(host)) => host,
+        (None, Some(host)) => (host, true),
         (None, None) if head.version == Version::HTTP_10 || head.version == Version::HTTP_09 => {
             return Ok(());
         }
         (None, None) => return Err(Refusal::Host("no Host header")),
     };
+    if sent && plain_host(host.as_bytes()) {
+        return Ok(());
+    }
     let authority = host
         .to_str()
         .ok()
@@ -259,6 +266,19 @@ fn one_host(head: &mut http::request::Parts) -> Result<(), Refusal> {
     };
     head.headers.insert(header::HOST, host);
     Ok(())
+}
+
+/// A host as most clients send it: a name or IPv4 address of letters,
+/// digits, dots and dashes, not ending in a dot, and maybe a numeric port.
+/// It is a valid authority that needs no rewriting, so it needs no parsing.
+fn plain_host(host: &[u8]) -> bool {
+    let (name, port) = host.split_at(host.iter().position(|&b| b == b':').unwrap_or(host.len()));
+    !name.is_empty()
+        && !name.ends_with(b".")
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.iter().skip(1).all(u8::is_ascii_digit)
 }
 
 /// HTTP/2 lets a client send `cookie` as several fields (RFC 9113 §8.2.3);
@@ -300,47 +320,62 @@ fn normalize_target(uri: &mut Uri, rules: PathRules) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Whether `name` describes one connection, not the message (RFC 9110
-/// §7.6.1), or is one of two older such headers that still turn up. A
-/// match on the text: every header of every message is asked.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "keep-alive"
-            | "proxy-connection"
-    )
-}
+/// The names that describe one connection, not the message (RFC 9110
+/// §7.6.1), and two older such headers that still turn up. Every header of
+/// every message is compared with them: the standard ones compare as
+/// numbers, not text.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// `Transfer-Encoding`'s place in [`HOP_BY_HOP`].
+const CHUNKED: usize = 1;
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none or one of them (`Connection`): remove those
-    // present rather than look up all nine names in every message.
-    let mut present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| hop_by_hop(name))
-        .cloned()
-        .collect();
-    if present.is_empty() {
+    // Most messages carry none or one of them (`Connection`): note those
+    // present, a bit each, rather than look up all nine in every message.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named = (headers.get_all(header::CONNECTION).iter())
+    // The names `Connection` lists, but for those in the list above (its
+    // usual `keep-alive` costs no parsing and no lookup).
+    let named: Vec<HeaderName> = (headers.get_all(header::CONNECTION).iter())
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok());
+        .map(str::trim)
+        .filter(|name| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+        })
+        .filter_map(|name| HeaderName::try_from(name).ok())
+        .collect();
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
     // A message framed by `Transfer-Encoding` goes on de-chunked, so a
     // `Content-Length` beside it is stale (RFC 9112 §6.3): it goes too.
-    if present.contains(&header::TRANSFER_ENCODING) {
-        present.push(header::CONTENT_LENGTH);
+    if present & (1 << CHUNKED) != 0 {
+        headers.remove(header::CONTENT_LENGTH);
     }
-    present.extend(named);
-    for name in &present {
+    for name in named {
         headers.remove(name);
     }
 }
@@ -464,6 +499,50 @@ mod tests {
         let admitted = admit(head(Version::HTTP_11, "/x", &[("host", "a.test.:8080")]));
         assert_eq!(admitted.unwrap().headers["host"], "a.test:8080");
         assert!(admit(head(Version::HTTP_11, "/x", &[("host", ".")])).is_err());
+    }
+
+    #[test]
+    fn a_plain_host_stands_as_the_full_parse_would_leave_it() {
+        let hosts = [
+            "a",
+            "shop.test",
+            "Shop.Test:8080",
+            "10.0.0.1:80",
+            "a:",
+            "a-b.c",
+            "a..b",
+        ];
+        for host in hosts {
+            assert!(plain_host(host.as_bytes()), "{host}");
+            let parts = head(Version::HTTP_11, "/x", &[("host", host)]);
+            // The parse the fast path skips accepts it and leaves it alone.
+            let authority: Authority = host.parse().unwrap();
+            assert!(!authority.host().is_empty() && !authority.host().ends_with('.'));
+            assert_eq!(admit(parts).unwrap().headers["host"], host);
+        }
+        for host in [
+            "", ".", "a.", "a.:80", "a@b", "[::1]:80", "a b", "a:8x", "a_b",
+        ] {
+            assert!(!plain_host(host.as_bytes()), "{host}");
+        }
+    }
+
+    #[test]
+    fn connection_names_its_own_list_cheaply_and_others_by_name() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "Keep-Alive, close, X-Trace"),
+            ("keep-alive", "timeout=5"),
+            ("close", "1"),
+            ("x-trace", "1"),
+            ("upgrade", "h2c"),
+            ("content-length", "3"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
     }
 
     #[test]

@@ -49,21 +49,27 @@ fn generate() -> HeaderValue {
     let bits = (u128::from(KEYS.0.hash_one(n)) << 64) | u128::from(KEYS.1.hash_one(n));
     // Version 4, variant 10.
     let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Two hex digits a byte, in groups of 8-4-4-4-12 (a byte at a time,
-    // not a u128 shift per digit).
+    // Two hex digits a byte, in groups of 8-4-4-4-12, each byte's pair
+    // looked up whole.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let mut text = [b'-'; 36];
-    let mut at = 0;
-    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
-        text[at] = HEX[usize::from(byte >> 4)];
-        text[at + 1] = HEX[usize::from(byte & 0xf)];
-        at += 2;
+    for (byte, at) in bits.to_be_bytes().into_iter().zip(AT) {
+        text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     HeaderValue::from_bytes(&text).expect("hex and dashes")
 }
+
+/// Each byte's two hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    pairs
+};
 
 #[cfg(test)]
 mod tests {

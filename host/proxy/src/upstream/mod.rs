@@ -20,10 +20,10 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
+use smallvec::SmallVec;
 
 use crate::body::{BoxError, ClientBodyError, ProxyBody, Upload};
 use crate::config::{Balance, HashOn, OutlierConfig, TargetConfig, UpstreamConfig};
-use crate::edge::strip_hop_by_hop;
 use crate::metrics::ProxyMetrics;
 use crate::trace::Trace;
 use sluice_filter::metrics::labels;
@@ -258,7 +258,8 @@ impl Upstream {
         ));
         self.budget.deposit();
         let started = Instant::now();
-        let mut tried: Vec<usize> = Vec::new();
+        // The targets tried, inline: most requests take one try, a few two.
+        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
         let mut last: Option<UpstreamError> = None;
         loop {
             // The first try starts with the request's clock reading.
@@ -654,10 +655,9 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Make a client's request fit to send upstream: `X-Forwarded-*` set, the
 /// original host kept, origin form, HTTP/1.1 on the wire (HTTP/2 where the
 /// upstream speaks it). The client's hop-by-hop headers went at the edge;
-/// any a filter added go now.
+/// the caller strips any a filter or a translation added.
 pub fn prepare_request<B>(request: &mut Request<B>, client_ip: IpAddr, secure: bool) {
     let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
     // Every field of the chain the client sent (a second one is the same
     // list, RFC 9110 §5.3), then the client.
     let forwarded_for = chain(
