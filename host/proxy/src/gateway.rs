@@ -548,17 +548,28 @@ impl Gateway {
         at: &Arrival<'_>,
     ) -> Result<(), Response<ProxyBody>> {
         let failed = |error| phase_failed(route, error, &at.id);
-        let cache_ran = match route.filters.request(ctx).await.map_err(failed)? {
+        // The phases are boxed, and called only when they have something to
+        // do: their state (kilobytes) stays out of the futures of requests
+        // that do not use them, which every level above would move.
+        let flow = match route.filters.is_empty() {
+            true => Flow::Next,
+            false => Box::pin(route.filters.request(ctx)).await.map_err(failed)?,
+        };
+        let cache_ran = match flow {
             Flow::Answered => false,
             Flow::Next => {
-                if let Flow::Next = route.cache.request(ctx).await.map_err(failed)? {
+                let flow = match route.cache.applies(ctx) {
+                    true => Box::pin(route.cache.request(ctx)).await.map_err(failed)?,
+                    false => Flow::Next,
+                };
+                if let Flow::Next = flow {
                     self.fetch(route, ctx, sent, at).await?;
                 }
                 true
             }
         };
         if cache_ran && route.cache.applies(ctx) {
-            route.cache.response(ctx).await.map_err(failed)?;
+            Box::pin(route.cache.response(ctx)).await.map_err(failed)?;
         }
         if route.filters.has_response_phase(ctx) {
             if route.filters.needs_bodies()
@@ -572,7 +583,9 @@ impl Gateway {
                 ctx.exchange.response_body = Some(bytes);
                 ctx.exchange.response_trailers = trailers;
             }
-            route.filters.response(ctx).await.map_err(failed)?;
+            Box::pin(route.filters.response(ctx))
+                .await
+                .map_err(failed)?;
         }
         Ok(())
     }

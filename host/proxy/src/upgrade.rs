@@ -27,6 +27,8 @@ pub fn requested(head: &mut http::request::Parts) -> Option<Upgrade> {
     if head.version != Version::HTTP_11 {
         return None;
     }
+    // `Upgrade` first: most requests have none, and then one lookup settles it.
+    let protocol = head.headers.get(header::UPGRADE)?.clone();
     let asks = head
         .headers
         .get_all(header::CONNECTION)
@@ -34,7 +36,6 @@ pub fn requested(head: &mut http::request::Parts) -> Option<Upgrade> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    let protocol = head.headers.get(header::UPGRADE)?.clone();
     let client = head.extensions.remove::<OnUpgrade>()?;
     asks.then_some(Upgrade { protocol, client })
 }

@@ -63,6 +63,10 @@ impl Members {
     /// not `tried` already; `None` when there is none.
     pub(super) fn pick(&self, balance: Balance, key: &Key, tried: &[usize]) -> Option<usize> {
         let open = |i: usize| !tried.contains(&i) && self.targets[i].0.available();
+        if self.targets.len() == 1 {
+            // Nothing to balance, and no lock to take for it.
+            return open(0).then_some(0);
+        }
         match balance {
             Balance::RoundRobin => self.weighted_round_robin(open),
             Balance::Sticky => key

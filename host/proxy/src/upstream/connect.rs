@@ -41,15 +41,15 @@ impl Sender {
     )]
     pub(super) async fn send(
         &mut self,
-        mut request: Request<ProxyBody>,
+        mut request: Box<Request<ProxyBody>>,
         secure: bool,
         host: &str,
     ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
         match self {
-            Sender::H1(sender, io) => driving(io, sender.try_send_request(request)).await,
+            Sender::H1(sender, io) => driving(io, sender.try_send_request(*request)).await,
             Sender::H2(sender) => {
                 to_h2(&mut request, secure, host);
-                sender.try_send_request(request).await
+                sender.try_send_request(*request).await
             }
         }
     }

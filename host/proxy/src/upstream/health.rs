@@ -73,7 +73,7 @@ async fn check(upstream: &Upstream, target: &Target, config: &HealthConfig) -> R
             .map_err(|e| e.to_string())?;
         let secure = upstream.connector.secure();
         let status = sender
-            .send(request, secure, target.authority.as_str())
+            .send(Box::new(request), secure, target.authority.as_str())
             .await
             .map_err(|e| e.into_error().to_string())?
             .status();

@@ -233,29 +233,27 @@ impl Upstream {
         request: Request<Payload>,
         sending: &Sending<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let (head, payload) = request.into_parts();
-        let key = self.key(&head.headers, &head.uri, sending.client_ip);
+        let key = self.key(request.headers(), request.uri(), sending.client_ip);
         let members = self.members.load_full();
         // What a retry after the request left needs: a copy of it (none
         // when there is no other target to retry on).
-        let replay = match &payload {
+        let replay = match request.body() {
             Payload::Bytes(bytes)
                 if self.policy.retries > 0
                     && members.targets.len() > 1
                     && !sending.upgrade
-                    && idempotent(&head.method) =>
+                    && idempotent(request.method()) =>
             {
-                Some(Copy::of(&head, bytes.clone()))
+                Some(Copy::of(&request, bytes.clone()))
             }
             _ => None,
         };
-        let mut next = Some(Request::from_parts(
-            head,
-            match payload {
-                Payload::Bytes(bytes) => crate::body::full(bytes),
-                Payload::Stream(stream) => stream,
-            },
-        ));
+        // Boxed from here to the connection: each level below would move
+        // it otherwise, and keep room for it in its future.
+        let mut next = Some(Box::new(request.map(|payload| match payload {
+            Payload::Bytes(bytes) => crate::body::full(bytes),
+            Payload::Stream(stream) => stream,
+        })));
         self.budget.deposit();
         let started = Instant::now();
         // The targets tried, inline: most requests take one try, a few two.
@@ -357,7 +355,7 @@ impl Upstream {
                     let out_of_time = self.policy.overall.is_some_and(|o| started.elapsed() >= o);
                     last = Some(error);
                     if again && !out_of_time && may_retry(why) {
-                        next = unsent.map(|request| *request);
+                        next = unsent;
                         continue;
                     }
                     return Err(last.expect("just set"));
@@ -371,12 +369,12 @@ impl Upstream {
     async fn try_once(
         &self,
         target: &Arc<Target>,
-        mut request: Request<ProxyBody>,
+        mut request: Box<Request<ProxyBody>>,
         sending: &Sending<'_>,
         started: Instant,
         mut try_started: Instant,
     ) -> Result<Response<UpstreamBody>, Failure> {
-        let _in_flight = target.start(target::now_ms());
+        let _in_flight = target.start(target::ms_at(try_started));
         if !request.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(target.authority.as_str())
         {
@@ -417,7 +415,7 @@ impl Upstream {
                 Some(error) => Err(Failure::ClientBody(error)),
                 None => Err(Failure::Failed {
                     error: self.unreachable(target, source),
-                    unsent: unsent.map(Box::new),
+                    unsent,
                 }),
             },
             Err(_) => Err(Failure::Failed {
@@ -578,17 +576,17 @@ struct Copy {
 }
 
 impl Copy {
-    fn of(head: &http::request::Parts, body: Bytes) -> Copy {
+    fn of<B>(request: &Request<B>, body: Bytes) -> Copy {
         Copy {
-            method: head.method.clone(),
-            uri: head.uri.clone(),
-            headers: head.headers.clone(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
             body,
         }
     }
 
-    fn request(&self) -> Request<ProxyBody> {
-        let mut request = Request::new(crate::body::full(self.body.clone()));
+    fn request(&self) -> Box<Request<ProxyBody>> {
+        let mut request = Box::new(Request::new(crate::body::full(self.body.clone())));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
@@ -625,7 +623,7 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 )]
 async fn exchange(
     target: &Arc<Target>,
-    request: Request<ProxyBody>,
+    request: Box<Request<ProxyBody>>,
     upgrade: bool,
     who: Option<Who>,
 ) -> Result<Response<UpstreamBody>, pool::SendError> {

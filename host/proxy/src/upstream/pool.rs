@@ -204,7 +204,7 @@ async fn sweep(pool: std::sync::Weak<Pool>) {
 }
 
 /// The outcome of a send that failed: why, and the request if it never left.
-pub(super) type SendError = (BoxError, Option<Request<ProxyBody>>);
+pub(super) type SendError = (BoxError, Option<Box<Request<ProxyBody>>>);
 
 impl Conn {
     /// Send `request`; on failure the request comes back if it never left,
@@ -215,7 +215,7 @@ impl Conn {
     )]
     pub(super) async fn send(
         mut self,
-        request: Request<ProxyBody>,
+        request: Box<Request<ProxyBody>>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let secure = self.pool.connector.secure();
         match self.sender.send(request, secure, &self.pool.host).await {
@@ -224,7 +224,7 @@ impl Conn {
                 conn: Some(self),
             })),
             Err(mut error) => {
-                let unsent = error.take_message();
+                let unsent = error.take_message().map(Box::new);
                 Err((error.into_error().into(), unsent))
             }
         }

@@ -62,7 +62,12 @@ fn epoch() -> Instant {
 /// Milliseconds after [`epoch`], from 1: the proxy's one cheap clock for
 /// deadlines and activity (targets, TCP and UDP listeners).
 pub(crate) fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64 + 1
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `instant`, for a caller that read the clock already.
+pub(crate) fn ms_at(instant: Instant) -> u64 {
+    instant.saturating_duration_since(epoch()).as_millis() as u64 + 1
 }
 
 impl Target {
