@@ -617,10 +617,6 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// One exchange with `target`. A pooled connection the server closed while
 /// idle hands the request back unsent; it is tried once more on a new one.
 /// A request that never left comes back with the error.
-#[allow(
-    clippy::result_large_err,
-    reason = "the error hands back a request that never left, to try it again; boxing it would add an allocation to every failure"
-)]
 async fn exchange(
     target: &Arc<Target>,
     request: Box<Request<ProxyBody>>,

@@ -209,10 +209,6 @@ pub(super) type SendError = (BoxError, Option<Box<Request<ProxyBody>>>);
 impl Conn {
     /// Send `request`; on failure the request comes back if it never left,
     /// so it can be tried again on another connection.
-    #[allow(
-        clippy::result_large_err,
-        reason = "the error hands back a request that never left, to try it again; boxing it would add an allocation to every failure"
-    )]
     pub(super) async fn send(
         mut self,
         request: Box<Request<ProxyBody>>,
