@@ -16,9 +16,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, StatusCode, Uri, Version};
+use smallvec::SmallVec;
 
 pub use path::{EscapedSlashes, PathError, PathRules};
 
@@ -272,14 +273,27 @@ fn one_host(head: &mut http::request::Parts) -> Result<(), Refusal> {
 /// digits, dots and dashes, not ending in a dot, and maybe a numeric port.
 /// It is a valid authority that needs no rewriting, so it needs no parsing.
 fn plain_host(host: &[u8]) -> bool {
-    let (name, port) = host.split_at(host.iter().position(|&b| b == b':').unwrap_or(host.len()));
+    // One pass over the name, a table lookup a byte.
+    let end = host.iter().position(|&b| !NAME_BYTES[usize::from(b)]);
+    let (name, port) = host.split_at(end.unwrap_or(host.len()));
     !name.is_empty()
         && !name.ends_with(b".")
-        && name
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        && port.iter().skip(1).all(u8::is_ascii_digit)
+        && port
+            .split_first()
+            .is_none_or(|(&colon, digits)| colon == b':' && digits.iter().all(u8::is_ascii_digit))
 }
+
+/// The bytes of a plain host's name: letters, digits, dots and dashes.
+const NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
+        b += 1;
+    }
+    table
+};
 
 /// HTTP/2 lets a client send `cookie` as several fields (RFC 9113 §8.2.3);
 /// an HTTP/1.1 upstream, and filters, expect one, joined with `; `.
@@ -322,19 +336,32 @@ fn normalize_target(uri: &mut Uri, rules: PathRules) -> Result<(), Refusal> {
 
 /// The names that describe one connection, not the message (RFC 9110
 /// §7.6.1), and two older such headers that still turn up. Every header of
-/// every message is compared with them: the standard ones compare as
-/// numbers, not text.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
+/// every message is compared with them, so as text: a `const` of header
+/// names would be built and dropped at each use.
+const HOP_BY_HOP: [&str; 9] = [
+    // First: it is taken apart, not just removed.
+    "connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "keep-alive",
+    "proxy-connection",
 ];
+
+/// The lengths of those names, a bit each: most headers differ in length
+/// from all nine, and are passed over on one test.
+const HOP_BY_HOP_LENGTHS: u32 = {
+    let mut bits = 0;
+    let mut i = 0;
+    while i < HOP_BY_HOP.len() {
+        bits |= 1 << HOP_BY_HOP[i].len();
+        i += 1;
+    }
+    bits
+};
 
 /// `Transfer-Encoding`'s place in [`HOP_BY_HOP`].
 const CHUNKED: usize = 1;
@@ -345,29 +372,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // present, a bit each, rather than look up all nine in every message.
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        let name = name.as_str();
+        if name.len() < 32
+            && HOP_BY_HOP_LENGTHS & (1 << name.len()) != 0
+            && let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name)
+        {
             present |= 1 << i;
         }
     }
     if present == 0 {
         return;
     }
-    // The names `Connection` lists, but for those in the list above (its
-    // usual `keep-alive` costs no parsing and no lookup).
-    let named: Vec<HeaderName> = (headers.get_all(header::CONNECTION).iter())
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| {
-            !HOP_BY_HOP
-                .iter()
-                .any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
-        })
-        .filter_map(|name| HeaderName::try_from(name).ok())
-        .collect();
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+    // `Connection` goes with the names it lists, but for those in the list
+    // above (its usual `keep-alive` costs no lookup): one probe takes all
+    // its fields, and their tokens are cut from the bytes as they are.
+    let mut named = SmallVec::<[HeaderName; 2]>::new();
+    if present & 1 != 0
+        && let Entry::Occupied(connection) = headers.entry(header::CONNECTION)
+    {
+        for value in connection.remove_entry_mult().1 {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                let listed =
+                    (HOP_BY_HOP.iter()).any(|hop| token.eq_ignore_ascii_case(hop.as_bytes()));
+                if !token.is_empty() && !listed {
+                    named.extend(HeaderName::from_bytes(token).ok());
+                }
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
         if present & (1 << i) != 0 {
-            headers.remove(name);
+            headers.remove(*name);
         }
     }
     // A message framed by `Transfer-Encoding` goes on de-chunked, so a
@@ -532,6 +568,9 @@ mod tests {
         let mut headers = HeaderMap::new();
         for (name, value) in [
             ("connection", "Keep-Alive, close, X-Trace"),
+            // A second field is the same list; empty items count for nothing.
+            ("connection", " ,X-Second ,"),
+            ("x-second", "1"),
             ("keep-alive", "timeout=5"),
             ("close", "1"),
             ("x-trace", "1"),

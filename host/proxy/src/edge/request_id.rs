@@ -8,7 +8,7 @@ use std::hash::BuildHasher;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// The header that carries it.
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -19,16 +19,22 @@ const MAX_LEN: usize = 200;
 /// Settle the request's id in `headers` (trusting the client's if
 /// `trust_client`), and answer it for the response.
 pub fn settle(headers: &mut HeaderMap, trust_client: bool) -> HeaderValue {
-    let mut sent = headers.get_all(&HEADER).iter();
-    if trust_client
-        && let (Some(id), None) = (sent.next(), sent.next())
-        && well_formed(id)
-    {
-        return id.clone();
+    // One probe finds the client's and puts ours in its place.
+    match headers.entry(HEADER) {
+        Entry::Occupied(mut sent) => {
+            let mut ids = sent.iter();
+            if trust_client
+                && let (Some(id), None) = (ids.next(), ids.next())
+                && well_formed(id)
+            {
+                return id.clone();
+            }
+            let id = generate();
+            sent.insert(id.clone());
+            id
+        }
+        Entry::Vacant(slot) => slot.insert(generate()).clone(),
     }
-    let id = generate();
-    headers.insert(HEADER, id.clone());
-    id
 }
 
 /// Printable ASCII, no spaces, not too long: safe in a log line.

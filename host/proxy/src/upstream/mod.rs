@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use opentelemetry::KeyValue;
@@ -653,32 +653,42 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub fn prepare_request<B>(request: &mut Request<B>, client_ip: IpAddr, secure: bool) {
     let headers = request.headers_mut();
     // Every field of the chain the client sent (a second one is the same
-    // list, RFC 9110 §5.3), then the client.
-    let forwarded_for = chain(
-        headers.get_all(X_FORWARDED_FOR),
-        sluice_filter::ip_text(client_ip),
-    );
-    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
+    // list, RFC 9110 §5.3), then the client. An entry each: one probe to
+    // read and replace.
+    let client = sluice_filter::ip_text(client_ip);
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            if let Ok(value) = HeaderValue::try_from(client) {
+                slot.insert(value);
+            }
+        }
+        Entry::Occupied(mut sent) => {
+            if let Ok(value) = HeaderValue::try_from(chain(sent.iter(), client)) {
+                sent.insert(value);
+            }
+        }
     }
     let proto = if secure { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     // The other names for the same thing, when a client sent them: its
     // `X-Real-IP` cannot stand (it is one address, the client's), and
     // `Forwarded` (RFC 7239) gets the client appended as `X-Forwarded-For` does.
+    // (Looked up before an entry is taken: taking one costs more, and most
+    // requests have neither.)
     if headers.contains_key(X_REAL_IP)
         && let Ok(value) = HeaderValue::try_from(sluice_filter::ip_text(client_ip))
     {
         headers.insert(X_REAL_IP, value);
     }
-    if headers.contains_key(header::FORWARDED) {
+    if headers.contains_key(header::FORWARDED)
+        && let Entry::Occupied(mut sent) = headers.entry(header::FORWARDED)
+    {
         let node = match client_ip {
             IpAddr::V4(v4) => format!("for={v4};proto={proto}"),
             IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto={proto}"),
         };
-        let forwarded = chain(headers.get_all(header::FORWARDED), node);
-        if let Ok(value) = HeaderValue::try_from(forwarded) {
-            headers.insert(header::FORWARDED, value);
+        if let Ok(value) = HeaderValue::try_from(chain(sent.iter(), node)) {
+            sent.insert(value);
         }
     }
     if let Some(host) = headers.get(header::HOST).cloned() {
@@ -698,8 +708,8 @@ pub fn prepare_request<B>(request: &mut Request<B>, client_ip: IpAddr, secure: b
 
 /// The list in `earlier`'s fields (one list however many fields carry it),
 /// with `node` appended.
-fn chain(earlier: http::header::GetAll<'_, HeaderValue>, node: String) -> String {
-    let mut fields = earlier.iter().filter_map(|v| v.to_str().ok()).peekable();
+fn chain<'a>(earlier: impl Iterator<Item = &'a HeaderValue>, node: String) -> String {
+    let mut fields = earlier.filter_map(|v| v.to_str().ok()).peekable();
     if fields.peek().is_none() {
         return node;
     }
