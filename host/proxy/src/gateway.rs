@@ -341,11 +341,45 @@ impl Gateway {
     }
 
     /// Serve one request that came on `conn`.
-    pub async fn handle(
+    pub fn handle<'a>(
+        &'a self,
+        request: Request<Incoming>,
+        conn: &'a ConnectionInfo,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+        // All that comes before the first wait is done here, at once, so
+        // the request's head (hundreds of bytes) is no part of the future;
+        // the job and its serving are boxed, as they are hundreds of bytes
+        // too, and this future is moved several times on its way to hyper.
+        let (at, job) = self.arrive(request, conn);
+        async move {
+            let mut response = match job {
+                Ok(job) => Box::pin(self.serve(job, &at)).await,
+                Err(response) => response,
+            };
+            if let Some(trace) = &at.trace {
+                let status = response.status();
+                trace.set("http.response.status_code", i64::from(status.as_u16()));
+                if status.is_server_error() {
+                    trace.fail(status.to_string());
+                }
+                trace.end();
+            }
+            response.headers_mut().insert(request_id::HEADER, at.id);
+            match (&self.access_log, at.record) {
+                (Some(log), Some(record)) => log.follow(record, response),
+                _ => response,
+            }
+        }
+    }
+
+    /// What the request's arrival settles (its id, log record and span)
+    /// and the job of serving it on its route, or the answer if it has none
+    /// or the edge refuses it.
+    fn arrive<'c>(
         &self,
         request: Request<Incoming>,
-        conn: &ConnectionInfo,
-    ) -> Response<ProxyBody> {
+        conn: &'c ConnectionInfo,
+    ) -> (Arrival<'c>, Result<Box<Job<'_>>, Response<ProxyBody>>) {
         let started = Instant::now();
         let (mut head, incoming) = request.into_parts();
         let upgrade = upgrade::requested(&mut head);
@@ -360,35 +394,27 @@ impl Gateway {
             conn,
             started,
             trace,
+            record,
         };
-        let mut response = match admitted {
-            Err(refusal) => self.refuse(refusal.status(), refusal.code(), &refusal, &at),
-            Ok(()) => self.route(head, incoming, upgrade, &at).await,
+        let job = match admitted {
+            Err(refusal) => Err(self.refuse(refusal.status(), refusal.code(), &refusal, &at)),
+            Ok(()) => self.route(head, incoming, upgrade, &at),
         };
-        if let Some(trace) = &at.trace {
-            let status = response.status();
-            trace.set("http.response.status_code", i64::from(status.as_u16()));
-            if status.is_server_error() {
-                trace.fail(status.to_string());
-            }
-            trace.end();
-        }
-        response.headers_mut().insert(request_id::HEADER, at.id);
-        match (&self.access_log, record) {
-            (Some(log), Some(record)) => log.follow(record, response),
-            _ => response,
-        }
+        (at, job)
     }
 
-    /// Find the request's route and serve it there.
-    async fn route(
+    /// Find the request's route and ready it to be served there.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error is the response the client gets; rare, and boxing it would not make it cheaper"
+    )]
+    fn route(
         &self,
         head: http::request::Parts,
         incoming: Incoming,
         upgrade: Option<Upgrade>,
         at: &Arrival<'_>,
-    ) -> Response<ProxyBody> {
-        let method = head.method.clone();
+    ) -> Result<Box<Job<'_>>, Response<ProxyBody>> {
         let host = host_of(&head);
         let Some(route) = self.routes.find(
             host.as_deref(),
@@ -397,11 +423,24 @@ impl Gateway {
             &head.headers,
         ) else {
             self.unrouted
-                .record(&method, StatusCode::NOT_FOUND, at.started.elapsed());
-            return error_response(StatusCode::NOT_FOUND, "no_route");
+                .record(&head.method, StatusCode::NOT_FOUND, at.started.elapsed());
+            return Err(error_response(StatusCode::NOT_FOUND, "no_route"));
         };
-        let mut response = self.serve(route, head, incoming, upgrade, at).await;
-        (route.metrics).record(&method, response.status(), at.started.elapsed());
+        let method = head.method.clone();
+        self.ready(route, head, incoming, upgrade, at)
+            .map_err(|response| self.routed(route, &method, response, at))
+    }
+
+    /// What every response on `route` gets: counted, named in the span, and
+    /// (refused before its phases began) the route in the access log.
+    fn routed(
+        &self,
+        route: &Route,
+        method: &http::Method,
+        mut response: Response<ProxyBody>,
+        at: &Arrival<'_>,
+    ) -> Response<ProxyBody> {
+        (route.metrics).record(method, response.status(), at.started.elapsed());
         if let Some(trace) = &at.trace {
             trace.rename(format!("{method} {}", route.name));
             trace.set("http.route", route.name.to_string());
@@ -439,15 +478,20 @@ impl Gateway {
         error_response(status, code)
     }
 
-    /// Serve one request on `route`.
-    async fn serve(
+    /// The request as `route` will serve it: its exchange, its body on the
+    /// way, and the encoding its response may take.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error is the response the client gets; rare, and boxing it would not make it cheaper"
+    )]
+    fn ready<'g>(
         &self,
-        route: &Route,
+        route: &'g Route,
         head: http::request::Parts,
         incoming: Incoming,
         upgrade: Option<Upgrade>,
         at: &Arrival<'_>,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Box<Job<'g>>, Response<ProxyBody>> {
         let declared = head
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -457,16 +501,15 @@ impl Gateway {
                 "route `{}` takes at most {} bytes",
                 route.name, route.max_body
             );
-            return self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &why, at);
+            return Err(self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &why, at));
         }
         let encoding = route
             .compression
             .as_ref()
             .and_then(|c| c.negotiate(&head.headers));
-        let method = encoding.map(|_| head.method.clone());
-        let number = self.next_id();
+        let method = head.method.clone();
         let mut exchange = Box::new(Exchange::new(
-            number,
+            self.next_id(),
             head,
             at.conn.client_ip,
             route.name.clone(),
@@ -474,7 +517,7 @@ impl Gateway {
         exchange.secure = at.conn.secure;
         exchange.client_port = at.conn.client_port;
         exchange.local = at.conn.local;
-        let mut sent = match incoming.is_end_stream() {
+        let sent = match incoming.is_end_stream() {
             true => Outgoing {
                 body: None,
                 upload: None,
@@ -490,23 +533,42 @@ impl Gateway {
                 }
             }
         };
+        let mut ctx = RequestCtx::new(exchange, route.filters.len());
+        ctx.trace = at.trace.clone();
+        Ok(Box::new(Job {
+            route,
+            method,
+            ctx,
+            sent,
+            encoding,
+        }))
+    }
+
+    /// Serve a request readied on its route.
+    async fn serve(&self, mut job: Box<Job<'_>>, at: &Arrival<'_>) -> Response<ProxyBody> {
+        let route = job.route;
         if route.filters.needs_bodies() {
-            let whole = match sent.body.take() {
+            let whole = match job.sent.body.take() {
                 Some(body) => body::collect_whole(body, MAX_BUFFERED_BODY).await,
                 None => Ok((Bytes::new(), None)),
             };
             match whole {
                 Ok((bytes, trailers)) => {
-                    exchange.request_body = Some(bytes);
-                    exchange.request_trailers = trailers;
+                    job.ctx.exchange.request_body = Some(bytes);
+                    job.ctx.exchange.request_trailers = trailers;
                 }
-                Err(error) => return self.client_body_failed(&*error, at),
+                Err(error) => {
+                    let response = self.client_body_failed(&*error, at);
+                    return self.routed(route, &job.method, response, at);
+                }
             }
         }
-        let mut ctx = RequestCtx::new(exchange, route.filters.len());
-        ctx.trace = at.trace.clone();
-        let upload = self.access_log.as_ref().and_then(|_| sent.upload.clone());
-        let ran = self.run(route, &mut ctx, sent, at).await;
+        let upload = self
+            .access_log
+            .as_ref()
+            .and_then(|_| job.sent.upload.clone());
+        let ran = self.run(route, &mut job.ctx, job.sent, at).await;
+        let ctx = job.ctx;
         let served = self.access_log.as_ref().map(|_| Served {
             route: route.name.clone(),
             upstream: Some(
@@ -526,12 +588,13 @@ impl Gateway {
         if let Some(served) = served {
             response.extensions_mut().insert(served);
         }
-        match (&route.compression, encoding, method) {
-            (Some(compression), Some(encoding), Some(method)) => {
-                compress(compression, encoding, &method, response)
+        let response = match (&route.compression, job.encoding) {
+            (Some(compression), Some(encoding)) => {
+                compress(compression, encoding, &job.method, response)
             }
             _ => response,
-        }
+        };
+        self.routed(route, &job.method, response, at)
     }
 
     /// The phases on the way in, the upstream unless one answered, and the
@@ -591,8 +654,7 @@ impl Gateway {
     }
 
     /// Send the request upstream (the one a routing filter chose, or the
-    /// route's) and put the response in the context. The request head is
-    /// copied when the response phases will read it, and moved otherwise.
+    /// route's) and put the response in the context.
     #[allow(
         clippy::result_large_err,
         reason = "the error is the response the client gets; rare, and boxing it would not make it cheaper"
@@ -610,68 +672,75 @@ impl Gateway {
                 phase_failed(route, PhaseError::UnknownUpstream(name.clone()), &at.id)
             })?,
         };
-        let exchange = &mut ctx.exchange;
-        let body = match (exchange.request_body.take(), sent.body) {
-            // Trailers go on as a stream's end (such a request is not retried).
-            (Some(bytes), _) if exchange.request_trailers.is_some() => {
-                Payload::Stream(body::whole(bytes, exchange.request_trailers.take()))
+        // The request is made and sent off in a scope of its own: it goes
+        // boxed, and takes no room in this future once it left.
+        let (sending, translated) = {
+            let mut request = upstream_request(route, ctx, sent.body);
+            let translated = match &route.translation {
+                None => None,
+                // Boxed, as the upstream's send is: a translation's state
+                // stays out of every request's future.
+                Some(translation) => {
+                    Box::pin(self.translate(translation, &mut request, route, at)).await?
+                }
+            };
+            // The edge took the client's hop-by-hop headers; a filter or a
+            // translation may have added some.
+            if !route.filters.is_empty() || translated.is_some() {
+                strip_hop_by_hop(request.headers_mut());
             }
-            (Some(bytes), _) => Payload::Bytes(bytes),
-            (None, Some(stream)) => Payload::Stream(stream),
-            (None, None) => Payload::Bytes(Bytes::new()),
+            let exchange = &ctx.exchange;
+            upstream::prepare_request(&mut request, exchange.client_ip, exchange.secure);
+            if let Some(upgrade) = &sent.upgrade {
+                upgrade.restore(request.headers_mut());
+            }
+            let sending = Sending {
+                client_ip: exchange.client_ip,
+                upload: sent.upload.as_deref(),
+                upgrade: sent.upgrade.is_some(),
+                mark: self.access_log.is_some(),
+                trace: at.trace.as_ref(),
+                who: exchange.local.map(|local| {
+                    (
+                        SocketAddr::new(exchange.client_ip, exchange.client_port),
+                        local,
+                    )
+                }),
+            };
+            // Boxed: the upstream's retries and connections are kilobytes
+            // of future, which would otherwise be moved at every level above.
+            (Box::pin(upstream.send(request, sending)), translated)
         };
-        let keep_head = route.filters.has_response_phase(ctx) || route.cache.applies(ctx);
-        let exchange = &mut ctx.exchange;
-        let mut request = match keep_head {
-            true => {
-                let mut request = Request::new(body);
-                *request.method_mut() = exchange.request.method.clone();
-                *request.uri_mut() = exchange.request.uri.clone();
-                *request.headers_mut() = exchange.request.headers.clone();
-                request
-            }
-            false => {
-                let (blank, ()) = Request::new(()).into_parts();
-                Request::from_parts(std::mem::replace(&mut exchange.request, blank), body)
-            }
-        };
-        let translated = match &route.translation {
-            None => None,
-            // Boxed, as the upstream's send is: a translation's state stays
-            // out of every request's future.
-            Some(translation) => {
-                Box::pin(self.translate(translation, &mut request, route, at)).await?
-            }
-        };
-        // The edge took the client's hop-by-hop headers; a filter or a
-        // translation may have added some.
-        if !route.filters.is_empty() || translated.is_some() {
-            strip_hop_by_hop(request.headers_mut());
+        let (mut head, mut stream) =
+            self.received(route, upstream, sending.await, sent.upgrade, at)?;
+        if let Some(translated) = translated {
+            let metrics = &self.shared.metrics;
+            stream = Box::pin(translated.response(&mut head, stream, metrics)).await;
         }
-        upstream::prepare_request(&mut request, exchange.client_ip, exchange.secure);
-        if let Some(upgrade) = &sent.upgrade {
-            upgrade.restore(request.headers_mut());
-        }
-        let sending = Sending {
-            client_ip: exchange.client_ip,
-            upload: sent.upload.as_deref(),
-            upgrade: sent.upgrade.is_some(),
-            mark: self.access_log.is_some(),
-            trace: at.trace.as_ref(),
-            who: exchange.local.map(|local| {
-                (
-                    SocketAddr::new(exchange.client_ip, exchange.client_port),
-                    local,
-                )
-            }),
-        };
-        // Boxed: the upstream's retries and connections are kilobytes of
-        // future, which would otherwise be moved at every level above.
-        match Box::pin(upstream.send(request, &sending)).await {
+        ctx.exchange.response = Some(head);
+        ctx.stream = Some(stream);
+        Ok(())
+    }
+
+    /// The upstream's answer, as the response's head and body on their way
+    /// to the client, or the error response in its place.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error is the response the client gets; rare, and boxing it would not make it cheaper"
+    )]
+    fn received(
+        &self,
+        route: &Route,
+        upstream: &Upstream,
+        answer: Result<Response<upstream::UpstreamBody>, UpstreamError>,
+        upgrade: Option<Upgrade>,
+        at: &Arrival<'_>,
+    ) -> Result<(http::response::Parts, ProxyBody), Response<ProxyBody>> {
+        match answer {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
                 let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                if switched && sent.upgrade.is_none() {
+                if switched && upgrade.is_none() {
                     // A switch the client never asked for: nothing could carry it on.
                     sluice_filter::log_throttled!(
                         warn,
@@ -686,19 +755,12 @@ impl Gateway {
                         "upstream_invalid_response",
                     ));
                 }
-                if let Some(upgrade) = sent.upgrade.filter(|_| switched) {
+                if let Some(upgrade) = upgrade.filter(|_| switched) {
                     upgrade.restore(response.headers_mut());
                     upgrade.join(&mut response, at.conn.idle_timeout);
                 }
-                let (mut head, incoming) = response.into_parts();
-                let mut stream = body::paced(incoming, upstream.body_timeout());
-                if let Some(translated) = translated {
-                    let metrics = &self.shared.metrics;
-                    stream = Box::pin(translated.response(&mut head, stream, metrics)).await;
-                }
-                exchange.response = Some(head);
-                ctx.stream = Some(stream);
-                Ok(())
+                let (head, incoming) = response.into_parts();
+                Ok((head, body::paced(incoming, upstream.body_timeout())))
             }
             Err(UpstreamError::ClientBody(error)) => Err(self.client_body_failed(&error, at)),
             Err(error) => {
@@ -767,6 +829,41 @@ impl Gateway {
     }
 }
 
+/// The request for the upstream, with the client's body or the one the
+/// filters left. Its head is copied when the response phases will read it,
+/// and moved otherwise.
+fn upstream_request(
+    route: &Route,
+    ctx: &mut RequestCtx,
+    sent: Option<ProxyBody>,
+) -> Request<Payload> {
+    let exchange = &mut ctx.exchange;
+    let body = match (exchange.request_body.take(), sent) {
+        // Trailers go on as a stream's end (such a request is not retried).
+        (Some(bytes), _) if exchange.request_trailers.is_some() => {
+            Payload::Stream(body::whole(bytes, exchange.request_trailers.take()))
+        }
+        (Some(bytes), _) => Payload::Bytes(bytes),
+        (None, Some(stream)) => Payload::Stream(stream),
+        (None, None) => Payload::Bytes(Bytes::new()),
+    };
+    let keep_head = route.filters.has_response_phase(ctx) || route.cache.applies(ctx);
+    let exchange = &mut ctx.exchange;
+    match keep_head {
+        true => {
+            let mut request = Request::new(body);
+            *request.method_mut() = exchange.request.method.clone();
+            *request.uri_mut() = exchange.request.uri.clone();
+            *request.headers_mut() = exchange.request.headers.clone();
+            request
+        }
+        false => {
+            let (blank, ()) = Request::new(()).into_parts();
+            Request::from_parts(std::mem::replace(&mut exchange.request, blank), body)
+        }
+    }
+}
+
 /// The route's translation, checked against its upstream (gRPC needs HTTP/2).
 fn translation(
     route: &RouteConfig,
@@ -816,12 +913,24 @@ const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
 };
 
 /// What the gateway knows of a request from its arrival on: its id, its
-/// connection, when it came, and its span when tracing.
+/// connection, when it came, its span when tracing and its access log
+/// record when logging.
 struct Arrival<'a> {
     id: HeaderValue,
     conn: &'a ConnectionInfo,
     started: Instant,
     trace: Option<Trace>,
+    record: Option<Box<Record>>,
+}
+
+/// A request readied on its route, to be served there.
+struct Job<'g> {
+    route: &'g Route,
+    /// For the route's counts and the response's compression.
+    method: http::Method,
+    ctx: RequestCtx,
+    sent: Outgoing,
+    encoding: Option<Encoding>,
 }
 
 /// The client's request body on its way upstream, and when its upload ended.

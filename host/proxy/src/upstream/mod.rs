@@ -228,11 +228,15 @@ impl Upstream {
     /// picked by the upstream's algorithm; a try that fails is tried again
     /// on another target when it never reached one, or when the request is
     /// idempotent and its body is in hand, within the retries and the budget.
-    pub async fn send(
-        &self,
+    ///
+    /// What comes before the first try is done at the call, so the request
+    /// (hundreds of bytes) is no part of the future: it is boxed, and so is
+    /// its copy for a retry.
+    pub fn send<'a>(
+        &'a self,
         request: Request<Payload>,
-        sending: &Sending<'_>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        sending: Sending<'a>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a {
         let key = self.key(request.headers(), request.uri(), sending.client_ip);
         let members = self.members.load_full();
         // What a retry after the request left needs: a copy of it (none
@@ -244,7 +248,7 @@ impl Upstream {
                     && !sending.upgrade
                     && idempotent(request.method()) =>
             {
-                Some(Copy::of(&request, bytes.clone()))
+                Some(Box::new(Copy::of(&request, bytes.clone())))
             }
             _ => None,
         };
@@ -256,109 +260,116 @@ impl Upstream {
         })));
         self.budget.deposit();
         let started = Instant::now();
-        // The targets tried, inline: most requests take one try, a few two.
-        let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
-        let mut last: Option<UpstreamError> = None;
-        loop {
-            // The first try starts with the request's clock reading.
-            let try_started = match tried.is_empty() {
-                true => started,
-                false => Instant::now(),
-            };
-            let Some(i) = members.pick(self.balance, &key, &tried) else {
-                return Err(last.unwrap_or_else(|| UpstreamError::NoHealthy {
-                    upstream: self.name.clone(),
-                }));
-            };
-            tried.push(i);
-            let target = &members.targets[i].0;
-            let mut request = match next.take() {
-                Some(request) => request,
-                None => replay.as_ref().expect("retried only with a copy").request(),
-            };
-            let span = sending.trace.map(|trace| {
-                let attributes = vec![
-                    KeyValue::new("sluice.upstream", self.name.clone()),
-                    KeyValue::new("server.address", target.addr.to_string()),
-                    KeyValue::new("sluice.try", tried.len() as i64),
-                ];
-                let span = trace.child(
-                    format!("upstream {}", self.name),
-                    SpanKind::Client,
-                    attributes,
-                );
-                span.inject(request.headers_mut());
-                span
-            });
-            let outcome = self
-                .try_once(target, request, sending, started, try_started)
-                .await;
-            if let Some(span) = span {
-                match &outcome {
-                    Ok(response) => {
-                        let status = response.status();
-                        span.set("http.response.status_code", i64::from(status.as_u16()));
-                        if status.is_server_error() {
-                            span.fail(status.to_string());
+        async move {
+            let sending = &sending;
+            // The targets tried, inline: most requests take one try, a few two.
+            let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
+            let mut last: Option<UpstreamError> = None;
+            loop {
+                // The first try starts with the request's clock reading.
+                let try_started = match tried.is_empty() {
+                    true => started,
+                    false => Instant::now(),
+                };
+                let Some(i) = members.pick(self.balance, &key, &tried) else {
+                    return Err(last.unwrap_or_else(|| UpstreamError::NoHealthy {
+                        upstream: self.name.clone(),
+                    }));
+                };
+                tried.push(i);
+                let target = &members.targets[i].0;
+                let mut request = match next.take() {
+                    Some(request) => request,
+                    None => replay.as_ref().expect("retried only with a copy").request(),
+                };
+                let span = sending.trace.map(|trace| {
+                    let attributes = vec![
+                        KeyValue::new("sluice.upstream", self.name.clone()),
+                        KeyValue::new("server.address", target.addr.to_string()),
+                        KeyValue::new("sluice.try", tried.len() as i64),
+                    ];
+                    let span = trace.child(
+                        format!("upstream {}", self.name),
+                        SpanKind::Client,
+                        attributes,
+                    );
+                    span.inject(request.headers_mut());
+                    span
+                });
+                let outcome = self
+                    .try_once(target, request, sending, started, try_started)
+                    .await;
+                if let Some(span) = span {
+                    match &outcome {
+                        Ok(response) => {
+                            let status = response.status();
+                            span.set("http.response.status_code", i64::from(status.as_u16()));
+                            if status.is_server_error() {
+                                span.fail(status.to_string());
+                            }
                         }
+                        Err(Failure::ClientBody(error)) => span.fail(error.to_string()),
+                        Err(Failure::Failed { error, .. }) => span.fail(error.to_string()),
                     }
-                    Err(Failure::ClientBody(error)) => span.fail(error.to_string()),
-                    Err(Failure::Failed { error, .. }) => span.fail(error.to_string()),
+                    span.end();
                 }
-                span.end();
-            }
-            // Another try: retries left, another target, the budget allows.
-            let may_retry = |why: &str| {
-                if !self.another_target(&members, &tried) {
-                    return false;
-                }
-                if !self.budget.withdraw() {
-                    self.metrics
-                        .upstream_retries_refused
-                        .get_or_create(&labels([("upstream", &*self.name)]))
-                        .inc();
-                    return false;
-                }
-                self.count_retry(why);
-                true
-            };
-            match outcome {
-                Ok(mut response) => {
-                    let status = response.status();
-                    target.answered(try_started.elapsed());
-                    match status.is_server_error() {
-                        true => self.failed(target),
-                        false => target.succeeded(),
+                // Another try: retries left, another target, the budget allows.
+                let may_retry = |why: &str| {
+                    if !self.another_target(&members, &tried) {
+                        return false;
                     }
-                    if replay.is_some()
-                        && self.policy.retry_on.contains(&status.as_u16())
-                        && may_retry(status.as_str())
-                    {
-                        last = Some(self.unreachable(target, format!("answered {status}").into()));
-                        continue;
+                    if !self.budget.withdraw() {
+                        self.metrics
+                            .upstream_retries_refused
+                            .get_or_create(&labels([("upstream", &*self.name)]))
+                            .inc();
+                        return false;
                     }
-                    self.stick(&key, target, response.headers_mut());
-                    if sending.mark {
-                        response.extensions_mut().insert(AnsweredBy(target.addr));
+                    self.count_retry(why);
+                    true
+                };
+                match outcome {
+                    Ok(mut response) => {
+                        let status = response.status();
+                        target.answered(try_started.elapsed());
+                        match status.is_server_error() {
+                            true => self.failed(target),
+                            false => target.succeeded(),
+                        }
+                        if replay.is_some()
+                            && self.policy.retry_on.contains(&status.as_u16())
+                            && may_retry(status.as_str())
+                        {
+                            last =
+                                Some(self.unreachable(target, format!("answered {status}").into()));
+                            continue;
+                        }
+                        self.stick(&key, target, response.headers_mut());
+                        if sending.mark {
+                            response.extensions_mut().insert(AnsweredBy(target.addr));
+                        }
+                        return Ok(response);
                     }
-                    return Ok(response);
-                }
-                Err(Failure::ClientBody(error)) => return Err(UpstreamError::ClientBody(error)),
-                Err(Failure::Failed { error, unsent }) => {
-                    self.failed(target);
-                    let why = match &error {
-                        UpstreamError::Timeout { .. } => "timeout",
-                        _ if unsent.is_some() => "connect",
-                        _ => "reset",
-                    };
-                    let again = unsent.is_some() || replay.is_some();
-                    let out_of_time = self.policy.overall.is_some_and(|o| started.elapsed() >= o);
-                    last = Some(error);
-                    if again && !out_of_time && may_retry(why) {
-                        next = unsent;
-                        continue;
+                    Err(Failure::ClientBody(error)) => {
+                        return Err(UpstreamError::ClientBody(error));
                     }
-                    return Err(last.expect("just set"));
+                    Err(Failure::Failed { error, unsent }) => {
+                        self.failed(target);
+                        let why = match &error {
+                            UpstreamError::Timeout { .. } => "timeout",
+                            _ if unsent.is_some() => "connect",
+                            _ => "reset",
+                        };
+                        let again = unsent.is_some() || replay.is_some();
+                        let out_of_time =
+                            self.policy.overall.is_some_and(|o| started.elapsed() >= o);
+                        last = Some(error);
+                        if again && !out_of_time && may_retry(why) {
+                            next = unsent;
+                            continue;
+                        }
+                        return Err(last.expect("just set"));
+                    }
                 }
             }
         }
@@ -623,8 +634,9 @@ async fn exchange(
     upgrade: bool,
     who: Option<Who>,
 ) -> Result<Response<UpstreamBody>, pool::SendError> {
+    // The rarer paths are boxed, their state out of every request's future.
     let conn = match upgrade {
-        true => target.pool.connect_upgradable(who).await,
+        true => Box::pin(target.pool.connect_upgradable(who)).await,
         false => target.pool.checkout(who).await,
     };
     let conn = match conn {
@@ -633,10 +645,16 @@ async fn exchange(
     };
     let reused = conn.reused;
     match conn.send(request).await {
-        Err((_, Some(unsent))) if reused => match target.pool.connect(who).await {
-            Ok(conn) => conn.send(unsent).await,
-            Err(error) => Err((error, Some(unsent))),
-        },
+        // A reused connection the server had closed: once more on a new one.
+        Err((_, Some(unsent))) if reused => {
+            Box::pin(async move {
+                match target.pool.connect(who).await {
+                    Ok(conn) => conn.send(unsent).await,
+                    Err(error) => Err((error, Some(unsent))),
+                }
+            })
+            .await
+        }
         sent => sent,
     }
 }
@@ -748,7 +766,7 @@ impl sluice_filter::HttpUpstream for Upstream {
             trace: None,
             who: None,
         };
-        let response = Upstream::send(self, request.map(Payload::Bytes), &sending)
+        let response = Upstream::send(self, request.map(Payload::Bytes), sending)
             .await
             .map_err(|e| e.to_string())?;
         let (head, incoming) = response.into_parts();
