@@ -30,6 +30,7 @@ use sluice_filter::metrics::labels;
 
 mod balance;
 mod connect;
+mod deadline;
 mod gauges;
 mod health;
 mod pool;
@@ -407,13 +408,12 @@ impl Upstream {
                 limit = self.policy.overall.expect("set");
             }
             let deadline = tokio::time::Instant::from_std(deadline);
-            match tokio::time::timeout_at(deadline, &mut exchange).await {
+            match deadline::within(deadline, exchange.as_mut()).await {
                 // The client is still uploading: its time is the body timeout's business.
-                Err(_)
-                    if overall.is_none_or(|o| Instant::now() < o)
-                        && sending
-                            .upload
-                            .is_some_and(|u| u.finished_at().is_none_or(|t| t > try_started)) =>
+                None if overall.is_none_or(|o| Instant::now() < o)
+                    && sending
+                        .upload
+                        .is_some_and(|u| u.finished_at().is_none_or(|t| t > try_started)) =>
                 {
                     continue;
                 }
@@ -421,15 +421,15 @@ impl Upstream {
             }
         };
         match answered {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err((source, unsent))) => match ClientBodyError::find(&*source) {
+            Some(Ok(response)) => Ok(response),
+            Some(Err((source, unsent))) => match ClientBodyError::find(&*source) {
                 Some(error) => Err(Failure::ClientBody(error)),
                 None => Err(Failure::Failed {
                     error: self.unreachable(target, source),
                     unsent,
                 }),
             },
-            Err(_) => Err(Failure::Failed {
+            None => Err(Failure::Failed {
                 error: UpstreamError::Timeout {
                     upstream: self.name.clone(),
                     target: target.authority.clone(),
