@@ -3,10 +3,8 @@
 //! the HTTP handshake: HTTP/1.1, or HTTP/2 by ALPN or prior knowledge; a
 //! PROXY protocol header first, when the upstream sends one.
 
-use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
-use std::task::{Context, Poll};
+use std::pin::pin;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -19,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::inline::Io;
 use super::proxy_header::{Who, proxy_header};
 use crate::body::{BoxError, ProxyBody};
 use crate::config::{ProxyVersion, UpstreamConfig, UpstreamProtocol};
@@ -46,65 +45,17 @@ impl Sender {
         host: &str,
     ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
         match self {
-            Sender::H1(sender, io) => driving(io, sender.try_send_request(*request)).await,
+            Sender::H1(sender, io) => {
+                // Handing the request over wakes the connection, polled next.
+                let sent = io.quietly(|| sender.try_send_request(*request));
+                io.driving(pin!(sent)).await
+            }
             Sender::H2(sender) => {
                 to_h2(&mut request, secure, host);
                 sender.try_send_request(*request).await
             }
         }
     }
-}
-
-/// An HTTP/1.1 connection's I/O (hyper's `Connection`), polled by the task
-/// of the request using the connection rather than by a task of its own: an
-/// exchange then costs no hand-off between tasks and back. `None` once the
-/// connection ended, and for one that may switch protocols (it runs on a
-/// task of its own, as the upgraded stream outlives the request).
-pub(super) type Io = Option<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>>;
-
-/// Poll `work`; while it waits, let the connection read and write (which
-/// may be what it waits for), then poll it again.
-pub(super) fn drive<T>(
-    io: &mut Io,
-    cx: &mut Context<'_>,
-    mut work: impl FnMut(&mut Context<'_>) -> Poll<T>,
-) -> Poll<T> {
-    if let Poll::Ready(done) = work(cx) {
-        return Poll::Ready(done);
-    }
-    if io.is_none() {
-        return Poll::Pending;
-    }
-    poll_io(io, cx);
-    work(cx)
-}
-
-/// Let the connection read and write what it can now.
-pub(super) fn poll_io(io: &mut Io, cx: &mut Context<'_>) {
-    if let Some(connection) = io
-        && let Poll::Ready(ended) = connection.as_mut().poll(cx)
-    {
-        if let Err(error) = ended {
-            tracing::debug!("upstream connection ended: {error}");
-        }
-        *io = None;
-    }
-}
-
-/// Let an idle connection take in what happened while nobody polled it:
-/// the server may have closed it.
-pub(super) async fn catch_up(io: &mut Io) {
-    poll_fn(|cx| {
-        poll_io(io, cx);
-        Poll::Ready(())
-    })
-    .await
-}
-
-/// Wait for `work`, driving `io` meanwhile.
-pub(super) async fn driving<F: Future>(io: &mut Io, work: F) -> F::Output {
-    let mut work = pin!(work);
-    poll_fn(|cx| drive(io, cx, |cx| work.as_mut().poll(cx))).await
 }
 
 /// HTTP/2 carries the scheme and authority in the request line, not in `Host`.
@@ -287,12 +238,12 @@ where
     }
     let (sender, connection) = http1::handshake(io).await?;
     if !upgrades {
-        return Ok(Sender::H1(sender, Some(Box::pin(connection))));
+        return Ok(Sender::H1(sender, Io::driven(connection)));
     }
     tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!("upstream connection ended: {error}");
         }
     });
-    Ok(Sender::H1(sender, None))
+    Ok(Sender::H1(sender, Io::elsewhere()))
 }

@@ -33,6 +33,7 @@ mod connect;
 mod deadline;
 mod gauges;
 mod health;
+mod inline;
 mod pool;
 mod proxy_header;
 mod resolve;

@@ -7,9 +7,9 @@
 //! requests (HAProxy's servers with `send-proxy` do the same).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,7 +18,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 
-use super::connect::{Connector, Io, Sender, catch_up, drive, driving, poll_io};
+use super::connect::{Connector, Sender};
+use super::inline::Io;
 use super::proxy_header::Who;
 use crate::body::{BoxError, ProxyBody};
 
@@ -121,17 +122,18 @@ impl Pool {
             let Some((mut sender, mut io, since, whose)) = idle else {
                 break;
             };
-            catch_up(&mut io).await;
-            if io.is_none() || sender.is_closed() || since.elapsed() > self.idle_timeout {
+            io.catch_up().await;
+            if !io.is_open() || sender.is_closed() || since.elapsed() > self.idle_timeout {
                 continue;
             }
             // The connection may still have the previous exchange to wind
             // down, or find that the server closed it meanwhile.
-            if sender.is_ready() || driving(&mut io, sender.ready()).await.is_ok() {
+            if sender.is_ready() || io.driving(pin!(sender.ready())).await.is_ok() {
                 return Ok(self.conn(Sender::H1(sender, io), true, whose));
             }
         }
-        self.connect(who).await
+        // Boxed: a new connection's state stays out of every checkout.
+        Box::pin(self.connect(who)).await
     }
 
     /// A new connection for `who`'s requests (HTTP/2 ones are shared from
@@ -238,7 +240,7 @@ impl UpstreamBody {
     fn release(&mut self) {
         // A connection whose I/O ended is not worth keeping.
         let Some(Conn {
-            sender: Sender::H1(sender, mut io @ Some(_)),
+            sender: Sender::H1(sender, mut io),
             pool,
             who,
             pooled: true,
@@ -247,6 +249,9 @@ impl UpstreamBody {
         else {
             return;
         };
+        if !io.is_open() {
+            return;
+        }
         // Only once the request went out whole: a server that answered
         // early (a 401 or 413 before reading an upload) leaves the rest of
         // the body unsent, and the next request would wait behind it.
@@ -254,9 +259,9 @@ impl UpstreamBody {
         // ready; if not, one poll lets it wind down (the wake-up it would
         // register is not wanted: the next checkout polls again).
         if !sender.is_ready() {
-            poll_io(&mut io, &mut Context::from_waker(Waker::noop()));
+            io.poll_unwatched();
         }
-        if io.is_some() && sender.is_ready() {
+        if io.is_open() && sender.is_ready() {
             pool.put(sender, io, who);
         }
     }
@@ -276,7 +281,7 @@ impl Body for UpstreamBody {
             Some(Conn {
                 sender: Sender::H1(_, io),
                 ..
-            }) => drive(io, cx, |cx| incoming.as_mut().poll_frame(cx)),
+            }) => io.drive(cx, |cx| incoming.as_mut().poll_frame(cx)),
             _ => incoming.poll_frame(cx),
         };
         if let Poll::Ready(None) = polled {
