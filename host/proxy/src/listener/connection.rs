@@ -166,6 +166,9 @@ pub(super) async fn serve<I>(
     let side_waker = Waker::from(nudge.clone());
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
+    // The task's waker as `nudge` holds it: registered again only once a
+    // nudge took it, or if the task's waker changed, not at every wake-up.
+    let mut holds: Option<Waker> = None;
     loop {
         let (next, verdict) = activity.check(&settings);
         match verdict {
@@ -189,10 +192,15 @@ pub(super) async fn serve<I>(
                 if let Poll::Ready(result) = connection.as_mut().poll(cx) {
                     return Poll::Ready(Woke::Ended(result));
                 }
-                nudge.task.register(cx.waker());
+                if !holds.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    nudge.task.register(cx.waker());
+                    holds = Some(cx.waker().clone());
+                }
                 if !nudge.asked.swap(false, Ordering::AcqRel) {
                     return Poll::Pending;
                 }
+                // The nudge took the waker: the next must find it.
+                nudge.task.register(cx.waker());
                 let mut side = Context::from_waker(&side_waker);
                 if !draining && let Poll::Ready(changed) = changed.as_mut().poll(&mut side) {
                     return Poll::Ready(Woke::Drain(changed.is_ok()));
