@@ -20,6 +20,10 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
+/// Rounds of polling one `drive` makes while wakes keep coming (two are
+/// the rule: a response's head, then what it woke).
+const ROUNDS: usize = 4;
+
 /// hyper's connection future.
 type Connection = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
 
@@ -96,7 +100,9 @@ impl Io {
 
     /// Poll `work`; while it waits, let the connection read and write
     /// (which may be what it waits for), then poll it again, as long as a
-    /// wake came while polling.
+    /// wake came while polling, a few rounds at most: a wake that keeps
+    /// coming is a yield (hyper's after a long stretch of work, or tokio's
+    /// once the task's budget is spent), which only the scheduler answers.
     pub(super) fn drive<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -107,7 +113,7 @@ impl Io {
         }
         self.quiet.task.register(cx.waker());
         let mut inner = Context::from_waker(&self.waker);
-        loop {
+        for _ in 0..ROUNDS {
             self.quiet.polling.store(true, SeqCst);
             self.quiet.woken.store(false, SeqCst);
             let mut done = work(&mut inner);
@@ -120,6 +126,8 @@ impl Io {
                 return done;
             }
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Let the connection read and write what it can now, for `cx`'s task.
@@ -166,5 +174,56 @@ fn poll_connection(connection: &mut Option<Connection>, cx: &mut Context<'_>) {
             tracing::debug!("upstream connection ended: {error}");
         }
         *connection = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A task's waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wake_while_polling_goes_round_again_and_one_that_keeps_coming_goes_to_the_task() {
+        let task = Arc::new(Count::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut io = Io::driven(std::future::pending());
+        // Woken from inside the poll (a channel between the two sides):
+        // polled again (a second round) at once, the task not woken.
+        let mut polls = 0;
+        let done = io.drive(&mut cx, |cx| {
+            polls += 1;
+            match polls {
+                1 => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                2 => Poll::Pending,
+                _ => Poll::Ready(polls),
+            }
+        });
+        assert_eq!(done, Poll::Ready(3));
+        assert_eq!(task.0.load(SeqCst), 0);
+        // Work that wakes itself at every poll (a yield, a spent budget):
+        // back to the scheduler after a few rounds, the task woken.
+        let done = io.drive(&mut cx, |cx| {
+            cx.waker().wake_by_ref();
+            Poll::<()>::Pending
+        });
+        assert!(done.is_pending());
+        assert_eq!(task.0.load(SeqCst), 1);
+        // A wake from outside a poll goes to the task.
+        Waker::from(io.quiet.clone()).wake();
+        assert_eq!(task.0.load(SeqCst), 2);
     }
 }
