@@ -45,6 +45,7 @@ use balance::{Key, Members};
 pub use connect::ByteStream;
 use connect::Connector;
 pub(crate) use connect::keepalive;
+use deadline::within;
 pub use gauges::TargetGauges;
 pub use pool::UpstreamBody;
 pub use proxy_header::Who;
@@ -409,7 +410,7 @@ impl Upstream {
                 limit = self.policy.overall.expect("set");
             }
             let deadline = tokio::time::Instant::from_std(deadline);
-            match deadline::within(deadline, exchange.as_mut()).await {
+            match within(deadline, exchange.as_mut()).await {
                 // The client is still uploading: its time is the body timeout's business.
                 None if overall.is_none_or(|o| Instant::now() < o)
                     && sending
