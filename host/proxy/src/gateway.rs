@@ -426,9 +426,7 @@ impl Gateway {
                 .record(&head.method, StatusCode::NOT_FOUND, at.started.elapsed());
             return Err(error_response(StatusCode::NOT_FOUND, "no_route"));
         };
-        let method = head.method.clone();
         self.ready(route, head, incoming, upgrade, at)
-            .map_err(|response| self.routed(route, &method, response, at))
     }
 
     /// What every response on `route` gets: counted, named in the span, and
@@ -479,7 +477,8 @@ impl Gateway {
     }
 
     /// The request as `route` will serve it: its exchange, its body on the
-    /// way, and the encoding its response may take.
+    /// way, and the encoding its response may take; or, refused, the
+    /// response as the route gives it.
     #[allow(
         clippy::result_large_err,
         reason = "the error is the response the client gets; rare, and boxing it would not make it cheaper"
@@ -501,7 +500,8 @@ impl Gateway {
                 "route `{}` takes at most {} bytes",
                 route.name, route.max_body
             );
-            return Err(self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &why, at));
+            let refused = self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &why, at);
+            return Err(self.routed(route, &head.method, refused, at));
         }
         let encoding = route
             .compression
